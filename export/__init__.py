@@ -1,0 +1,1 @@
+"""fer_export: Keras ensemble -> ONNX forward and saliency graphs with a manifest. Installed from ``export/``."""

@@ -1,0 +1,1 @@
+"""Shipped ONNX models and their manifest (installed as ``fer_runtime.models``)."""

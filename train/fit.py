@@ -1,0 +1,323 @@
+"""Fitting one model into a resumable run directory."""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fer_runtime.labels import LABELS, NUM_CLASSES
+from fer_train import runs
+from fer_train.data import DataSource, load_source
+from fer_train.models import ModelConfig, build_model
+from fer_train.pipeline import AugmentConfig, make_dataset
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "step", "plateau")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run besides the architecture."""
+
+    data: str = ""
+    validate: float = 0.1
+    random_seed: int = 1234
+    epochs: int = 40
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    class_weights: bool = False
+    patience: int = 15
+    mixed_precision: bool = False
+    strategy: str = "default"  # default | mirrored
+    limit_train: int = 0  # use only the first N training rows (0 = all); for smoke tests
+    hide_labels: float = 0.0  # fraction of Training withheld as unlabelled (self-training)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        aug = AugmentConfig(**d.pop("augment", {}))
+        return cls(**d, augment=aug)
+
+    def validate_choices(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if self.strategy not in ("default", "mirrored"):
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose default or mirrored")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch size must be positive")
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate for 0-based ``epoch`` (plateau: the base rate; Keras lowers it on plateaus)."""
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
+    if cfg.schedule == "cosine":
+        span = max(1, cfg.epochs - cfg.warmup_epochs)
+        t = (epoch - cfg.warmup_epochs) / span
+        return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+    if cfg.schedule == "step":
+        return cfg.lr * 0.1 ** (epoch // max(1, cfg.epochs // 3))
+    return cfg.lr
+
+
+def hidden_label_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the Training rows whose labels self-training hides (reproducible)."""
+    mask = np.zeros(n, bool)
+    if fraction > 0:
+        rng = np.random.default_rng(seed + 7)
+        mask[rng.choice(n, int(round(n * fraction)), replace=False)] = True
+    return mask
+
+
+def make_optimizer(cfg: TrainConfig):
+    import keras
+
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(cfg.lr)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(cfg.lr, momentum=0.9, nesterov=True)
+    return keras.optimizers.RMSprop(cfg.lr)
+
+
+def environment() -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "machine": platform.machine(),
+    }
+
+
+class _Recorder:
+    """Keras callback: history.csv, best/last checkpoints, early stopping, curves, progress."""
+
+    def __new__(cls, *a, **k):  # build lazily so importing this module does not import keras
+        import keras
+
+        class Recorder(keras.callbacks.Callback):
+            def __init__(self, run: Path, cfg: TrainConfig, history: list[dict[str, float]],
+                         on_batch: Callable[[int], None] | None, log: Callable[[str], None]):
+                super().__init__()
+                self.run, self.cfg, self.history = run, cfg, history
+                self.on_batch, self.log = on_batch, log
+                self.t0 = 0.0
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.time()
+                if self.cfg.schedule != "plateau" or epoch < self.cfg.warmup_epochs:
+                    self.model.optimizer.learning_rate.assign(lr_at(self.cfg, epoch))
+
+            def on_train_batch_end(self, batch, logs=None):
+                if self.on_batch:
+                    self.on_batch(batch + 1)
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                row = {
+                    "epoch": epoch + 1,
+                    "loss": float(logs.get("loss", float("nan"))),
+                    "accuracy": float(logs.get("accuracy", float("nan"))),
+                    "val_loss": float(logs.get("val_loss", float("nan"))),
+                    "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
+                    "lr": float(np.asarray(self.model.optimizer.learning_rate)),
+                    "seconds": time.time() - self.t0,
+                }
+                prev_best = runs.best_epoch(self.history)[1] if self.history else -1.0
+                if row["val_accuracy"] > prev_best:
+                    save_model(self.model, self.run / runs.BEST, include_optimizer=False)
+                save_model(self.model, self.run / runs.LAST, include_optimizer=True)
+                self.history.append(row)
+                runs.write_history(self.run, self.history)
+                plot_curves(self.run)
+                be, bv = runs.best_epoch(self.history)
+                self.log(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+                         f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['lr']:.2e}  "
+                         f"{row['seconds']:.0f}s  (best {bv:.4f} @ {be})")
+                if epoch + 1 - be >= self.cfg.patience:
+                    self.log(f"early stop: no val_accuracy gain for {self.cfg.patience} epochs")
+                    self.model.stop_training = True
+
+        return Recorder(*a, **k)
+
+
+def save_model(model, path: Path, include_optimizer: bool) -> None:
+    """Save a .keras file atomically (temp file + rename)."""
+    import os
+
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    if include_optimizer:
+        model.save(tmp)
+    else:
+        opt = model.optimizer
+        try:
+            model.optimizer = None
+            model.save(tmp)
+        finally:
+            model.optimizer = opt
+    os.replace(tmp, path)
+
+
+def plot_curves(run: Path) -> None:
+    """Write learning_curves.png (loss and accuracy, train vs validation) from history.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = runs.read_history(run)
+    if not h:
+        return
+    ep = [r["epoch"] for r in h]
+    be, bv = runs.best_epoch(h)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
+        ax.plot(ep, [r[key] for r in h], "-o", ms=3, label="train")
+        ax.plot(ep, [r[f"val_{key}"] for r in h], "-o", ms=3, label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].axvline(be, color="gray", ls="--", lw=1, label=f"best {bv:.4f} @ {be}")
+    axes[0].legend()
+    axes[1].legend()
+    fig.suptitle(run.name)
+    fig.tight_layout()
+    tmp = run / f".{runs.CURVES}.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(run / runs.CURVES)
+
+
+def write_summary(model, run: Path, extra: str = "") -> None:
+    lines: list[str] = []
+    model.summary(print_fn=lambda s, **k: lines.append(s), line_length=100)
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    text = "\n".join(lines) + f"\n\nTotal params: {model.count_params()}\nTrainable params: {trainable}\n" + extra
+    runs.atomic_write_text(run / runs.SUMMARY, text)
+
+
+def class_weight_vector(y: np.ndarray) -> np.ndarray:
+    counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
+    w = len(y) / (NUM_CLASSES * np.maximum(counts, 1))
+    return w.astype(np.float32)
+
+
+def _setup(cfg: TrainConfig):
+    import keras
+    import tensorflow as tf
+
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(cfg.random_seed)
+    if cfg.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, *,
+        resume: bool = False, source: DataSource | None = None, extra_train: tuple[np.ndarray, np.ndarray] | None = None,
+        log: Callable[[str], None] = print, progress: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+    """Train into ``run`` (new, or continued with ``resume=True``) and return the run's result dict.
+
+    ``extra_train`` adds (images, soft targets) rows to training, used by self-training.
+    ``progress(epoch, step, steps)`` is called per batch.
+    """
+    import keras
+
+    run = Path(run)
+    if resume:
+        conf = runs.read_json(run / runs.CONFIG)
+        model_cfg = ModelConfig.from_dict(conf["model"])
+        cfg = TrainConfig.from_dict(conf["train"])
+        if not (run / runs.LAST).exists():
+            raise runs.RunError(f"{run}: nothing to resume (no {runs.LAST}); start it again without --resume")
+    else:
+        assert model_cfg is not None and cfg is not None
+        if (run / runs.HISTORY).exists():
+            raise runs.RunError(f"{run}: already holds a run; use --resume or another --out")
+    cfg.validate_choices()
+    model_cfg.validate()
+    source = source or load_source(cfg.data, cfg.validate, cfg.random_seed)
+    train, val = source["train"], source["val"]
+    if cfg.limit_train:
+        train = train.subset(np.arange(min(cfg.limit_train, len(train))))
+    hidden = hidden_label_mask(len(train), cfg.hide_labels, cfg.random_seed)
+    train = train.subset(np.flatnonzero(~hidden))
+
+    strategy = _setup(cfg)
+    history = runs.read_history(run) if resume else []
+    run.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        runs.write_json(run / runs.CONFIG, {
+            "model": model_cfg.to_dict(), "train": cfg.to_dict(), "labels": list(LABELS),
+            "data": {"path": str(cfg.data), "layout": source.layout, "validation": source.validation,
+                     "train_rows": len(train), "val_rows": len(val)},
+            "environment": environment(),
+        })
+    with strategy.scope():
+        if resume:
+            model = keras.models.load_model(run / runs.LAST)
+        else:
+            model = build_model(model_cfg)
+            model.compile(make_optimizer(cfg), keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    write_summary(model, run)
+
+    x_tr = train.x
+    t_tr = np.eye(NUM_CLASSES, dtype=np.float32)[train.y]
+    if extra_train is not None:
+        x_tr = np.concatenate([x_tr, extra_train[0]])
+        t_tr = np.concatenate([t_tr, extra_train[1].astype(np.float32)])
+    y_hard = t_tr.argmax(1)
+    cw = class_weight_vector(y_hard) if cfg.class_weights else None
+    ds_tr = make_dataset(x_tr, y_hard, cfg.batch_size, training=True, augment=cfg.augment,
+                         label_smoothing=cfg.label_smoothing, soft_targets=t_tr, class_weights=cw,
+                         seed=cfg.random_seed + len(history))
+    ds_va = make_dataset(val.x, val.y, 256, training=False)
+    steps = math.ceil(len(x_tr) / cfg.batch_size)
+    start = len(history)
+    if start >= cfg.epochs:
+        log(f"{run}: already trained {start}/{cfg.epochs} epochs")
+    else:
+        current = {"epoch": start}
+
+        def on_batch(step: int) -> None:
+            if progress:
+                progress(current["epoch"], step, steps)
+
+        rec = _Recorder(run, cfg, history, on_batch, log)
+
+        class _EpochTracker(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                current["epoch"] = epoch
+
+        callbacks = [_EpochTracker(), rec]
+        if cfg.schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau("val_accuracy", factor=0.5, patience=4, min_lr=1e-6))
+        model.fit(ds_tr, validation_data=ds_va, epochs=cfg.epochs, initial_epoch=start, callbacks=callbacks, verbose=0)
+    be, bv = runs.best_epoch(history)
+    result = {"run": str(run), "epochs_done": len(history), "best_epoch": be, "best_val_accuracy": bv,
+              "params": int(model.count_params()), "minutes_per_epoch": float(np.mean([r["seconds"] for r in history]) / 60) if history else None}
+    write_summary(model, run, extra=f"Best val_accuracy {bv:.4f} at epoch {be} of {len(history)}\n")
+    plot_curves(run)
+    return result

@@ -1,0 +1,195 @@
+"""Pure model builders: ``build_model(config)`` returns an uncompiled Keras model.
+
+All models take raw 0..255 pixels [N,48,48,1] (scaling is the first layer) and end in a Dense
+layer named ``logits`` followed by a softmax named ``probs``. They use only layers the saliency
+exporter can differentiate: stride-1 ``same`` convs with odd kernels, 2x2 max/average pool, the
+five activations, batch norm, dropout, flatten, global average pool and dense.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
+
+ACTIVATIONS = ("relu", "leakyrelu", "elu", "prelu", "selu")
+ARCHS = ("cnn", "compact", "dnn")
+
+
+@dataclass
+class ModelConfig:
+    """Every architecture knob. ``arch`` picks the builder; unrelated knobs are ignored."""
+
+    arch: str = "cnn"
+    filters: int = 32  # base count, doubled per block
+    blocks: int = 4
+    convs_per_block: int = 2
+    kernel_size: int = 3
+    cnn_activation: str = "relu"
+    cnn_activation_alpha: float = 0.1
+    pool: str = "max"
+    conv_dropout: float = 0.25
+    units: int = 256
+    dense_layers: int = 1
+    dnn_activation: str = "relu"
+    dnn_activation_alpha: float = 0.1
+    dense_dropout: float = 0.5
+    batch_norm: bool = True
+    head: str = "flatten"  # flatten | gap
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        for name in (self.cnn_activation, self.dnn_activation):
+            if name not in ACTIVATIONS:
+                raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
+        if self.pool not in ("max", "avg"):
+            raise ValueError(f"unknown pool {self.pool!r}; choose max or avg")
+        if self.head not in ("flatten", "gap"):
+            raise ValueError(f"unknown head {self.head!r}; choose flatten or gap")
+        if self.kernel_size % 2 != 1:
+            raise ValueError(f"kernel size must be odd, got {self.kernel_size}")
+        if self.arch != "dnn" and not 1 <= self.blocks <= 5:
+            raise ValueError(f"blocks must be 1..5 for 48x48 inputs, got {self.blocks}")
+
+
+
+
+def _activation(name: str, alpha: float, name_prefix: str, conv: bool):
+    from keras import layers
+
+    n = f"{name_prefix}_{name}"
+    if name == "relu":
+        return layers.ReLU(name=n)
+    if name == "leakyrelu":
+        return layers.LeakyReLU(negative_slope=alpha, name=n)
+    if name == "elu":
+        return layers.ELU(alpha=alpha if alpha > 0 else 1.0, name=n)
+    if name == "prelu":
+        import keras
+
+        return layers.PReLU(alpha_initializer=keras.initializers.Constant(alpha),
+                            shared_axes=[1, 2] if conv else None, name=n)
+    if name == "selu":
+        return layers.Activation("selu", name=n)
+    raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
+
+
+def _head(x):
+    from keras import layers
+
+    x = layers.Dense(NUM_CLASSES, name="logits")(x)
+    return layers.Activation("softmax", dtype="float32", name="probs")(x)
+
+
+def _dense_stack(x, cfg: ModelConfig):
+    from keras import layers
+
+    for i in range(cfg.dense_layers):
+        x = layers.Dense(cfg.units, use_bias=not cfg.batch_norm, name=f"dense{i + 1}")(x)
+        if cfg.batch_norm:
+            x = layers.BatchNormalization(name=f"dense{i + 1}_bn")(x)
+        x = _activation(cfg.dnn_activation, cfg.dnn_activation_alpha, f"dense{i + 1}", conv=False)(x)
+        if cfg.dense_dropout > 0:
+            x = layers.Dropout(cfg.dense_dropout, name=f"dense{i + 1}_dropout")(x)
+    return x
+
+
+def _inputs():
+    import keras
+    from keras import layers
+
+    inp = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="image")
+    return inp, layers.Rescaling(1.0 / 255.0, name="scale")(inp)
+
+
+def build_cnn(cfg: ModelConfig):
+    """The coursework CNN family: conv blocks with doubling filters, then dense layers.
+
+    ``arch="compact"`` is the edge variant: the same conv blocks, then global average pooling
+    straight into the logits (no dense layers), which is small and fast.
+    """
+    import keras
+    from keras import layers
+
+    cfg.validate()
+    if cfg.arch == "compact":
+        cfg = ModelConfig.from_dict({**cfg.to_dict(), "head": "gap", "dense_layers": 0})
+    inp, x = _inputs()
+    for b in range(cfg.blocks):
+        f = cfg.filters * 2**b
+        for c in range(cfg.convs_per_block):
+            p = f"b{b + 1}c{c + 1}"
+            x = layers.Conv2D(f, cfg.kernel_size, padding="same", use_bias=not cfg.batch_norm, name=f"{p}_conv")(x)
+            if cfg.batch_norm:
+                x = layers.BatchNormalization(name=f"{p}_bn")(x)
+            x = _activation(cfg.cnn_activation, cfg.cnn_activation_alpha, p, conv=True)(x)
+        pool = layers.MaxPooling2D if cfg.pool == "max" else layers.AveragePooling2D
+        x = pool(2, name=f"b{b + 1}_pool")(x)
+        if cfg.conv_dropout > 0:
+            x = layers.Dropout(cfg.conv_dropout, name=f"b{b + 1}_dropout")(x)
+    x = layers.Flatten(name="flatten")(x) if cfg.head == "flatten" else layers.GlobalAveragePooling2D(name="gap")(x)
+    x = _dense_stack(x, cfg)
+    return keras.Model(inp, _head(x), name=cfg.arch)
+
+
+def build_dnn(cfg: ModelConfig):
+    """The fully connected baseline: flatten, ``dense_layers`` x ``units``, logits."""
+    import keras
+    from keras import layers
+
+    cfg.validate()
+    inp, x = _inputs()
+    x = layers.Flatten(name="flatten")(x)
+    x = _dense_stack(x, cfg)
+    return keras.Model(inp, _head(x), name="dnn")
+
+
+def build_model(cfg: ModelConfig):
+    """Build the model ``cfg.arch`` names (``cnn``, ``compact`` or ``dnn``)."""
+    cfg.validate()
+    if cfg.arch == "dnn":
+        return build_dnn(cfg)
+    return build_cnn(cfg)
+
+
+def dnn_param_count(units: int, dense_layers: int, batch_norm: bool, alpha_params: bool = False) -> int:
+    """Exact parameter count of :func:`build_dnn` for the given width (PReLU adds one alpha per unit)."""
+    per_layer_extra = (4 if batch_norm else 0) + (1 if alpha_params else 0)
+    bias = 0 if batch_norm else 1
+    n, fan_in = 0, IMAGE_SIZE * IMAGE_SIZE
+    for _ in range(dense_layers):
+        n += fan_in * units + bias * units + per_layer_extra * units
+        fan_in = units
+    return n + fan_in * NUM_CLASSES + NUM_CLASSES
+
+
+def match_dnn_units(target_params: int, cfg: ModelConfig) -> int:
+    """Width of a ``cfg.dense_layers``-deep DNN whose parameter count is closest to ``target_params``."""
+    if cfg.dense_layers < 1:
+        raise ValueError("a parameter-matched DNN needs --dense-layers >= 1")
+    prelu = cfg.dnn_activation == "prelu"
+    lo, hi = 1, 1
+    while dnn_param_count(hi, cfg.dense_layers, cfg.batch_norm, prelu) < target_params:
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if dnn_param_count(mid, cfg.dense_layers, cfg.batch_norm, prelu) < target_params:
+            lo = mid + 1
+        else:
+            hi = mid
+    cands = [u for u in (lo - 1, lo) if u >= 1]
+    best = min(cands, key=lambda u: abs(dnn_param_count(u, cfg.dense_layers, cfg.batch_norm, prelu) - target_params))
+    got = dnn_param_count(best, cfg.dense_layers, cfg.batch_norm, prelu)
+    if not math.isclose(got, target_params, rel_tol=0.05):
+        raise ValueError(f"cannot match {target_params} params within 5% with {cfg.dense_layers} layers (closest {got})")
+    return best

@@ -1,0 +1,65 @@
+"""tf.data input pipelines; augmentation lives here, not in the model."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from fer_runtime.labels import NUM_CLASSES
+
+
+@dataclass
+class AugmentConfig:
+    """Random flip, shift, rotation and zoom applied to training batches only."""
+
+    enabled: bool = True
+    flip: bool = True
+    shift: float = 0.1  # fraction of width/height
+    rotation: float = 10.0  # degrees
+    zoom: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_augmenter(cfg: AugmentConfig, seed: int | None = None):
+    """A Keras Sequential of random layers, used inside ``Dataset.map`` (or None when disabled)."""
+    import keras
+    from keras import layers
+
+    if not cfg.enabled:
+        return None
+    steps = []
+    if cfg.flip:
+        steps.append(layers.RandomFlip("horizontal", seed=seed))
+    if cfg.rotation > 0:
+        steps.append(layers.RandomRotation(cfg.rotation / 360.0, fill_mode="nearest", seed=seed))
+    if cfg.shift > 0:
+        steps.append(layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="nearest", seed=seed))
+    if cfg.zoom > 0:
+        steps.append(layers.RandomZoom(cfg.zoom, fill_mode="nearest", seed=seed))
+    return keras.Sequential(steps, name="augment") if steps else None
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool,
+                 augment: AugmentConfig | None = None, label_smoothing: float = 0.0,
+                 soft_targets: np.ndarray | None = None, class_weights: np.ndarray | None = None,
+                 seed: int = 0):
+    """Batches of (float32 0..255 images, one-hot or soft targets[, per-sample class weights])."""
+    import tensorflow as tf
+
+    targets = soft_targets if soft_targets is not None else np.eye(NUM_CLASSES, dtype=np.float32)[y]
+    if label_smoothing > 0:
+        targets = targets * (1 - label_smoothing) + label_smoothing / NUM_CLASSES
+    cols: tuple = (x, targets.astype(np.float32))
+    if class_weights is not None:
+        cols += (class_weights[y].astype(np.float32),)
+    ds = tf.data.Dataset.from_tensor_slices(cols)
+    if training:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda a, *r: (tf.cast(a, tf.float32), *r), num_parallel_calls=tf.data.AUTOTUNE)
+    aug = make_augmenter(augment, seed) if (training and augment is not None) else None
+    if aug is not None:
+        ds = ds.map(lambda a, *r: (aug(a, training=True), *r), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

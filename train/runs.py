@@ -1,0 +1,103 @@
+"""The run directory and ensemble directory formats, defined once.
+
+A run directory holds ``config.json``, ``history.csv``, ``best.keras``, ``last.keras`` (with the
+optimizer, for ``--resume``), ``learning_curves.png`` and ``summary.txt``. An ensemble directory
+holds ``ensemble.json`` listing member runs (paths relative to it) or member ``.keras`` files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+CONFIG = "config.json"
+HISTORY = "history.csv"
+BEST = "best.keras"
+LAST = "last.keras"
+CURVES = "learning_curves.png"
+SUMMARY = "summary.txt"
+ENSEMBLE = "ensemble.json"
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+class RunError(RuntimeError):
+    """A run or ensemble directory is missing, incomplete or inconsistent."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path}: invalid JSON ({e})") from None
+
+
+def read_history(run: Path) -> list[dict[str, float]]:
+    p = run / HISTORY
+    if not p.exists():
+        return []
+    with p.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_history(run: Path, rows: Iterable[dict[str, float]]) -> None:
+    lines = [",".join(HISTORY_FIELDS)]
+    for r in rows:
+        lines.append(",".join(str(int(r["epoch"])) if k == "epoch" else f"{r[k]:.6g}" for k in HISTORY_FIELDS))
+    atomic_write_text(run / HISTORY, "\n".join(lines) + "\n")
+
+
+def best_epoch(history: list[dict[str, float]]) -> tuple[int, float]:
+    """(1-based epoch, val_accuracy) of the best epoch; the first one wins ties."""
+    if not history:
+        return 0, float("nan")
+    best = max(history, key=lambda r: (r["val_accuracy"], -r["epoch"]))
+    return int(best["epoch"]), best["val_accuracy"]
+
+
+def member_models(path: str | Path) -> list[Path]:
+    """The ``best.keras`` files of a run, an ensemble directory, or a ``.keras`` file itself."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".keras":
+        return [p]
+    if (p / ENSEMBLE).exists():
+        spec = read_json(p / ENSEMBLE)
+        out: list[Path] = []
+        for m in spec.get("members", []):
+            out.extend(member_models(p / m["path"]))
+        if not out:
+            raise RunError(f"{p / ENSEMBLE}: lists no members")
+        return out
+    if (p / BEST).exists():
+        return [p / BEST]
+    if not p.exists():
+        raise RunError(f"{p}: no such run, ensemble or .keras file")
+    raise RunError(f"{p}: not a run (no {BEST}) nor an ensemble (no {ENSEMBLE})")
