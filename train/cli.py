@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the CLI
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and evaluate FER2013 Keras models (CNN family, DNN baseline, ensembles).")
@@ -127,6 +129,7 @@ def fit(
     mixed_precision: bool = typer.Option(False, "--mixed-precision"),
     strategy: str = typer.Option("default", help="default | mirrored"),
     limit_train: int = typer.Option(0, help="Use only the first N training rows (smoke tests)."),
+    hide_labels: float = typer.Option(0.0, help="Withhold this fraction of Training labels (for self-train)."),
 ) -> None:
     """Fit one model into a run directory (resumable with --resume RUN_DIR)."""
     from fer_train.fit import TrainConfig
@@ -145,12 +148,91 @@ def fit(
                                batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
                                warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                                class_weights=class_weights, patience=patience, mixed_precision=mixed_precision,
-                               strategy=strategy, limit_train=limit_train, augment=AugmentConfig(enabled=augment))
+                               strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment))
             tcfg.validate_choices()
             result = _run_fit(out, mcfg, tcfg, resume=False)
     except _errors() as e:
         _fail(str(e).strip("'\""))
     typer.echo(json.dumps(result))
+
+
+@app.command()
+def ensemble(
+    members: list[Path] = typer.Argument(None, help="Existing runs to gather (omit when training with --like)."),
+    out: Path = typer.Option(..., "--out", help="Ensemble directory (ensemble.json lists the members)."),
+    like: list[Path] = typer.Option(None, "--like", help="Train members with this run's config (repeatable)."),
+    seeds: list[int] = typer.Option(None, "--seed", help="One member per seed and --like config (repeatable)."),
+    epochs: Optional[int] = typer.Option(None, help="Override the template's epoch count."),
+) -> None:
+    """Train N members (configs x seeds, resumable) or gather existing runs into an ensemble."""
+    from fer_train.ensemble import train_ensemble, write_ensemble
+
+    try:
+        if like:
+            results = train_ensemble(out, list(like), list(seeds or [1, 2, 3]), epochs,
+                                     run_fit=_run_fit)
+            typer.echo(json.dumps(results, indent=1))
+        elif members:
+            typer.echo(str(write_ensemble(out, list(members))))
+        else:
+            _fail("give member runs to gather, or --like RUN to train members")
+    except _errors() as e:
+        _fail(str(e).strip("'\""))
+
+
+@app.command("self-train")
+def self_train_cmd(
+    teacher: Path = typer.Option(..., "--teacher", help="Supervised run (trained with --hide-labels, or see --unlabelled)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the student run and self_training.json."),
+    threshold: float = typer.Option(0.8, help="Keep pseudo-labels at or above this confidence."),
+    unlabelled: Optional[Path] = typer.Option(None, help="Unlabelled course test.csv (id,feature) instead of hidden Training rows."),
+    epochs: Optional[int] = typer.Option(None, help="Override the teacher's epoch count for the student."),
+) -> None:
+    """Semi-supervised self-training: pseudo-label, retrain, compare with the supervised run."""
+    from fer_train.ensemble import self_train
+
+    try:
+        info = self_train(teacher, out, threshold, unlabelled, epochs,
+                          run_fit=_run_fit)
+    except _errors() as e:
+        _fail(str(e).strip("'\""))
+    typer.echo(json.dumps(info, indent=1))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run, ensemble directory or .keras file."),
+    split: str = typer.Option("PublicTest", help="PublicTest | PrivateTest | val | Training"),
+    tta: str = typer.Option("none", help="none | flip"),
+    data: Optional[Path] = typer.Option(None, help="Data source (default: the one the run was trained on)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write metrics.json and the confusion matrix."),
+) -> None:
+    """Accuracy, balanced accuracy, per-class P/R/F1 and the confusion matrix (CSV + PNG)."""
+    from fer_train.evaluate import evaluate as _evaluate, format_report
+
+    try:
+        rep = _evaluate(run, split, tta, str(data) if data else None, out)
+    except _errors() as e:
+        _fail(str(e).strip("'\""))
+    typer.echo(format_report(rep))
+    typer.echo("wrote " + ", ".join(rep["outputs"]))
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run, ensemble directory or .keras file."),
+    test_csv: Path = typer.Argument(..., help="Course test.csv (id,feature)."),
+    out: Path = typer.Option(..., "--out", help="Submission CSV (id,label)."),
+    tta: str = typer.Option("none", help="none | flip"),
+) -> None:
+    """Write the Kaggle submission format (id,label) for a course test.csv."""
+    from fer_train.data import load_course_test
+    from fer_train.evaluate import write_submission
+
+    try:
+        typer.echo(str(write_submission(run, load_course_test(test_csv), out, tta)))
+    except _errors() as e:
+        _fail(str(e).strip("'\""))
 
 
 def main() -> None:

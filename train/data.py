@@ -151,7 +151,7 @@ def load_kaggle_csv(path: str | Path) -> DataSource:
     unknown = np.flatnonzero(~np.isin(usage, USAGES))
     if unknown.size:
         i = int(unknown[0])
-        raise DataFormatError(f"{path}:{lines[i]}: unknown Usage {usage[i]!r}; expected one of {USAGES}")
+        raise DataFormatError(f"{path}:{lines[i]}: unknown Usage {str(usage[i])!r}; expected one of {', '.join(USAGES)}")
     ids = np.arange(len(rows))
     splits = {u: Split(x[usage == u], y[usage == u], ids[usage == u]) for u in USAGES}
     splits["train"], splits["val"] = splits["Training"], splits["PublicTest"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import platform
+import warnings
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from fer_train import runs
 from fer_train.data import DataSource, load_source
 from fer_train.models import ModelConfig, build_model
 from fer_train.pipeline import AugmentConfig, make_dataset
+from fer_train.plots import plot_learning_curves
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
@@ -180,33 +182,10 @@ def save_model(model, path: Path, include_optimizer: bool) -> None:
 
 
 def plot_curves(run: Path) -> None:
-    """Write learning_curves.png (loss and accuracy, train vs validation) from history.csv."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write learning_curves.png from history.csv."""
     h = runs.read_history(run)
-    if not h:
-        return
-    ep = [r["epoch"] for r in h]
-    be, bv = runs.best_epoch(h)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
-        ax.plot(ep, [r[key] for r in h], "-o", ms=3, label="train")
-        ax.plot(ep, [r[f"val_{key}"] for r in h], "-o", ms=3, label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[1].axvline(be, color="gray", ls="--", lw=1, label=f"best {bv:.4f} @ {be}")
-    axes[0].legend()
-    axes[1].legend()
-    fig.suptitle(run.name)
-    fig.tight_layout()
-    tmp = run / f".{runs.CURVES}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(run / runs.CURVES)
+    if h:
+        plot_learning_curves(h, runs.best_epoch(h), run.name, run / runs.CURVES)
 
 
 def write_summary(model, run: Path, extra: str = "") -> None:
@@ -314,6 +293,7 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
         callbacks = [_EpochTracker(), rec]
         if cfg.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau("val_accuracy", factor=0.5, patience=4, min_lr=1e-6))
+        warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
         model.fit(ds_tr, validation_data=ds_va, epochs=cfg.epochs, initial_epoch=start, callbacks=callbacks, verbose=0)
     be, bv = runs.best_epoch(history)
     result = {"run": str(run), "epochs_done": len(history), "best_epoch": be, "best_val_accuracy": bv,

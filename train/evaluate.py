@@ -1,0 +1,104 @@
+"""Evaluating a run or an ensemble on a split, and predicting for a course test.csv."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fer_runtime.labels import LABELS
+from fer_train import runs
+from fer_train.data import DataSource, Split, load_source
+from fer_train.metrics import classification_report
+from fer_train.plots import plot_confusion
+
+METRICS = "metrics.json"
+
+
+def load_members(path: str | Path) -> list:
+    """Load the Keras models of a run, ensemble or .keras file (inference only, no optimizer)."""
+    import keras
+
+    return [keras.models.load_model(p, compile=False) for p in runs.member_models(path)]
+
+
+def predict_probs(models: list, x: np.ndarray, tta: str = "none", batch_size: int = 256) -> np.ndarray:
+    """Mean member softmax on raw 0..255 images; ``tta="flip"`` also averages the mirrored image."""
+    import tensorflow as tf
+
+    if tta not in ("none", "flip"):
+        raise ValueError(f"unknown TTA {tta!r}; choose none or flip")
+    xs = [x.astype(np.float32)]
+    if tta == "flip":
+        xs.append(xs[0][:, :, ::-1, :])
+    total = np.zeros((len(x), len(LABELS)), np.float64)
+    for m in models:
+        fn = tf.function(lambda a, m=m: m(a, training=False), reduce_retracing=True)
+        for xi in xs:
+            for i in range(0, len(xi), batch_size):
+                total[i:i + batch_size] += fn(tf.constant(xi[i:i + batch_size])).numpy()
+    return (total / (len(models) * len(xs))).astype(np.float32)
+
+
+def data_path_of(path: str | Path) -> str:
+    """The training data a run (or an ensemble's first member) was trained on."""
+    p = Path(path)
+    if (p / runs.ENSEMBLE).exists():
+        spec = runs.read_json(p / runs.ENSEMBLE)
+        if spec.get("data"):
+            return spec["data"]
+        return data_path_of(p / spec["members"][0]["path"])
+    if p.is_file():
+        p = p.parent
+    return runs.read_json(p / runs.CONFIG)["train"]["data"]
+
+
+def split_of(source: DataSource, name: str) -> Split:
+    aliases = {"val": "val", "validation": "val", "public": "PublicTest", "private": "PrivateTest"}
+    return source[aliases.get(name.lower(), name)]
+
+
+def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", data: str | None = None,
+             out: Path | None = None, source: DataSource | None = None) -> dict[str, Any]:
+    """Metrics of a run/ensemble on ``split``; writes metrics.json, confusion CSV and PNG into ``out``."""
+    path = Path(path)
+    runs.member_models(path)  # fail early, naming the path, if it is not a run
+    out = Path(out) if out else (path if path.is_dir() else path.parent)
+    source = source or load_source(data or data_path_of(path))
+    s = split_of(source, split)
+    probs = predict_probs(load_members(path), s.x, tta)
+    rep = classification_report(s.y, probs)
+    key = split + ("+flip" if tta == "flip" else "")
+    rep.update({"split": split, "tta": tta, "members": [str(m) for m in runs.member_models(path)]})
+    metrics_path = out / METRICS
+    allm = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    allm[key] = rep
+    runs.write_json(metrics_path, allm)
+    stem = f"confusion_{key.replace('+', '_')}"
+    cm = np.array(rep["confusion"])
+    runs.atomic_write_text(out / f"{stem}.csv", "true\\pred," + ",".join(LABELS) + "\n" + "".join(
+        f"{LABELS[i]}," + ",".join(str(v) for v in row) + "\n" for i, row in enumerate(cm)))
+    plot_confusion(cm, f"{path.name}: {key}  acc {rep['accuracy']:.4f}  bal {rep['balanced_accuracy']:.4f}",
+                   out / f"{stem}.png")
+    rep["outputs"] = [str(metrics_path), str(out / f"{stem}.csv"), str(out / f"{stem}.png")]
+    return rep
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """A plain-text table of a classification report."""
+    lines = [f"{rep['split']} (tta {rep['tta']}): n={rep['n']}  accuracy {rep['accuracy']:.4f}  "
+             f"balanced accuracy {rep['balanced_accuracy']:.4f}  macro F1 {rep['macro_f1']:.4f}  ECE {rep['ece']:.4f}",
+             f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, r in rep["per_class"].items():
+        lines.append(f"{name:<10}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1']:>10.4f}{r['support']:>10d}")
+    lines.append("confusion (rows true, cols predicted): " + json.dumps(rep["confusion"]))
+    return "\n".join(lines)
+
+
+def write_submission(path: str | Path, test: Split, out: Path, tta: str = "none") -> Path:
+    """Kaggle submission (id,label) for an unlabelled course test.csv."""
+    probs = predict_probs(load_members(path), test.x, tta)
+    pred = probs.argmax(1)
+    runs.atomic_write_text(out, "id,label\n" + "".join(f"{i},{p}\n" for i, p in zip(test.ids, pred)))
+    return out

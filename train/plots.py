@@ -1,0 +1,67 @@
+"""Matplotlib figures of the training side (Agg backend, written atomically as PNG)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fer_runtime.labels import LABELS
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Save ``fig`` to ``path`` atomically and close it."""
+    plt = _plt()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float], title: str, path: Path) -> Path:
+    """Loss and accuracy per epoch, train against validation, with the selected epoch marked."""
+    plt = _plt()
+    ep = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, name in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
+        ax.plot(ep, [r[key] for r in history], "-o", ms=3, label="train")
+        ax.plot(ep, [r[f"val_{key}"] for r in history], "-o", ms=3, label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[1].axvline(best[0], color="gray", ls="--", lw=1, label=f"best {best[1]:.4f} @ epoch {best[0]}")
+    axes[0].legend()
+    axes[1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:
+    """Row-normalised confusion matrix heatmap (recall on the diagonal) with counts."""
+    plt = _plt()
+    cm = np.asarray(cm, float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.8, 5.8))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(LABELS)), LABELS, rotation=45, ha="right")
+    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(LABELS)):
+        for j in range(len(LABELS)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title)
+    return save_figure(fig, path)
