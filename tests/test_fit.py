@@ -192,3 +192,17 @@ def test_self_train_on_hidden_labels(tmp_path):
     assert 0 <= info["student_accuracy"] <= 1 and info["split"] == "PublicTest"
     r = runner.invoke(app, ["self-train", "--teacher", str(tmp_path / "st" / "student"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 0  # student also hid labels, so it can teach again
+
+
+@pytest.mark.parametrize("opts", [dict(strategy="mirrored"), dict(mixed_precision=True)])
+def test_strategy_and_mixed_precision_run_on_cpu(tmp_path, opts):
+    import keras
+
+    try:
+        res = fit(tmp_path / "run", TINY, _cfg(epochs=1, **opts), log=lambda s: None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert res["epochs_done"] == 1
+    m = keras.models.load_model(tmp_path / "run" / runs.BEST, compile=False)
+    p = np.asarray(m(np.zeros((2, 48, 48, 1), "float32")))
+    assert p.dtype == np.float32 and np.allclose(p.sum(1), 1, atol=1e-3)

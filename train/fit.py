@@ -206,8 +206,7 @@ def _setup(cfg: TrainConfig):
     import keras
     import tensorflow as tf
 
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
     keras.utils.set_random_seed(cfg.random_seed)
     if cfg.strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
