@@ -1,0 +1,53 @@
+"""fer_runtime: TensorFlow-free facial-expression recognition over the exported ONNX models.
+
+    >>> from fer_runtime import Predictor
+    >>> p = Predictor()                      # packaged models, CUDA if usable else CPU
+    >>> probs = p.predict([face_bgr, face_gray])   # (N, 7) float32, columns in p.labels order
+    >>> maps = p.saliency(face_bgr)                # (1, H, W) in [0, 1]
+
+Importing this package is cheap: numpy, OpenCV and onnxruntime load only when a name below is first used.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from fer_runtime.errors import (FerRuntimeError, InvalidImageError, ModelIntegrityError, ModelNotFoundError,
+                                ProviderUnavailableError)
+from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access, PEP 562)
+_LAZY = {
+    "Predictor": "fer_runtime.predictor",
+    "default_model_dir": "fer_runtime.predictor",
+    "Box": "fer_runtime.faces",
+    "detect_faces": "fer_runtime.faces",
+    "read_image": "fer_runtime.images",
+    "preprocess": "fer_runtime.images",
+    "saliency_figure": "fer_runtime.overlay",
+    "infer_files": "fer_runtime.pipeline",
+}
+
+__all__ = ["FerRuntimeError", "InvalidImageError", "ModelIntegrityError", "ModelNotFoundError",
+           "ProviderUnavailableError", "IMAGE_SIZE", "LABELS", "NUM_CLASSES", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fer_runtime.faces import Box, detect_faces
+    from fer_runtime.images import preprocess, read_image
+    from fer_runtime.overlay import saliency_figure
+    from fer_runtime.pipeline import infer_files
+    from fer_runtime.predictor import Predictor, default_model_dir
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fer_runtime' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

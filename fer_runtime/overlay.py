@@ -1,0 +1,55 @@
+"""Saliency figures: original | jet heatmap overlay | face masked to its most salient pixels, with a caption."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from fer_runtime.images import resize, to_uint8
+
+PANEL = 160  # side of each square panel, pixels
+CAPTION = 24  # height of the caption bar above the panels
+THRESHOLD = 0.6  # saliency level kept in the "focus" panel
+FIGURE_SHAPE = (CAPTION + PANEL, 3 * PANEL)  # (height, width) of every figure
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    im = to_uint8(np.asarray(image))
+    if im.ndim == 2 or im.shape[2] == 1:
+        return cv2.cvtColor(im.reshape(im.shape[:2]), cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(im, cv2.COLOR_BGRA2BGR) if im.shape[2] == 4 else im
+
+
+def _fit(image: np.ndarray, side: int = PANEL) -> np.ndarray:
+    """Letterbox ``image`` into a side x side black square, keeping its aspect ratio."""
+    h, w = image.shape[:2]
+    s = side / max(h, w)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    small = resize(image, nw, nh)
+    out = np.zeros((side, side) + image.shape[2:], image.dtype)
+    y0, x0 = (side - nh) // 2, (side - nw) // 2
+    out[y0:y0 + nh, x0:x0 + nw] = small
+    return out
+
+
+def saliency_figure(face: np.ndarray, saliency: np.ndarray, caption: str, threshold: float = THRESHOLD) -> np.ndarray:
+    """Build a BGR uint8 figure of shape :data:`FIGURE_SHAPE` (+3 channels).
+
+    ``face``: the face crop (any dtype/channels); ``saliency``: a map in [0, 1] of the same HxW (or any size;
+    it is resized to the face); ``caption``: ASCII text such as ``"Happy 93%"``.
+    """
+    face_bgr = _bgr(face)
+    h, w = face_bgr.shape[:2]
+    sal = np.clip(resize(np.asarray(saliency, np.float32), w, h), 0.0, 1.0)
+    face_p, sal_p = _fit(face_bgr), _fit(sal)
+    heat = cv2.applyColorMap(np.rint(sal_p * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    overlay = cv2.addWeighted(face_p, 0.5, heat, 0.5, 0.0)
+    focus = np.where((sal_p >= threshold)[:, :, None], face_p, 0).astype(np.uint8)
+    fig = np.zeros(FIGURE_SHAPE + (3,), np.uint8)
+    fig[CAPTION:, :PANEL], fig[CAPTION:, PANEL:2 * PANEL], fig[CAPTION:, 2 * PANEL:] = face_p, overlay, focus
+    text = caption.encode("ascii", "replace").decode("ascii")
+    cv2.putText(fig, text, (6, CAPTION - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    for i, name in enumerate(("", "saliency", f"focus >= {threshold:g}")):
+        if name:
+            cv2.putText(fig, name, (i * PANEL + 4, FIGURE_SHAPE[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                        (255, 255, 255), 1, cv2.LINE_AA)
+    return fig

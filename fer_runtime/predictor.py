@@ -1,0 +1,204 @@
+"""The :class:`Predictor`: verified ONNX models in an onnxruntime session, images in, probabilities out."""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fer_runtime import images as imgs
+from fer_runtime import providers as prov
+from fer_runtime.errors import FerRuntimeError, ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError
+from fer_runtime.labels import IMAGE_SIZE
+from fer_runtime.manifest import Manifest, load_verified, read_manifest
+
+MODEL_DIR_ENV = "FER_MODEL_DIR"
+
+ClassSpec = int | str | Sequence[int | str] | np.ndarray | None
+
+
+def default_model_dir() -> Path:
+    """The model directory used when none is given: ``$FER_MODEL_DIR`` if set, else the packaged models."""
+    env = os.environ.get(MODEL_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(str(files("fer_runtime.models")))
+
+
+class Predictor:
+    """Facial-expression classifier over the shipped (or any exported) ONNX models.
+
+    Args:
+        model_dir: folder with ``manifest.json`` and the ONNX files; default :func:`default_model_dir`.
+        model: manifest variant to use (e.g. ``"accurate"``); default the manifest's ``default_variant``.
+        device: ``"auto"`` (CUDA if onnxruntime can really use it, else CPU), ``"cpu"`` or ``"cuda"``.
+        providers: explicit onnxruntime providers (names or ``(name, options)``); overrides ``device``.
+        batch_size: images per ``session.run`` call.
+        threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+
+    Every model file's SHA-256 is checked against the manifest and the session is built from exactly
+    the verified bytes. The saliency model is verified and loaded on first use (or :meth:`load_saliency`).
+    One instance may be shared between threads.
+
+    Raises:
+        ModelNotFoundError, ModelIntegrityError, ProviderUnavailableError.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str] | None = None, model: str | None = None,
+                 device: str = "auto", providers: Sequence[prov.ProviderSpec] | None = None,
+                 batch_size: int = 64, threads: int | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if threads is not None and threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = onnxruntime default), got {threads}")
+        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        self.manifest: Manifest = read_manifest(self.model_dir)
+        self.variant = model if model is not None else self.manifest.default_variant
+        if self.variant not in self.manifest.variants:
+            raise ModelNotFoundError(f"model {self.variant!r} is not in {self.model_dir / 'manifest.json'} "
+                                     f"(variants: {', '.join(sorted(self.manifest.variants))})")
+        self.batch_size = int(batch_size)
+        self.threads = threads
+        self.device = device
+        self._requested = prov.requested_providers(device, providers)
+        self._cuda_optional = providers is None and device == "auto"
+        self._input_name = str(self.manifest.input.get("name", "image"))
+
+        spec = self.manifest.variants[self.variant]
+        self._forward = self._session(spec.forward, inputs=[self._input_name], outputs=["probs"])
+        self._saliency_file = spec.saliency
+        self._saliency_sess: Any = None
+        self._saliency_lock = threading.Lock()
+
+    # -- public properties ------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        """Class names in output-column order."""
+        return list(self.manifest.labels)
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the forward session actually uses (e.g. ``["CPUExecutionProvider"]``)."""
+        return list(self._forward.get_providers())
+
+    def __repr__(self) -> str:
+        return (f"Predictor(model_dir={str(self.model_dir)!r}, model={self.variant!r}, "
+                f"providers={self.providers}, batch_size={self.batch_size})")
+
+    # -- inference --------------------------------------------------------------------------------
+    def predict(self, images: Any) -> np.ndarray:
+        """Class probabilities, float32 of shape (N, number of labels).
+
+        ``images``: a list of faces of any size, channel count (gray, BGR, BGRA) and dtype (uint8, uint16,
+        float in 0..1 or 0..255), or a numpy array (HxW or HxWxC = one face; NxHxW or NxHxWxC = a batch).
+        Each face is converted to gray, resized to 48x48 (INTER_AREA when shrinking) as float32 0..255.
+        """
+        return self._run_forward(self._prepare(imgs.as_image_list(images)))
+
+    def saliency(self, images: Any, classes: ClassSpec = None) -> np.ndarray | list[np.ndarray]:
+        """Gradient saliency maps in [0, 1] at each input's own size.
+
+        The map is |d score(class) / d pixel| of the 48x48 input, normalised to max 1 per image and resized
+        back to the image's HxW. ``classes``: None (each image's predicted class), one class for all, or one per
+        image (indices or label names). Returns an (N, H, W) float32 array if all images share a size,
+        else a list of (H_i, W_i) arrays.
+        """
+        ims = imgs.as_image_list(images)
+        x = self._prepare(ims)
+        cls = (np.argmax(self._run_forward(x), axis=1).astype(np.int64) if classes is None
+               else self._class_array(classes, len(ims)))
+        sess = self.load_saliency()
+        grads = [sess.run(["saliency"], {self._input_name: x[i:i + self.batch_size], "class": cls[i:i + self.batch_size]})[0]
+                 for i in range(0, len(x), self.batch_size)]
+        g = np.abs(np.concatenate(grads, axis=0).reshape(len(x), IMAGE_SIZE, IMAGE_SIZE)) if grads else \
+            np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        peak = g.reshape(len(g), -1).max(axis=1, initial=0.0)
+        g = np.divide(g, peak[:, None, None], out=np.zeros_like(g, dtype=np.float32), where=peak[:, None, None] > 0)
+        maps = [np.clip(imgs.resize(m.astype(np.float32), im.shape[1], im.shape[0]), 0.0, 1.0) for m, im in zip(g, ims)]
+        if len({m.shape for m in maps}) <= 1:
+            return np.stack(maps) if maps else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        return maps
+
+    def load_saliency(self) -> Any:
+        """Verify and load the saliency model now (it is otherwise loaded on the first :meth:`saliency` call)."""
+        if self._saliency_sess is None:
+            with self._saliency_lock:
+                if self._saliency_sess is None:
+                    if self._saliency_file is None:
+                        raise ModelNotFoundError(f"model {self.variant!r} has no saliency graph in the manifest")
+                    self._saliency_sess = self._session(self._saliency_file, inputs=[self._input_name, "class"],
+                                                        outputs=["saliency"])
+        return self._saliency_sess
+
+    # -- internals --------------------------------------------------------------------------------
+    def _session(self, filename: str, inputs: list[str], outputs: list[str]) -> Any:
+        """Verify ``filename`` against the manifest and build an InferenceSession from those same bytes."""
+        import onnxruntime as ort
+
+        data = load_verified(self.model_dir, self.manifest, filename)
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = int(self.threads)
+        try:
+            sess = ort.InferenceSession(data, sess_options=so, providers=self._requested)
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            if e.__class__.__name__ == "EPFail":
+                raise ProviderUnavailableError(f"{filename}: execution provider failed: {msg}") from None
+            raise ModelIntegrityError(f"{self.model_dir / filename}: onnxruntime cannot load it ({msg})",
+                                      str(self.model_dir / filename)) from None
+        prov.check_session_providers(self._requested, sess, cuda_optional=self._cuda_optional)
+        have_in = {i.name for i in sess.get_inputs()}
+        have_out = {o.name: o for o in sess.get_outputs()}
+        missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+        if missing:
+            raise ModelIntegrityError(f"{self.model_dir / filename}: graph lacks {', '.join(missing)} "
+                                      f"(inputs {sorted(have_in)}, outputs {sorted(have_out)})", str(self.model_dir / filename))
+        if "probs" in outputs:
+            width = have_out["probs"].shape[-1]
+            if isinstance(width, int) and width != len(self.manifest.labels):
+                raise ModelIntegrityError(f"{self.model_dir / filename}: 'probs' has {width} classes but the manifest "
+                                          f"lists {len(self.manifest.labels)} labels", str(self.model_dir / filename))
+        return sess
+
+    def _prepare(self, ims: list[np.ndarray]) -> np.ndarray:
+        """Faces to the (N, 48, 48, 1) float32 model input."""
+        out = np.empty((len(ims), IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)
+        for i, im in enumerate(ims):
+            try:
+                out[i, :, :, 0] = imgs.preprocess(im)
+            except FerRuntimeError as e:
+                raise type(e)(f"image {i}: {e}") from None
+        return out
+
+    def _run_forward(self, x: np.ndarray) -> np.ndarray:
+        n_cls = len(self.manifest.labels)
+        out = np.empty((len(x), n_cls), np.float32)
+        for i in range(0, len(x), self.batch_size):
+            out[i:i + self.batch_size] = self._forward.run(["probs"], {self._input_name: x[i:i + self.batch_size]})[0]
+        return out
+
+    def _class_array(self, classes: ClassSpec, n: int) -> np.ndarray:
+        """Class indices (or label names), one for all or one per image, as an int64 array of length n."""
+        lookup = {name.lower(): i for i, name in enumerate(self.manifest.labels)}
+
+        def index(c: Any) -> int:
+            if isinstance(c, str):
+                if c.lower() not in lookup:
+                    raise ValueError(f"unknown class {c!r}; expected one of {', '.join(self.manifest.labels)}")
+                return lookup[c.lower()]
+            i = int(c)
+            if not 0 <= i < len(lookup):
+                raise ValueError(f"class index {i} out of range 0..{len(lookup) - 1}")
+            return i
+
+        if isinstance(classes, (str, int, np.integer)):
+            return np.full(n, index(classes), np.int64)
+        arr = [index(c) for c in classes]
+        if len(arr) != n:
+            raise ValueError(f"got {len(arr)} classes for {n} images")
+        return np.asarray(arr, np.int64)

@@ -1,0 +1,73 @@
+"""onnxruntime execution-provider selection and the check that the session really got them.
+
+onnxruntime silently falls back to CPU when a provider fails to initialise (e.g. CUDA libraries
+missing), so after building a session we compare what we asked for with ``session.get_providers()``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fer_runtime.errors import ProviderUnavailableError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+ProviderSpec = str | tuple[str, dict[str, Any]]
+
+
+def _name(p: ProviderSpec) -> str:
+    return p if isinstance(p, str) else p[0]
+
+
+def available_providers() -> list[str]:
+    """The providers this onnxruntime build offers (imports onnxruntime)."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def requested_providers(device: str = "auto", providers: Sequence[ProviderSpec] | None = None) -> list[ProviderSpec]:
+    """The provider list to give onnxruntime for ``device`` (or the explicit ``providers``, which win).
+
+    Raises :class:`ProviderUnavailableError` if a required provider is not in this onnxruntime build.
+    """
+    available = available_providers()
+    if providers is not None:
+        wanted = list(providers)
+        if not wanted:
+            raise ProviderUnavailableError("providers=[] asks for no execution provider at all")
+        missing = [_name(p) for p in wanted if _name(p) not in available]
+        if missing:
+            raise ProviderUnavailableError(f"{', '.join(missing)} not available in this onnxruntime "
+                                           f"(available: {', '.join(available)})")
+        return wanted
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda":
+        if CUDA not in available:
+            raise ProviderUnavailableError(
+                f"device='cuda' but {CUDA} is not available in this onnxruntime (available: {', '.join(available)}); "
+                "install fer-toolkit[gpu] (onnxruntime-gpu) with matching CUDA/cuDNN, or use device='cpu'")
+        return [CUDA, CPU]
+    if device == "auto" and CUDA in available:
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def check_session_providers(requested: Sequence[ProviderSpec], session: Any, cuda_optional: bool = False) -> list[str]:
+    """Return the session's providers; raise if onnxruntime dropped one we asked for.
+
+    ``cuda_optional`` (used by ``device='auto'``) accepts a dropped CUDA: the CPU fallback is what "auto" means.
+    """
+    got = list(session.get_providers())
+    required = [_name(p) for p in requested]
+    if cuda_optional:
+        required = [p for p in required if p != CUDA]
+    dropped = [p for p in required if p not in got]
+    if dropped:
+        raise ProviderUnavailableError(
+            f"onnxruntime did not initialise {', '.join(dropped)} (session has {', '.join(got)}); "
+            "check the CUDA/cuDNN installation, or use device='cpu'")
+    return got

@@ -1,0 +1,210 @@
+"""End-to-end tests of ``fer-infer`` (typer CliRunner) on a folder of good, odd and broken files. No TensorFlow."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fer_runtime import LABELS, default_model_dir
+from fer_runtime.cli import app
+from fer_runtime.manifest import MANIFEST_NAME, read_manifest
+from fer_runtime.overlay import FIGURE_SHAPE
+from fer_runtime.results import columns
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "images"
+COLUMNS = ["path", "face", "x", "y", "w", "h", "source", "label", "confidence",
+           *(f"p_{l.lower()}" for l in LABELS), "error"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    d = default_model_dir()
+    if not (d / MANIFEST_NAME).exists():
+        pytest.skip(f"no exported models in {d} (run fer-export, or set FER_MODEL_DIR)")
+    return d
+
+
+def _png(path: Path, image: np.ndarray) -> None:
+    cv2.imencode(path.suffix, image)[1].tofile(path)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """good images, a truncated jpg, a text file named .png, RGBA, 16-bit, 6000x4000 and a non-ASCII name."""
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "sub").mkdir()
+    for name in ("happy_0.png", "sad_0.png"):
+        shutil.copy(EXAMPLES / name, d / name)
+    shutil.copy(EXAMPLES / "photo_two_faces.jpg", d / "sub" / "photo.jpg")
+    jpg = (EXAMPLES / "photo_one_face.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(jpg[: len(jpg) // 3])
+    (d / "notes.png").write_text("this is not an image\n")
+    face = cv2.imread(str(EXAMPLES / "surprise_0.png"), cv2.IMREAD_GRAYSCALE)
+    bgr = cv2.cvtColor(cv2.resize(face, (96, 96)), cv2.COLOR_GRAY2BGR)
+    _png(d / "rgba.png", np.dstack([bgr, np.full((96, 96), 255, np.uint8)]))
+    _png(d / "sixteen.png", cv2.resize(face, (64, 64)).astype(np.uint16) * 257)
+    photo = cv2.imread(str(EXAMPLES / "photo_two_faces.jpg"))
+    big = cv2.resize(photo, (6000, 4000), interpolation=cv2.INTER_LINEAR)
+    cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tofile(d / "big.jpg")
+    _png(d / "visage_été.png", cv2.imread(str(EXAMPLES / "angry_0.png")))
+    (d / "readme.txt").write_text("skipped: not an image suffix")
+    return d
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _by_name(rows: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    out: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        out.setdefault(Path(r["path"]).name, []).append(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(model_dir: Path, inputs: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One full run over the folder, shared by the tests below (the 6000x4000 image is the slow part)."""
+    out_dir = tmp_path_factory.mktemp("out")
+    out, sal = out_dir / "preds.csv", out_dir / "saliency"
+    res = runner.invoke(app, [str(inputs), "--out", str(out), "--saliency-dir", str(sal), "--model-dir",
+                              str(model_dir), "--device", "cpu", "--threads", "1", "--batch-size", "4"])
+    return res, out, sal
+
+
+def test_exit_code_and_columns(run) -> None:
+    res, out, _ = run
+    assert res.exit_code == 1, res.output
+    with open(out, newline="", encoding="utf-8") as f:
+        assert next(csv.reader(f)) == COLUMNS
+    assert COLUMNS == columns(LABELS)
+    assert "failed" in res.stderr
+
+
+def test_rows(run, inputs: Path) -> None:
+    _, out, _ = run
+    rows = _csv(out)
+    by = _by_name(rows)
+    assert "readme.txt" not in by  # folders contribute image suffixes only
+    assert set(by) == {"happy_0.png", "sad_0.png", "photo.jpg", "truncated.jpg", "notes.png", "rgba.png",
+                       "sixteen.png", "big.jpg", "visage_été.png"}
+    assert [r["path"] for r in rows] == sorted([r["path"] for r in rows], key=lambda p: p)  # stable order
+    for name in ("happy_0.png", "sad_0.png", "rgba.png", "sixteen.png", "visage_été.png"):
+        (r,) = by[name]
+        assert r["error"] == "" and r["label"] in LABELS and r["face"] == "0"
+        probs = [float(r[c]) for c in COLUMNS if c.startswith("p_")]
+        assert abs(sum(probs) - 1) < 1e-4 and float(r["confidence"]) == pytest.approx(max(probs), abs=1e-6)
+        assert r["label"] == LABELS[int(np.argmax(probs))]
+    assert by["happy_0.png"][0]["source"] in ("whole", "detected")
+    (bad,) = by["notes.png"]
+    assert "not a readable image" in bad["error"] and bad["label"] == "" and bad["p_happy"] == ""
+    (trunc,) = by["truncated.jpg"]
+    assert trunc["error"] or trunc["label"] in LABELS  # either partially decoded or an error row
+    for name, size in (("photo.jpg", (640, 400)), ("big.jpg", (6000, 4000))):
+        faces = by[name]
+        assert [r["face"] for r in faces] == ["0", "1"] and {r["source"] for r in faces} == {"detected"}
+        for r in faces:
+            x, y, w, h = (int(r[k]) for k in "xywh")
+            assert 0 <= x and 0 <= y and x + w <= size[0] and y + h <= size[1] and w > size[0] // 10
+    assert int(by["big.jpg"][0]["x"]) == pytest.approx(int(by["photo.jpg"][0]["x"]) * 6000 / 640, rel=0.15)
+
+
+def test_atomic_output_and_saliency_figures(run) -> None:
+    _, out, sal = run
+    assert sorted(p.name for p in out.parent.iterdir()) == ["preds.csv", "saliency"]  # no temp file left
+    faces = [r for r in _csv(out) if r["label"]]
+    pngs = sorted(sal.iterdir())
+    assert len(pngs) == len(faces)
+    assert (sal / "visage_été_face0.png").exists() and (sal / "big_face1.png").exists()
+    for p in pngs:
+        fig = cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert fig.shape == (*FIGURE_SHAPE, 3)
+
+
+def test_jsonl_and_faces_crop(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.out"
+    res = runner.invoke(app, [str(EXAMPLES / "happy_0.png"), str(EXAMPLES / "photo_two_faces.jpg"), "--out",
+                              str(out), "--format", "jsonl", "--faces", "crop", "--model-dir", str(model_dir), "-q"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 2 and all(list(r) == COLUMNS for r in rows)
+    assert [r["source"] for r in rows] == ["whole", "whole"] and rows[1]["w"] == 640 and rows[1]["h"] == 400
+    assert rows[0]["error"] is None and isinstance(rows[0]["p_happy"], float)
+
+
+def test_faces_detect_and_globs(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    res = runner.invoke(app, [str(EXAMPLES / "photo_*.jpg"), str(EXAMPLES / "sad_0.png"), "--faces", "detect",
+                              "--out", str(out), "--model-dir", str(model_dir), "-q"])
+    assert res.exit_code == 0, res.output  # "no face detected" is a result, not a failure
+    by = _by_name(_csv(out))
+    assert set(by) == {"photo_one_face.jpg", "photo_two_faces.jpg", "sad_0.png"}
+    assert len(by["photo_two_faces.jpg"]) == 2 and by["photo_one_face.jpg"][0]["source"] == "detected"
+    sad = by["sad_0.png"][0]
+    assert sad["label"] or sad["error"] == "no face detected"
+
+
+def test_stdout_when_no_out(model_dir: Path) -> None:
+    res = runner.invoke(app, [str(EXAMPLES / "fear_0.png"), "--model-dir", str(model_dir), "-q"])
+    assert res.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 1 and rows[0]["label"] in LABELS
+
+
+def test_missing_path_is_an_error_row(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    res = runner.invoke(app, [str(EXAMPLES / "fear_0.png"), str(tmp_path / "absent.png"), "--out", str(out),
+                              "--model-dir", str(model_dir), "-q"])
+    assert res.exit_code == 1
+    by = _by_name(_csv(out))
+    assert by["absent.png"][0]["error"] == "no such file or directory" and by["fear_0.png"][0]["label"]
+
+
+def _fatal(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+def test_fatal_errors_exit_2_and_keep_the_old_output(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    out.write_text("old\n")
+    good = str(EXAMPLES / "happy_0.png")
+    assert "does not exist" in _fatal(runner.invoke(app, [good, "--out", str(out), "--model-dir", str(tmp_path / "no")]))
+    corrupt = Path(shutil.copytree(model_dir, tmp_path / "m", ignore=shutil.ignore_patterns("__pycache__")))
+    m = read_manifest(corrupt)
+    f = corrupt / m.variants[m.default_variant].forward
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0x55
+    f.write_bytes(bytes(data))
+    line = _fatal(runner.invoke(app, [good, "--out", str(out), "--model-dir", str(corrupt)]))
+    assert m.files[f.name].sha256 in line and "expected" in line
+    (tmp_path / "empty").mkdir()
+    assert "no image files" in _fatal(runner.invoke(app, [str(tmp_path / "empty"), "--out", str(out)]))
+    assert "no such file" in _fatal(runner.invoke(app, [str(tmp_path / "nothing*.png"), "--out", str(out)]))
+    assert "variants" in _fatal(runner.invoke(app, [good, "--out", str(out), "--model", "tiny", "--model-dir",
+                                                    str(model_dir)]))
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "m", "preds.csv"]
+
+
+def test_help_does_not_import_the_heavy_modules() -> None:
+    code = ("import sys\nfrom fer_runtime.cli import main\nsys.argv = ['fer-infer', '--help']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code\n"
+            "print('HEAVY', sorted(m for m in ('onnxruntime', 'cv2', 'numpy', 'tensorflow') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "--saliency-dir" in r.stdout and "HEAVY []" in r.stdout

@@ -1,0 +1,401 @@
+"""Tests of the TensorFlow-free runtime (fer_runtime) against the shipped models in models/.
+
+Never imports TensorFlow. Set FER_MODEL_DIR to test another exported model folder.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_runtime import (LABELS, Box, InvalidImageError, ModelIntegrityError, ModelNotFoundError, Predictor,
+                         ProviderUnavailableError, default_model_dir, detect_faces, read_image)
+from fer_runtime import providers as prov
+from fer_runtime.images import as_image_list, preprocess, write_image
+from fer_runtime.manifest import MANIFEST_NAME, read_manifest, sha256_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "fer2013_small.csv.gz"
+EXAMPLES = ROOT / "examples" / "images"
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    d = default_model_dir()
+    if not (d / MANIFEST_NAME).exists():
+        pytest.skip(f"no exported models in {d} (run fer-export, or set FER_MODEL_DIR)")
+    return d
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir: Path) -> Predictor:
+    return Predictor(model_dir, device="cpu", threads=1, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def fer_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(faces uint8 [N,48,48], labels [N], is_test [N]) from the real FER2013 fixture rows."""
+    with gzip.open(FIXTURE, "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    faces = np.array([np.array(r["pixels"].split(), np.uint8).reshape(48, 48) for r in rows])
+    return faces, np.array([int(r["emotion"]) for r in rows]), np.array([r["Usage"] != "Training" for r in rows])
+
+
+@pytest.fixture()
+def model_copy(model_dir: Path, tmp_path: Path) -> Path:
+    """A temp copy of the model folder, free to corrupt."""
+    return Path(shutil.copytree(model_dir, tmp_path / "models", ignore=shutil.ignore_patterns("__pycache__")))
+
+
+def _face(fer_rows, i: int = 0) -> np.ndarray:
+    return fer_rows[0][i]
+
+
+# -- predict ----------------------------------------------------------------------------------------
+def _encodings(gray: np.ndarray) -> dict[str, np.ndarray]:
+    bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    return {
+        "gray_u8": gray,
+        "gray_hw1": gray[:, :, None],
+        "bgr_u8": bgr,
+        "bgra_u8": cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA),
+        "float01": gray.astype(np.float32) / 255,
+        "float255": gray.astype(np.float64),
+        "uint16": bgr.astype(np.uint16) * 257,
+        "int64": gray.astype(np.int64),
+    }
+
+
+def test_predict_accepts_every_encoding_of_the_same_face(predictor: Predictor, fer_rows) -> None:
+    gray = _face(fer_rows)
+    ref = predictor.predict(gray)
+    assert ref.shape == (1, len(LABELS)) and ref.dtype == np.float32
+    assert np.isclose(ref.sum(), 1.0, atol=1e-5)
+    for name, im in _encodings(gray).items():
+        p = predictor.predict(im)
+        assert p.shape == (1, 7) and p.dtype == np.float32, name
+        np.testing.assert_allclose(p, ref, atol=1e-4, err_msg=name)
+
+
+def test_predict_mixed_sizes_and_types(predictor: Predictor, fer_rows) -> None:
+    g = _face(fer_rows, 1)
+    ims = [cv2.resize(g, (200, 150)), cv2.cvtColor(cv2.resize(g, (30, 30)), cv2.COLOR_GRAY2BGRA),
+           g.astype(np.float32) / 255, (cv2.resize(g, (97, 61)).astype(np.uint16) * 257)]
+    p = predictor.predict(ims)
+    assert p.shape == (4, 7) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_batched_equals_single(predictor: Predictor, fer_rows) -> None:
+    faces = fer_rows[0][:37]  # not a multiple of batch_size=16
+    batched = predictor.predict(list(faces))
+    single = np.concatenate([predictor.predict(f) for f in faces])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_allclose(predictor.predict(faces), batched, atol=1e-6)  # NxHxW array = a batch
+    np.testing.assert_allclose(predictor.predict(faces[:, :, :, None]), batched, atol=1e-6)
+
+
+def test_predict_empty(predictor: Predictor) -> None:
+    assert predictor.predict([]).shape == (0, 7)
+
+
+@pytest.mark.parametrize("bad", [[np.zeros(10)], [np.zeros((48, 48, 2))], [np.zeros((0, 0))], [np.full((8, 8), np.nan)],
+                                 [np.full((8, 8), -3)], [np.zeros((8, 8), np.complex64)], "face.png",
+                                 np.zeros((2, 3, 4, 5, 6))],
+                         ids=["1d", "2ch", "empty", "nan", "negative", "complex", "str", "5d"])
+def test_invalid_images(predictor: Predictor, bad) -> None:
+    with pytest.raises(InvalidImageError):
+        predictor.predict(bad)
+
+
+def test_as_image_list_shapes() -> None:
+    assert len(as_image_list(np.zeros((48, 48, 3)))) == 1
+    assert len(as_image_list(np.zeros((5, 48, 48)))) == 5
+    assert len(as_image_list(np.zeros((5, 48, 48, 3)))) == 5
+    assert preprocess(np.zeros((100, 80, 3), np.uint8)).shape == (48, 48)
+
+
+def test_predictions_beat_chance(predictor: Predictor, fer_rows) -> None:
+    faces, labels, is_test = fer_rows
+    acc = float((predictor.predict(faces[is_test]).argmax(axis=1) == labels[is_test]).mean())
+    assert acc > 2 / 7, f"accuracy {acc:.3f} on {is_test.sum()} held-out FER2013 rows"
+
+
+def test_public_properties(predictor: Predictor, model_dir: Path) -> None:
+    assert predictor.labels == list(LABELS)
+    assert predictor.providers == ["CPUExecutionProvider"]
+    assert predictor.manifest.default_variant in predictor.manifest.variants
+    assert predictor.model_dir == model_dir
+    assert "Predictor(" in repr(predictor)
+
+
+# -- saliency ---------------------------------------------------------------------------------------
+def test_saliency_shape_range_and_default_class(predictor: Predictor, fer_rows) -> None:
+    face = cv2.cvtColor(cv2.resize(_face(fer_rows, 2), (40, 60)), cv2.COLOR_GRAY2BGR)  # HxW = 60x40
+    s = predictor.saliency(face)
+    assert isinstance(s, np.ndarray) and s.shape == (1, 60, 40) and s.dtype == np.float32
+    assert s.min() >= 0.0 and s.max() <= 1.0 and s.max() > 0.5
+    best = int(predictor.predict(face).argmax())
+    np.testing.assert_array_equal(s, predictor.saliency(face, classes=[best]))
+    np.testing.assert_array_equal(s, predictor.saliency(face, classes=LABELS[best].upper()))
+    other = predictor.saliency(face, classes=(best + 1) % 7)
+    assert not np.array_equal(s, other)
+
+
+def test_saliency_batches_and_sizes(predictor: Predictor, fer_rows) -> None:
+    faces = fer_rows[0][:20]
+    s = predictor.saliency(faces)
+    assert s.shape == (20, 48, 48)
+    peaks = s.reshape(20, -1).max(axis=1)
+    np.testing.assert_allclose(peaks, 1.0, atol=1e-6)  # normalised per image (48x48: no resizing)
+    mixed = predictor.saliency([faces[0], cv2.resize(faces[1], (100, 80))])
+    assert isinstance(mixed, list) and [m.shape for m in mixed] == [(48, 48), (80, 100)]
+    with pytest.raises(ValueError):
+        predictor.saliency(faces[:2], classes=[0])
+    with pytest.raises(ValueError):
+        predictor.saliency(faces[:1], classes=7)
+    with pytest.raises(ValueError):
+        predictor.saliency(faces[:1], classes="Bored")
+
+
+# -- integrity and errors ---------------------------------------------------------------------------
+def test_session_is_built_from_the_verified_bytes(model_dir: Path, monkeypatch) -> None:
+    import onnxruntime as ort
+
+    seen: list[object] = []
+    real = ort.InferenceSession
+
+    def spy(model, *a, **kw):
+        seen.append(model)
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    p = Predictor(model_dir, device="cpu")
+    p.load_saliency()
+    m = p.manifest
+    spec = m.variants[p.variant]
+    assert [sha256_bytes(b) for b in seen] == [m.files[spec.forward].sha256, m.files[spec.saliency].sha256]
+    assert all(isinstance(b, bytes) for b in seen)
+
+
+def test_flipped_byte_is_an_integrity_error(model_copy: Path) -> None:
+    m = read_manifest(model_copy)
+    name = m.variants[m.default_variant].forward
+    data = bytearray((model_copy / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (model_copy / name).write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError) as ei:
+        Predictor(model_copy, device="cpu")
+    e = ei.value
+    assert e.expected == m.files[name].sha256 and e.actual == sha256_bytes(bytes(data))
+    assert e.expected in str(e) and e.actual in str(e) and name in str(e)
+
+
+def test_corrupt_saliency_file_fails_on_load(model_copy: Path) -> None:
+    m = read_manifest(model_copy)
+    name = m.variants[m.default_variant].saliency
+    with open(model_copy / name, "r+b") as f:
+        f.seek(100)
+        b = f.read(1)
+        f.seek(100)
+        f.write(bytes([b[0] ^ 1]))
+    p = Predictor(model_copy, device="cpu")  # forward graph intact
+    with pytest.raises(ModelIntegrityError, match="expected"):
+        p.load_saliency()
+
+
+def test_missing_files_and_folders(model_copy: Path, tmp_path: Path) -> None:
+    m = read_manifest(model_copy)
+    (model_copy / m.variants[m.default_variant].forward).unlink()
+    with pytest.raises(ModelNotFoundError, match="missing"):
+        Predictor(model_copy, device="cpu")
+    with pytest.raises(ModelNotFoundError):
+        Predictor(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="manifest.json"):
+        Predictor(tmp_path / "empty")
+
+
+def test_manifest_listing_an_absent_file(model_copy: Path) -> None:
+    d = json.loads((model_copy / MANIFEST_NAME).read_text())
+    d["files"]["ghost.onnx"] = {"sha256": "0" * 64, "bytes": 1}
+    d["variants"]["ghost"] = {"forward": "ghost.onnx"}
+    (model_copy / MANIFEST_NAME).write_text(json.dumps(d))
+    with pytest.raises(ModelNotFoundError, match="ghost.onnx"):
+        Predictor(model_copy, model="ghost", device="cpu")
+    with pytest.raises(ModelNotFoundError, match="variants"):
+        Predictor(model_copy, model="nope", device="cpu")
+    d["variants"]["ghost"] = {"forward": "unlisted.onnx"}
+    (model_copy / MANIFEST_NAME).write_text(json.dumps(d))
+    with pytest.raises(ModelIntegrityError, match="unlisted.onnx"):
+        Predictor(model_copy, device="cpu")
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"format_version": 1}', '{"format_version": 99}',
+                                  '{"format_version": 1, "labels": [], "input": {}, "variants": {"a": 3}, "files": {}}'])
+def test_malformed_manifest(model_copy: Path, text: str) -> None:
+    (model_copy / MANIFEST_NAME).write_text(text)
+    with pytest.raises(ModelIntegrityError):
+        Predictor(model_copy, device="cpu")
+
+
+def test_cuda_on_a_cpu_machine(model_dir: Path) -> None:
+    if "CUDAExecutionProvider" in prov.available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider"):
+        Predictor(model_dir, device="cuda")
+    with pytest.raises(ProviderUnavailableError):
+        Predictor(model_dir, providers=["NoSuchExecutionProvider"])
+    assert Predictor(model_dir, device="auto").providers == ["CPUExecutionProvider"]
+
+
+def test_silently_dropped_provider_is_detected(model_dir: Path, monkeypatch) -> None:
+    # Pretend CUDA is offered: onnxruntime then drops it when building the session (with a warning).
+    monkeypatch.setattr(prov, "available_providers", lambda: [prov.CUDA, prov.CPU])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ProviderUnavailableError, match="did not initialise"):
+            Predictor(model_dir, device="cuda")
+        assert Predictor(model_dir, device="auto").providers == [prov.CPU]  # auto falls back
+
+
+def test_threads_option(model_dir: Path) -> None:
+    p = Predictor(model_dir, device="cpu", threads=1)
+    assert p._forward.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError):
+        Predictor(model_dir, batch_size=0)
+    with pytest.raises(ValueError):
+        Predictor(model_dir, device="tpu")
+
+
+# -- threads ----------------------------------------------------------------------------------------
+def test_shared_predictor_is_thread_safe(model_dir: Path, fer_rows) -> None:
+    p = Predictor(model_dir, device="cpu", threads=1, batch_size=8)  # fresh: saliency loads lazily, under races
+    chunks = [fer_rows[0][i * 12:(i + 1) * 12] for i in range(4)]
+    serial = [p.predict(c) for c in chunks]
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(chunks))
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            for _ in range(3):
+                results[i] = (p.predict(chunks[i]), p.saliency(chunks[i][:2]))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(chunks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, c in enumerate(chunks):
+        np.testing.assert_allclose(results[i][0], serial[i], atol=1e-6)
+        np.testing.assert_allclose(results[i][1], p.saliency(c[:2]), atol=1e-6)
+
+
+# -- no TensorFlow ----------------------------------------------------------------------------------
+BLOCK_TF = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'tf_keras'):
+            raise ImportError('blocked in this test: ' + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def _run_python(code: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_runtime_works_with_tensorflow_blocked(model_dir: Path, tmp_path: Path) -> None:
+    code = BLOCK_TF + f"""
+import numpy as np
+import fer_runtime
+from fer_runtime import Predictor, detect_faces, read_image
+from fer_runtime.cli import main
+p = Predictor(device='cpu', threads=1)
+img = read_image({str(EXAMPLES / 'photo_two_faces.jpg')!r})
+assert len(detect_faces(img)) == 2
+assert p.predict(img).shape == (1, 7) and p.saliency(img).shape == (1,) + img.shape[:2]
+sys.argv = ['fer-infer', {str(EXAMPLES)!r}, '--out', 'preds.csv', '-q', '--saliency-dir', 'sal']
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]
+assert not bad, bad
+print('ok')
+"""
+    r = _run_python(code, tmp_path, {"FER_MODEL_DIR": str(model_dir)})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr
+    assert (tmp_path / "preds.csv").exists()
+
+
+def test_import_is_light(tmp_path: Path) -> None:
+    code = ("import sys, fer_runtime, fer_runtime.cli; from fer_runtime import LABELS, ModelIntegrityError\n"
+            "print(sorted(m for m in ('onnxruntime', 'cv2', 'numpy', 'tensorflow') if m in sys.modules))")
+    r = _run_python(code, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+# -- faces and images -------------------------------------------------------------------------------
+def test_detect_faces_on_the_example_photo() -> None:
+    img = read_image(EXAMPLES / "photo_two_faces.jpg")
+    boxes = detect_faces(img)
+    assert len(boxes) == 2 and boxes[0].x < boxes[1].x
+    h, w = img.shape[:2]
+    for b in boxes:
+        assert 0 <= b.x and 0 <= b.y and b.x + b.w <= w and b.y + b.h <= h and b.w > 100
+    assert detect_faces(np.full((300, 400, 3), 128, np.uint8)) == []
+    assert detect_faces(np.zeros((10, 10), np.uint8)) == []
+
+
+def test_detect_faces_on_a_huge_image_maps_boxes_back() -> None:
+    img = read_image(EXAMPLES / "photo_two_faces.jpg")
+    small = detect_faces(img)
+    big = cv2.resize(img, None, fx=6.25, fy=6.25, interpolation=cv2.INTER_LINEAR)  # 4000x2500
+    boxes = detect_faces(big)
+    assert len(boxes) == 2
+    for s, b in zip(small, boxes):
+        cx, cy = (b.x + b.w / 2) / 6.25, (b.y + b.h / 2) / 6.25
+        assert abs(cx - (s.x + s.w / 2)) < 15 and abs(cy - (s.y + s.h / 2)) < 15
+        assert 0.7 < b.w / 6.25 / s.w < 1.4
+
+
+def test_box_expand_clips() -> None:
+    assert Box(10, 10, 20, 20).expand(0.5, 35, 100) == Box(0, 0, 35, 40)
+    assert Box(10, 10, 20, 20).crop(np.zeros((100, 100))).shape == (20, 20)
+
+
+def test_read_image_variants(tmp_path: Path) -> None:
+    rgba = np.dstack([np.full((20, 30, 3), 200, np.uint8), np.zeros((20, 30), np.uint8)])
+    cv2.imencode(".png", rgba)[1].tofile(tmp_path / "rgba.png")
+    assert read_image(tmp_path / "rgba.png").shape == (20, 30, 3)
+    cv2.imencode(".png", np.full((20, 30), 65535, np.uint16))[1].tofile(tmp_path / "g16.png")
+    g16 = read_image(tmp_path / "g16.png")
+    assert g16.dtype == np.uint8 and g16.shape == (20, 30) and g16.max() == 255
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(InvalidImageError, match="not a readable image"):
+        read_image(tmp_path / "text.png")
+    with pytest.raises(InvalidImageError, match="no such file"):
+        read_image(tmp_path / "absent.png")
+    write_image(tmp_path / "visage_été.png", np.full((5, 6), 7, np.uint8))
+    assert read_image(tmp_path / "visage_été.png").shape == (5, 6)
