@@ -1,0 +1,6 @@
+"""Typed errors of the exporter. Each message is one line a user can act on."""
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """An export cannot be done or did not verify; nothing was written to the output directory."""

@@ -1,0 +1,207 @@
+"""The export itself: Keras members -> verified ONNX forward + saliency graphs and ``manifest.json``.
+
+Everything is built and verified in memory, then written to a temporary directory beside
+``out`` and moved in with ``os.replace`` (ONNX files first, the manifest last). On any failure an
+:class:`ExportError` is raised and ``out`` is left as it was.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fer_export.errors import ExportError
+from fer_export.verify import VerifyReport
+from fer_runtime.errors import FerRuntimeError
+from fer_runtime.labels import IMAGE_SIZE, LABELS
+from fer_runtime.manifest import (MANIFEST_NAME, FileEntry, Manifest, Variant, read_manifest, sha256_bytes,
+                                  write_manifest)
+
+DEFAULT_VARIANT = "accurate"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fer2013_small.csv.gz"
+_VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+INPUT_SPEC = {"name": "image", "shape": [None, IMAGE_SIZE, IMAGE_SIZE, 1], "dtype": "float32",
+              "color": "gray", "range": [0, 255]}
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how it verified."""
+
+    out: Path
+    variant: str
+    forward: Path
+    saliency: Path
+    manifest_path: Path
+    manifest: Manifest
+    report: VerifyReport
+
+
+def file_names(variant: str) -> tuple[str, str]:
+    """(forward, saliency) file names: ``fer_ensemble.onnx``/``fer_saliency.onnx`` for ``accurate``."""
+    if variant == DEFAULT_VARIANT:
+        return "fer_ensemble.onnx", "fer_saliency.onnx"
+    return f"fer_{variant}.onnx", f"fer_{variant}_saliency.onnx"
+
+
+def producer_versions(opset: int) -> dict[str, Any]:
+    """Versions of the tools that produced (and verified) the files."""
+    import keras
+    import onnx
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    try:
+        from importlib.metadata import version
+
+        toolkit = version("fer-toolkit")
+    except Exception:
+        toolkit = "unknown"
+    return {"fer_toolkit": toolkit, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "opset": int(opset)}
+
+
+def preprocessing_text(models: Sequence[Any]) -> str:
+    """Describe the in-graph preprocessing (the members' leading Rescaling layers)."""
+    found = set()
+    for m in models:
+        first = next((l for l in m.layers if type(l).__name__ != "InputLayer"), None)
+        if first is not None and type(first).__name__ == "Rescaling":
+            s, o = float(first.scale), float(first.offset)
+            found.add("x/255 (Rescaling)" if abs(s * 255 - 1) < 1e-6 and o == 0 else f"x*{s:g}+{o:g} (Rescaling)")
+        else:
+            found.add("none")
+    return f"{'; '.join(sorted(found))}; expects gray {IMAGE_SIZE}x{IMAGE_SIZE} float32 0..255"
+
+
+def _existing_manifest(out: Path) -> Manifest | None:
+    if not (out / MANIFEST_NAME).exists():
+        return None
+    try:
+        m = read_manifest(out)
+    except FerRuntimeError as e:
+        raise ExportError(f"cannot merge into the existing manifest: {e}; move it away or choose another --out") from None
+    if list(m.labels) != list(LABELS):
+        raise ExportError(f"{out / MANIFEST_NAME} has labels {m.labels}, not {list(LABELS)}; choose another --out")
+    return m
+
+
+def _batch_dim_as_n(model: Any) -> None:
+    """Name the symbolic batch dimension of every graph input/output ``N`` (tf2onnx says ``unk__123``)."""
+    for v in list(model.graph.input) + list(model.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "N"
+
+
+def _move_in(tmp: Path, out: Path, names: Sequence[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        os.replace(tmp / n, out / n)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o644)
+
+
+def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: str = DEFAULT_VARIANT, opset: int = 17,
+                  temperature: float = 1.0, tta: str = "none", verify_data: str | Path | None = None,
+                  verify_count: int = 200, description: str = "",
+                  log: Callable[[str], None] = lambda s: None) -> ExportResult:
+    """Export the ensemble of ``sources`` (runs, ensemble dirs or ``.keras`` files) into ``out`` as ``variant``.
+
+    Writes the forward graph, the saliency graph and (merged) ``manifest.json``; verifies both
+    graphs against the Keras members first (see :mod:`fer_export.verify`). ``verify_data`` is a
+    data file/folder whose PublicTest (or validation) rows are used, at most ``verify_count`` of
+    them; default: the repository's test fixture if present. Raises ExportError on any failure.
+    """
+    from fer_export import convert, graphs, members as members_mod, twin, verify
+
+    out = Path(out)
+    if not _VARIANT_RE.match(variant):
+        raise ExportError(f"variant name {variant!r} must be 1-64 letters, digits, '_' or '-', starting with a letter or digit")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is not a directory")
+    if verify_count < 0:
+        raise ExportError(f"--verify-count must be >= 0, got {verify_count}")
+    convert.check_opset(opset)
+    graphs.check_options(temperature, tta)
+    existing = _existing_manifest(out)
+
+    t0 = time.time()
+    data = verify.load_data(verify_data) if verify_data is not None else None
+    check_data = data if data is not None else (verify.load_data(FIXTURE) if FIXTURE.exists() else None)
+    log(f"loading members of {', '.join(map(str, sources))}")
+    members = members_mod.load_members(sources, data)
+    for m in members:
+        try:
+            twin.check_model(m.model)
+        except ExportError as e:
+            raise ExportError(f"member {m.name!r} ({m.path}): {e}") from None
+    models = [m.model for m in members]
+
+    log(f"converting {len(models)} member(s) to ONNX (opset {opset})")
+    fwd_proto = convert.to_onnx(graphs.make_forward_fn(models, temperature, tta), opset, "forward")
+    sal_proto = convert.to_onnx(graphs.make_saliency_fn(models, temperature, tta), opset, "saliency")
+    convert.order_outputs(fwd_proto, ["probs", "logits"])
+    convert.order_outputs(sal_proto, ["probs", "saliency"])
+    for p in (fwd_proto, sal_proto):
+        _batch_dim_as_n(p)
+
+    fwd_name, sal_name = file_names(variant)
+    what = f"single model {members[0].name}" if len(members) == 1 else \
+        f"{len(members)}-member ensemble ({', '.join(m.name for m in members)})"
+    desc = description or f"{what}; temperature {temperature:g}, TTA {tta}"
+    manifest = existing or Manifest(labels=list(LABELS), input={}, variants={}, files={})
+    manifest.input = {**INPUT_SPEC, "preprocessing_in_graph": preprocessing_text(models)}
+    manifest.variants[variant] = Variant(forward=fwd_name, saliency=sal_name,
+                                         members=[m.manifest_entry() for m in members],
+                                         temperature=float(temperature), tta=tta, description=desc)
+    manifest.producer = producer_versions(opset)
+    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    manifest.default_variant = DEFAULT_VARIANT if DEFAULT_VARIANT in manifest.variants else (
+        manifest.default_variant if manifest.default_variant in manifest.variants else variant)
+
+    # Metadata first: the hashes cover the final bytes.
+    props = manifest.metadata_props(variant)
+    blobs: dict[str, bytes] = {}
+    sessions = {}
+    for name, proto, ins, outs, kind in ((fwd_name, fwd_proto, ["image"], ["probs", "logits"], "forward"),
+                                         (sal_name, sal_proto, ["image", "class"], ["probs", "saliency"], "saliency")):
+        convert.set_metadata(proto, {**props, "fer.graph": kind}, doc=f"FER2013 {kind} graph, variant {variant}: {desc}")
+        blobs[name] = proto.SerializeToString()
+        sessions[name] = convert.check_onnx_bytes(blobs[name], name, ins, outs)
+        manifest.files[name] = FileEntry(sha256_bytes(blobs[name]), len(blobs[name]),
+                                         convert.tensor_specs(proto.graph.input), convert.tensor_specs(proto.graph.output))
+    used = {f for v in manifest.variants.values() for f in (v.forward, v.saliency) if f}
+    manifest.files = {k: v for k, v in manifest.files.items() if k in used}
+    Manifest.from_dict(manifest.to_dict())  # the runtime's own validation must accept it
+
+    images, real, source = verify.verification_images(check_data, verify_count)
+    log(f"verifying on {source}")
+    report = verify.verify_export(sessions[fwd_name], sessions[sal_name], models, images, real, source,
+                                  temperature, tta)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        for name, data_bytes in blobs.items():
+            _write_file(tmp / name, data_bytes)
+        write_manifest(tmp, manifest)
+        _move_in(tmp, out, [*blobs, MANIFEST_NAME])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"done in {time.time() - t0:.1f}s")
+    return ExportResult(out, variant, out / fwd_name, out / sal_name, out / MANIFEST_NAME, manifest, report)

@@ -1,0 +1,138 @@
+"""Ensemble members: resolving run/ensemble paths, loading the Keras models, and their manifest facts.
+
+A member's PublicTest accuracy comes from, in order: the run's ``metrics.json`` (written by
+``fer-train evaluate``), the run's ``history.csv`` best ``val_accuracy`` when its ``config.json``
+says validation is PublicTest, or an evaluation on the PublicTest rows of ``--verify-data``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fer_export.errors import ExportError
+from fer_train import runs
+
+METRICS = "metrics.json"
+
+
+@dataclass
+class Member:
+    """One loaded ensemble member and what the manifest says about it."""
+
+    name: str
+    path: Path
+    model: Any
+    params: int
+    public_test_accuracy: float | None = None
+    accuracy_from: str = "unknown"  # metrics.json | history.csv | computed | unknown
+
+    def manifest_entry(self) -> dict[str, Any]:
+        acc = None if self.public_test_accuracy is None else round(float(self.public_test_accuracy), 6)
+        return {"name": self.name, "params": self.params, "public_test_accuracy": acc,
+                "accuracy_from": self.accuracy_from}
+
+
+def member_paths(sources: Sequence[str | Path]) -> list[Path]:
+    """The ``.keras`` files of the given runs, ensembles or files, in order; ExportError if none or repeated."""
+    if not sources:
+        raise ExportError("no run, ensemble or .keras file given")
+    paths: list[Path] = []
+    for s in sources:
+        try:
+            paths.extend(runs.member_models(s))
+        except runs.RunError as e:
+            raise ExportError(str(e)) from None
+    seen: set[Path] = set()
+    for p in paths:
+        rp = p.resolve()
+        if rp in seen:
+            raise ExportError(f"{p} is listed twice; an ensemble member must appear once")
+        seen.add(rp)
+    return paths
+
+
+def member_name(path: Path) -> str:
+    """The run directory's name for ``best.keras``/``last.keras``, else the file's stem."""
+    return path.parent.name if path.name in (runs.BEST, runs.LAST) and path.parent.name else path.stem
+
+
+def load_member(path: str | Path) -> Any:
+    """Load a ``.keras`` file for inference (no optimizer) with every layer computing in float32.
+
+    Mixed-precision members are switched to float32 so the export (which is float32) and the
+    Keras reference it is verified against compute the same thing.
+    """
+    import keras
+
+    path = Path(path)
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as e:  # keras raises many types for corrupt or foreign files
+        raise ExportError(f"{path}: cannot load the Keras model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+    if any(l.compute_dtype != "float32" for l in model.layers):
+        for l in model.layers:
+            l.dtype_policy = "float32"
+    return model
+
+
+def recorded_accuracy(path: Path) -> tuple[float | None, str]:
+    """(PublicTest accuracy, where it came from) as recorded in the member's run directory, if any."""
+    if path.name != runs.BEST:
+        return None, "unknown"
+    run = path.parent
+    mp = run / METRICS
+    if mp.exists():
+        try:
+            rep = json.loads(mp.read_text()).get("PublicTest", {})
+        except (OSError, json.JSONDecodeError, AttributeError):
+            rep = {}
+        if isinstance(rep, dict) and "accuracy" in rep and len(rep.get("members", [path])) == 1:
+            return float(rep["accuracy"]), "metrics.json"
+    cp = run / runs.CONFIG
+    if cp.exists():
+        try:
+            validation = runs.read_json(cp).get("data", {}).get("validation")
+        except runs.RunError:
+            validation = None
+        if validation == "PublicTest":
+            epoch, acc = runs.best_epoch(runs.read_history(run))
+            if epoch > 0 and np.isfinite(acc):
+                return float(acc), "history.csv"
+    return None, "unknown"
+
+
+def public_test_accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of one Keras model on raw 0..255 images ``x`` with labels ``y``."""
+    import tensorflow as tf
+
+    run = tf.function(lambda a: model(a, training=False), reduce_retracing=True)
+    pred = np.concatenate([run(tf.constant(x[i:i + batch_size].astype(np.float32))).numpy().argmax(1)
+                           for i in range(0, len(x), batch_size)])
+    return float((pred == y).mean())
+
+
+def load_members(sources: Sequence[str | Path], data: Any | None = None) -> list[Member]:
+    """Resolve and load every member; fill params and PublicTest accuracy.
+
+    ``data`` (a :class:`fer_train.data.DataSource`) is used to compute the accuracy of members
+    whose run directory has none recorded, if it has a PublicTest split.
+    """
+    members: list[Member] = []
+    names: set[str] = set()
+    for p in member_paths(sources):
+        name = base = member_name(p)
+        k = 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.add(name)
+        model = load_member(p)
+        acc, src = recorded_accuracy(p)
+        if acc is None and data is not None and "PublicTest" in data.splits and len(data["PublicTest"]):
+            split = data["PublicTest"]
+            acc, src = public_test_accuracy(model, split.x, split.y), "computed"
+        members.append(Member(name, p, model, int(model.count_params()), acc, src))
+    return members
