@@ -1,9 +1,11 @@
 """fer_runtime: TensorFlow-free facial-expression recognition over the exported ONNX models.
 
-    >>> from fer_runtime import Predictor
-    >>> p = Predictor()                      # packaged models, CUDA if usable else CPU
-    >>> probs = p.predict([face_bgr, face_gray])   # (N, 7) float32, columns in p.labels order
-    >>> maps = p.saliency(face_bgr)                # (1, H, W) in [0, 1]
+    from fer_runtime import Predictor, detect_faces, read_image
+    p = Predictor()                          # packaged models; CUDA if usable, else CPU
+    image = read_image("photo.jpg")          # uint8 BGR or gray; non-ASCII paths fine
+    faces = [b.crop(image) for b in detect_faces(image)]
+    probs = p.predict(faces)                 # (N, 7) float32, columns in p.labels order
+    maps = p.saliency(faces)                 # |gradient| maps in [0, 1] at each face's size
 
 Importing this package is cheap: numpy, OpenCV and onnxruntime load only when a name below is first used.
 """

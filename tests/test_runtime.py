@@ -399,3 +399,18 @@ def test_read_image_variants(tmp_path: Path) -> None:
         read_image(tmp_path / "absent.png")
     write_image(tmp_path / "visage_été.png", np.full((5, 6), 7, np.uint8))
     assert read_image(tmp_path / "visage_été.png").shape == (5, 6)
+
+
+def test_saliency_figure_layout() -> None:
+    from fer_runtime.overlay import CAPTION, FIGURE_SHAPE, PANEL, saliency_figure
+
+    face = np.full((90, 60, 3), 180, np.uint8)
+    sal = np.zeros((90, 60), np.float32)
+    sal[40:50, 25:35] = 1.0
+    fig = saliency_figure(face, sal, "Happy 93%")
+    assert fig.shape == (*FIGURE_SHAPE, 3) and fig.dtype == np.uint8
+    cy, cx = CAPTION + PANEL // 2, 2 * PANEL + PANEL // 2  # centre of the focus panel = centre of the patch
+    focus = fig[cy - 4:cy + 4, cx - 4:cx + 4]
+    assert focus.mean() > 100  # the salient patch survives the >= 0.6 mask
+    assert fig[CAPTION:CAPTION + 20, 2 * PANEL:2 * PANEL + 20].max() == 0  # ... and the rest is masked out
+    assert saliency_figure(face[:, :, 0], np.zeros((5, 5)), "x").shape == fig.shape  # gray face, flat map
