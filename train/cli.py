@@ -19,6 +19,10 @@ def _root() -> None:
     """Train and evaluate FER2013 Keras models."""
 
 
+from fer_train.analyze_cli import analyze_app  # noqa: E402
+app.add_typer(analyze_app, name="analyze")
+
+
 def _fail(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(1)
