@@ -63,7 +63,7 @@ def top_confused_pairs(cm: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
 
 def analyze_confusion(t: Target, out: Path, top: int = 5) -> dict[str, Any]:
     """Row-normalised confusion heatmap and the ``top`` most-confused class pairs with their rates."""
-    from fer_train.analysis_figures import plot_confused_pairs
+    from fer_train.analysis_figures import compact_png, plot_confused_pairs
     from fer_train.metrics import classification_report
     from fer_train.plots import plot_confusion
 
@@ -72,7 +72,7 @@ def analyze_confusion(t: Target, out: Path, top: int = 5) -> dict[str, Any]:
     cm = np.array(rep["confusion"])
     pairs = top_confused_pairs(cm, top)
     title = f"{t.name} on {t.split_name}: acc {rep['accuracy']:.3f}, balanced {rep['balanced_accuracy']:.3f}"
-    f1 = plot_confusion(cm, title, out / "confusion.png")
+    f1 = compact_png(plot_confusion(cm, title, out / "confusion.png"))
     f2 = plot_confused_pairs(pairs, f"Most confused pairs ({t.name}, {t.split_name})", out / "confused_pairs.png")
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     c1 = _write_csv(out / "confusion.csv", ["true", *[f"pred_{l}" for l in LABELS], "support"],

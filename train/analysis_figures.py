@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from fer_runtime.labels import LABELS
+from fer_train import runs
 from fer_train.plots import _plt, save_figure
 
 PANEL = 1.5  # inches per image panel
@@ -35,6 +36,29 @@ def _grid(rows: int, cols: int, panel: float = PANEL, caption: float = CAPTION, 
     for ax in axes.flat:
         ax.set_axis_off()
     return fig, axes
+
+
+def compact_png(path: Path) -> Path:
+    """Re-encode a PNG as a 256-colour palette PNG (atomically) if that is smaller.
+
+    The report embeds every figure (base64) and is committed with them, so size matters; the
+    palette keeps the figures visually the same at about half the bytes.
+    """
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    small.save(buf, "PNG", optimize=True)
+    if buf.tell() < path.stat().st_size:
+        runs.atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _save(fig, path: Path) -> Path:
+    return compact_png(save_figure(fig, path, dpi=DPI))
 
 
 def _suptitle(fig, title: str, fontsize: int = 9) -> None:
@@ -67,7 +91,7 @@ def plot_confused_pairs(pairs: Sequence[dict], title: str, path: Path) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=DPI)
+    return _save(fig, path)
 
 
 def plot_saliency_rows(images: np.ndarray, maps: np.ndarray, threshold: float, captions: Sequence[tuple[str, str]],
@@ -85,7 +109,7 @@ def plot_saliency_rows(images: np.ndarray, maps: np.ndarray, threshold: float, c
         axes[i, 1].imshow(maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
         _gray(axes[i, 2], np.where(maps[i] >= threshold, img, 0), f"focus \u2265{threshold:g}: {(maps[i] >= threshold).mean():.0%}")
     _suptitle(fig, title)
-    return save_figure(fig, path, dpi=DPI)
+    return _save(fig, path)
 
 
 def plot_mean_saliency(mean_faces: np.ndarray, mean_maps: np.ndarray, counts: Sequence[int], title: str,
@@ -94,10 +118,13 @@ def plot_mean_saliency(mean_faces: np.ndarray, mean_maps: np.ndarray, counts: Se
     fig, axes = _grid(1, len(mean_maps))
     for c, ax in enumerate(axes[0]):
         _gray(ax, mean_faces[c], f"{LABELS[c]} (n={counts[c]})")
+        if counts[c] == 0:
+            ax.text(0.5, 0.5, "none correct", ha="center", va="center", fontsize=SMALL, transform=ax.transAxes)
+            continue
         ax.imshow(mean_maps[c], cmap="jet", alpha=0.55, vmin=0, vmax=max(float(mean_maps[c].max()), 1e-6),
                   interpolation="bilinear")
     _suptitle(fig, title)
-    return save_figure(fig, path, dpi=DPI)
+    return _save(fig, path)
 
 
 def plot_image_grid(images: np.ndarray, captions: Sequence[str], cols: int, title: str, path: Path,
@@ -114,7 +141,7 @@ def plot_image_grid(images: np.ndarray, captions: Sequence[str], cols: int, titl
         ax.imshow(im, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
         ax.set_title(captions[i], fontsize=6 if panel < 1.2 else SMALL, pad=1.5)
     _suptitle(fig, title)
-    return save_figure(fig, path, dpi=DPI)
+    return _save(fig, path)
 
 
 def plot_feature_maps(image: np.ndarray, maps: np.ndarray, caption: str, cols: int, title: str, path: Path,
@@ -132,7 +159,7 @@ def plot_feature_maps(image: np.ndarray, maps: np.ndarray, caption: str, cols: i
         ax.imshow(m, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-6, interpolation="nearest")
         ax.set_title(f"#{c} max {hi:.2g}", fontsize=6, pad=1.5)
     _suptitle(fig, title)
-    return save_figure(fig, path, dpi=DPI)
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_epsilon(eps_pixels: Sequence[float], curves: dict[str, Sequence[float]], n: int, title: str,
@@ -153,7 +180,7 @@ def plot_accuracy_vs_epsilon(eps_pixels: Sequence[float], curves: dict[str, Sequ
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=DPI)
+    return _save(fig, path)
 
 
 def plot_adversarial_examples(x: np.ndarray, adv: np.ndarray, captions: Sequence[tuple[str, str]], eps: float,
@@ -169,7 +196,7 @@ def plot_adversarial_examples(x: np.ndarray, adv: np.ndarray, captions: Sequence
         axes[i, 1].set_title(f"perturbation \u00b1{eps:g}", fontsize=SMALL, pad=2)
         _gray(axes[i, 2], adv[i].reshape(img.shape), captions[i][1])
     _suptitle(fig, title)
-    return save_figure(fig, path, dpi=DPI)
+    return _save(fig, path)
 
 
 def plot_mistake_gallery(rows: Sequence[tuple[str, np.ndarray, Sequence[str]]], cols: int, title: str,
@@ -181,7 +208,7 @@ def plot_mistake_gallery(rows: Sequence[tuple[str, np.ndarray, Sequence[str]]], 
         for c in range(min(cols, len(imgs))):
             _gray(axes[r, c + 1], imgs[c], caps[c], fontsize=6)
     _suptitle(fig, title)
-    return save_figure(fig, path, dpi=DPI)
+    return _save(fig, path)
 
 
 def plot_compare(names: tuple[str, str], histories: tuple[list[dict], list[dict]], recalls: tuple[Sequence[float], Sequence[float]],
@@ -214,4 +241,4 @@ def plot_compare(names: tuple[str, str], histories: tuple[list[dict], list[dict]
     axes[2].legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=DPI)
+    return _save(fig, path)
