@@ -167,14 +167,15 @@ def plot_accuracy_vs_epsilon(eps_pixels: Sequence[float], curves: dict[str, Sequ
     """Accuracy against epsilon (pixel units, i.e. x/255 of the [0,1] range) for each attack."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    for (name, acc), style in zip(curves.items(), ("-o", "-s", "-^")):
+    for k, ((name, acc), style) in enumerate(zip(curves.items(), ("-o", "-s", "-^"))):
         ax.plot(eps_pixels, acc, style, label=name)
-        for e, a in zip(eps_pixels, acc):
-            ax.annotate(f"{a:.2f}", (e, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        for e, a in zip(eps_pixels, acc):  # first curve labelled above its points, the others below
+            ax.annotate(f"{a:.2f}", (e, a), textcoords="offset points", xytext=(0, 6 if k == 0 else -11), ha="center",
+                        fontsize=7, color=f"C{k}")
     ax.set_xticks(list(eps_pixels), [f"{e:g}/255" for e in eps_pixels])
     ax.set_xlabel("epsilon (L\u221e, pixels out of 255)")
     ax.set_ylabel(f"accuracy (n={n})")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(-0.06, 1)
     ax.axhline(1 / len(LABELS), color="gray", ls=":", lw=1, label="chance (1/7)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -47,7 +47,7 @@ def _img(path: str | Path, alt: str, caption: str = "") -> str:
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 10 else f"{v:,.0f}"
+            return f"{v:.4g}"
         if isinstance(v, int) and not isinstance(v, bool):
             return f"{v:,}"
         return html.escape(str(v))
@@ -85,7 +85,7 @@ def _saliency_html(r: dict[str, Any]) -> str:
                      f'{html.escape(s["engine_error"])}</p>')
     if agr:
         ok = agr["cosine_min"] >= 0.999
-        parts.append(f'<p class="{"note" if ok else "warn"}">The maps above come from the exported ONNX gradient graph '
+        parts.append(f'<p class="{"note" if ok else "warn"}">The maps below come from the exported ONNX gradient graph '
                      f'({html.escape(agr["file"])}{", exported on the fly" if not agr["model_dir"] else ""}). '
                      f'Agreement with TF GradientTape on the Keras model: cosine min {agr["cosine_min"]:.6f}, '
                      f'mean {agr["cosine_mean"]:.6f}; max |difference| {agr["max_abs_diff"]:.2e}.</p>')
@@ -151,10 +151,13 @@ def _key_findings(res: dict[str, dict[str, Any]]) -> str:
     if "saliency" in res and res["saliency"]["summary"]["class_means"]:
         means = res["saliency"]["summary"]["class_means"]
         tot = {k: sum(v["regions"][k] for v in means.values()) / len(means) for k in FACE_REGIONS}
-        top = sorted(tot.items(), key=lambda kv: -kv[1])[:2]
         area = {k: (b - a) / 48 for k, (a, b) in FACE_REGIONS.items()}
-        items.append("Saliency concentrates on the " + " and ".join(f"{k} ({_pct(v)} of the mass on {_pct(area[k])} of "
-                                                                     f"the area)" for k, v in top) + ", averaged over classes.")
+        top = sorted(tot, key=lambda k: -tot[k] / area[k])[:2]
+        items.append("Relative to their area, saliency concentrates most on the "
+                     + " and ".join(f"{k} band ({_pct(tot[k])} of the saliency on {_pct(area[k])} of the image)" for k in top)
+                     + ", averaged over classes. Per class, the most salient band relative to its area: "
+                     + ", ".join(f"{c} {max(FACE_REGIONS, key=lambda k: v['regions'][k] / area[k])}"
+                                 for c, v in means.items()) + ".")
     if "adversarial" in res:
         t = {r["eps_pixels"]: r for r in res["adversarial"]["summary"]["table"]}
         items.append("Under FGSM, accuracy falls " + ", ".join(f"to {_pct(t[e]['fgsm_accuracy'])} at {e:g}/255"
