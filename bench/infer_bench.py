@@ -1,0 +1,116 @@
+"""Inference benchmark: onnxruntime ensemble vs the same Keras members in TF, and saliency engines.
+
+Usage (from the repo, with the ``train`` and ``cpu`` extras installed):
+
+    python bench/infer_bench.py RUN_OR_ENSEMBLE [--model-dir models] [--data ../shared/data/fer2013/fer2013.csv.gz]
+
+Prints one table: img/s at batch 1, 32 and 256 for (a) onnxruntime on the shipped forward graph,
+(b) Keras ``model.predict``, (c) a ``tf.function`` of the models; then seconds per image for a
+saliency map via the ONNX gradient graph, TF GradientTape, and finite differences (one forward
+pass per pixel, batched through onnxruntime). Each figure is the median of ``--repeats`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="run, ensemble dir or .keras files the ONNX model was exported from")
+    ap.add_argument("--model-dir", default=None, help="exported model dir (default: the packaged models)")
+    ap.add_argument("--data", default="../shared/data/fer2013/fer2013.csv.gz")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--saliency-images", type=int, default=8)
+    args = ap.parse_args()
+
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from fer_export.graphs import tf_saliency
+    from fer_runtime.manifest import load_verified, read_manifest
+    from fer_runtime.predictor import default_model_dir
+    from fer_train.data import load_source
+    from fer_train.evaluate import load_members
+
+    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
+    man = read_manifest(model_dir)
+    var = man.variants[man.default_variant]
+    so = ort.SessionOptions()
+    fwd = ort.InferenceSession(load_verified(model_dir, man, var.forward), so, providers=["CPUExecutionProvider"])
+    sal = ort.InferenceSession(load_verified(model_dir, man, var.saliency), so, providers=["CPUExecutionProvider"])
+    models = load_members(args.run)
+    x_all = load_source(args.data)["PublicTest"].x.astype(np.float32)
+
+    rows = []
+    tf_fn = tf.function(lambda a: tf.add_n([m(a, training=False) for m in models]) / len(models))
+    for bs in (1, 32, 256):
+        x = x_all[:bs]
+        n_iter = max(1, 256 // bs)  # same number of images per timing for every batch size
+
+        def ort_run():
+            for _ in range(n_iter):
+                fwd.run(["probs"], {"image": x})
+
+        def keras_predict():
+            for _ in range(n_iter):
+                for m in models:
+                    m.predict(x, batch_size=bs, verbose=0)
+
+        xt = tf.constant(x)
+
+        def tf_function():
+            for _ in range(n_iter):
+                tf_fn(xt).numpy()
+
+        for name, fn in (("onnxruntime", ort_run), ("keras predict", keras_predict), ("tf.function", tf_function)):
+            rows.append((f"forward, batch {bs}", name, n_iter * bs / _median_time(fn, args.repeats), "img/s"))
+
+    k = args.saliency_images
+    xs = x_all[:k]
+    cls = fwd.run(["probs"], {"image": xs})[0].argmax(1).astype(np.int64)
+    t_onnx = _median_time(lambda: sal.run(["saliency"], {"image": xs, "class": cls}), args.repeats) / k
+    t_tape = _median_time(lambda: tf_saliency(models, xs, cls), args.repeats) / k
+
+    def finite_differences():
+        # one forward pass per pixel (+1 grey level), batched: 2304 perturbed copies of one image
+        img, c = xs[0], int(cls[0])
+        base = fwd.run(["logits"], {"image": img[None]})[0][0, c]
+        pert = np.repeat(img[None], 48 * 48, axis=0).reshape(48 * 48, -1)
+        pert[np.arange(48 * 48), np.arange(48 * 48)] += 1.0
+        out = np.concatenate([fwd.run(["logits"], {"image": pert[i:i + 256].reshape(-1, 48, 48, 1)})[0][:, c]
+                              for i in range(0, len(pert), 256)])
+        return (out - base).reshape(48, 48)
+
+    t_fd = _median_time(finite_differences, max(1, args.repeats // 2))
+    rows += [("saliency, per image", "ONNX gradient graph", t_onnx * 1e3, "ms"),
+             ("saliency, per image", "TF GradientTape", t_tape * 1e3, "ms"),
+             ("saliency, per image", "finite differences (2304 fwd)", t_fd * 1e3, "ms")]
+
+    print(f"model: {model_dir} variant {man.default_variant} ({len(models)} member(s)); "
+          f"onnxruntime {ort.__version__}, tensorflow {tf.__version__}; {os.cpu_count()} CPU; median of {args.repeats}")
+    print(f"| {'what':<22} | {'engine':<31} | {'value':>10} | unit  |")
+    print(f"|{'-' * 24}|{'-' * 33}|{'-' * 12}|-------|")
+    for what, eng, val, unit in rows:
+        print(f"| {what:<22} | {eng:<31} | {val:>10.1f} | {unit:<5} |")
+
+
+if __name__ == "__main__":
+    main()
