@@ -107,12 +107,9 @@ def recorded_accuracy(path: Path) -> tuple[float | None, str]:
 
 def public_test_accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy of one Keras model on raw 0..255 images ``x`` with labels ``y``."""
-    import tensorflow as tf
+    from fer_train.evaluate import predict_probs
 
-    run = tf.function(lambda a: model(a, training=False), reduce_retracing=True)
-    pred = np.concatenate([run(tf.constant(x[i:i + batch_size].astype(np.float32))).numpy().argmax(1)
-                           for i in range(0, len(x), batch_size)])
-    return float((pred == y).mean())
+    return float((predict_probs([model], x, batch_size=batch_size).argmax(1) == y).mean())
 
 
 def load_members(sources: Sequence[str | Path], data: Any | None = None) -> list[Member]:
