@@ -12,7 +12,9 @@ Layout (format_version 1)::
       "variants": {
         "accurate": {"forward": "fer_ensemble.onnx", "saliency": "fer_saliency.onnx",
                      "members": [{"name": ..., "params": ..., "public_test_accuracy": ...}],
-                     "temperature": 1.0, "tta": "none", "description": "..."}
+                     "temperature": 1.0, "tta": "none", "description": "...",
+                     "calibration": {"fitted_on": "PublicTest", "temperature": ..., "nll_before": ...,
+                                     "nll_after": ..., "ece_before": ..., "ece_after": ..., "images": ...}}
       },
       "files": {"fer_ensemble.onnx": {"sha256": "...", "bytes": 123,
                                        "inputs": [{"name", "shape", "dtype"}], "outputs": [...]}},
@@ -59,6 +61,9 @@ class Variant:
     temperature: float = 1.0
     tta: str = "none"
     description: str = ""
+    # how the temperature was chosen, e.g. {"fitted_on": "PublicTest", "temperature", "nll_before",
+    # "nll_after", "ece_before", "ece_after", "images"}; empty when it was given by hand (older manifests)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +91,7 @@ class Manifest:
             "fer.members": json.dumps(v.members),
             "fer.temperature": repr(v.temperature),
             "fer.tta": v.tta,
+            "fer.calibration": json.dumps(v.calibration),
             "fer.producer": json.dumps(self.producer),
             "fer.created": self.created,
         }
