@@ -134,6 +134,11 @@ def fit(
     strategy: str = typer.Option("default", help="default | mirrored"),
     limit_train: int = typer.Option(0, help="Use only the first N training rows (smoke tests)."),
     hide_labels: float = typer.Option(0.0, help="Withhold this fraction of Training labels (for self-train)."),
+    ferplus: Optional[Path] = typer.Option(None, help="ferplus_votes.csv (FER2013 row order): soft targets from crowd votes."),
+    ferplus_weight: float = typer.Option(0.0, help="Weight of the FER+ vote distribution in the targets (0..1)."),
+    teacher: Optional[Path] = typer.Option(None, help="Run or ensemble to distil from (its flip-TTA probabilities)."),
+    distill_weight: float = typer.Option(0.0, help="Weight of the teacher's probabilities in the targets (0..1)."),
+    distill_temperature: float = typer.Option(2.0, help="Soften the teacher's probabilities by this temperature."),
 ) -> None:
     """Fit one model into a run directory (resumable with --resume RUN_DIR)."""
     from fer_train.fit import TrainConfig
@@ -152,7 +157,9 @@ def fit(
                                batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
                                warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                                class_weights=class_weights, patience=patience, mixed_precision=mixed_precision,
-                               strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment))
+                               strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment),
+                               ferplus=str(ferplus or ""), ferplus_weight=ferplus_weight, teacher=str(teacher or ""),
+                               distill_weight=distill_weight, distill_temperature=distill_temperature)
             tcfg.validate_choices()
             result = _run_fit(out, mcfg, tcfg, resume=False)
     except _errors() as e:

@@ -13,7 +13,7 @@ import numpy as np
 
 from fer_runtime.labels import LABELS, NUM_CLASSES
 from fer_train import runs
-from fer_train.data import DataSource, load_source
+from fer_train.data import DataSource, Split, load_source
 from fer_train.models import ModelConfig, build_model
 from fer_train.pipeline import AugmentConfig, make_dataset
 from fer_train.plots import plot_learning_curves
@@ -43,6 +43,11 @@ class TrainConfig:
     strategy: str = "default"  # default | mirrored
     limit_train: int = 0  # use only the first N training rows (0 = all); for smoke tests
     hide_labels: float = 0.0  # fraction of Training withheld as unlabelled (self-training)
+    ferplus: str = ""  # ferplus_votes.csv (FER2013 row order); blended into targets with ferplus_weight
+    ferplus_weight: float = 0.0
+    teacher: str = ""  # run/ensemble whose probabilities are blended into targets with distill_weight
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,6 +68,13 @@ class TrainConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose default or mirrored")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be positive")
+        for name, w, src in (("ferplus", self.ferplus_weight, self.ferplus), ("teacher", self.distill_weight, self.teacher)):
+            if not 0 <= w <= 1:
+                raise ValueError(f"{name} weight must be in [0, 1], got {w}")
+            if w > 0 and not src:
+                raise ValueError(f"a {name} weight needs --{name}")
+        if self.ferplus_weight + self.distill_weight > 1:
+            raise ValueError("ferplus weight + distill weight must not exceed 1")
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -213,6 +225,25 @@ def _setup(cfg: TrainConfig):
     return tf.distribute.get_strategy()
 
 
+def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
+                     log: Callable[[str], None] = print) -> np.ndarray:
+    """Targets [N,7] for ``train``: one-hot labels, blended with FER+ votes and/or a teacher as configured.
+
+    ``data_rows`` is the data file's row count (FER+ votes must match it row for row).
+    """
+    from fer_train import targets
+
+    parts = []
+    if cfg.ferplus_weight > 0:
+        dist, mask = targets.ferplus_targets(cfg.ferplus, train, data_rows)
+        log(f"FER+ votes for {int(mask.sum())}/{len(train)} rows, weight {cfg.ferplus_weight:g}")
+        parts.append((cfg.ferplus_weight, dist, mask))
+    if cfg.distill_weight > 0:
+        log(f"teacher {cfg.teacher}: predicting {len(train)} training images (flip TTA, T={cfg.distill_temperature:g})")
+        parts.append((cfg.distill_weight, targets.teacher_targets(cfg.teacher, train.x, cfg.distill_temperature), None))
+    return targets.blend(train.y, parts)
+
+
 def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, *,
         resume: bool = False, source: DataSource | None = None, extra_train: tuple[np.ndarray, np.ndarray] | None = None,
         log: Callable[[str], None] = print, progress: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
@@ -262,7 +293,8 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
     write_summary(model, run)
 
     x_tr = train.x
-    t_tr = np.eye(NUM_CLASSES, dtype=np.float32)[train.y]
+    data_rows = 1 + max(int(s.ids.max()) for s in source.splits.values() if len(s))
+    t_tr = training_targets(cfg, train, data_rows, log)
     if extra_train is not None:
         x_tr = np.concatenate([x_tr, extra_train[0]])
         t_tr = np.concatenate([t_tr, extra_train[1].astype(np.float32)])

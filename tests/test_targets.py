@@ -1,0 +1,144 @@
+"""Soft training targets: FER+ vote files, blending with labels, teacher distillation."""
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_train.data import DataFormatError, load_source
+from fer_train.targets import FERPLUS_COLUMNS, blend, ferplus_targets, load_ferplus_votes, soften
+
+FIX = Path(__file__).parent / "fixtures" / "fer2013_small.csv.gz"
+HEADER = ["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+          "contempt", "unknown", "NF"]
+
+
+def _fixture_usage() -> list[str]:
+    with gzip.open(FIX, "rt", newline="") as f:
+        return [r["Usage"] for r in csv.DictReader(f)]
+
+
+def _write_votes(path: Path, usage: list[str], rows: list[list[int]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        for i, (u, r) in enumerate(zip(usage, rows)):
+            w.writerow([u, f"fer{i:07d}.png", *r])
+    return path
+
+
+def _votes_for(y: np.ndarray, agree: int = 7) -> list[list[int]]:
+    """Votes per row: ``agree`` for the label's class, the rest on 'neutral', plus junk columns."""
+    by_class = {v: k for k, v in FERPLUS_COLUMNS.items()}
+    order = HEADER[2:9]
+    rows = []
+    for label in y:
+        r = [0] * 10
+        r[order.index(by_class[int(label)])] += agree
+        r[order.index("neutral")] += 10 - agree
+        r[7] = 3  # contempt: ignored
+        rows.append(r)
+    return rows
+
+
+def test_votes_map_to_fer2013_classes_and_ignore_others(tmp_path):
+    # happiness only; surprise+fear split; only contempt/unknown (no FER2013 class)
+    p = _write_votes(tmp_path / "v.csv", ["Training"] * 3,
+                     [[0, 10, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 6, 0, 0, 0, 2, 0, 2, 0], [0, 0, 0, 0, 0, 0, 0, 5, 5, 0]])
+    dist, usage = load_ferplus_votes(p)
+    assert dist.shape == (3, 7) and list(usage) == ["Training"] * 3
+    np.testing.assert_allclose(dist[0], np.eye(7)[3])
+    np.testing.assert_allclose(dist[1], [0, 0, 0.25, 0, 0, 0.75, 0])
+    assert dist[2].sum() == 0
+
+
+def test_malformed_vote_files_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Usage,neutral\nTraining,1\n")
+    with pytest.raises(DataFormatError, match="missing columns"):
+        load_ferplus_votes(bad)
+    p = _write_votes(tmp_path / "v.csv", ["Training"] * 2, [[1] * 10, [1] * 10])
+    p.write_text(p.read_text().replace("1,1,1,1,1,1,1,1,1,1\n", "1,x,1,1,1,1,1,1,1,1\n", 1))
+    with pytest.raises(DataFormatError, match="line 2: vote counts must be numbers"):
+        load_ferplus_votes(p)
+    with pytest.raises(DataFormatError, match="cannot read"):
+        load_ferplus_votes(tmp_path / "missing.csv")
+
+
+def test_ferplus_targets_align_with_the_data_rows(tmp_path):
+    src = load_source(FIX)
+    usage = _fixture_usage()
+    all_y = np.zeros(len(usage), np.int64)
+    for name in ("Training", "PublicTest", "PrivateTest"):
+        all_y[src[name].ids] = src[name].y
+    p = _write_votes(tmp_path / "v.csv", usage, _votes_for(all_y))
+    train = src["Training"]
+    dist, mask = ferplus_targets(p, train, len(usage))
+    assert mask.all()
+    assert (dist.argmax(1) == train.y).all()
+    np.testing.assert_allclose(dist[train.y != 6][np.arange((train.y != 6).sum()), train.y[train.y != 6]], 0.7, atol=1e-6)
+    with pytest.raises(DataFormatError, match="has 420 vote rows but the data file has 421"):
+        ferplus_targets(p, train, len(usage) + 1)
+    shifted = _write_votes(tmp_path / "s.csv", ["PublicTest"] + usage[:-1], _votes_for(all_y))
+    with pytest.raises(DataFormatError, match="not in the data file's row order"):
+        ferplus_targets(shifted, train, len(usage))
+
+
+def test_blend_weights_and_masks():
+    y = np.array([0, 3, 5])
+    soft = np.full((3, 7), 1 / 7, np.float32)
+    out = blend(y, [(0.3, soft, np.array([True, False, True]))])
+    np.testing.assert_allclose(out.sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(out[1], np.eye(7)[3])  # masked out: pure label
+    np.testing.assert_allclose(out[0, 0], 0.7 + 0.3 / 7, atol=1e-6)
+    two = blend(y, [(0.25, soft, None), (0.25, np.eye(7, dtype=np.float32)[[6, 6, 6]], None)])
+    np.testing.assert_allclose(two[:, 6], [0.25 + 0.25 / 7] * 3, atol=1e-6)
+    np.testing.assert_allclose(blend(y, []), np.eye(7)[y])
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        blend(y, [(1.5, soft, None)])
+
+
+def test_soften_keeps_order_and_flattens():
+    p = np.array([[0.7, 0.2, 0.1, 0, 0, 0, 0]], np.float32) + 1e-6
+    p /= p.sum()
+    np.testing.assert_allclose(soften(p, 1.0), p, rtol=1e-5)
+    s = soften(p, 3.0)
+    assert s.argmax() == 0 and s.max() < p.max() and s.sum() == pytest.approx(1, abs=1e-6)
+    with pytest.raises(ValueError):
+        soften(p, 0)
+
+
+@pytest.mark.tf
+def test_fit_blends_ferplus_and_teacher_targets(tmp_path):
+    from fer_train.evaluate import load_members, predict_probs
+    from fer_train.fit import TrainConfig, fit, training_targets
+    from fer_train.models import ModelConfig
+    from fer_train.pipeline import AugmentConfig
+
+    src = load_source(FIX)
+    usage = _fixture_usage()
+    all_y = np.zeros(len(usage), np.int64)
+    for name in ("Training", "PublicTest", "PrivateTest"):
+        all_y[src[name].ids] = src[name].y
+    votes = _write_votes(tmp_path / "v.csv", usage, _votes_for(all_y))
+    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
+    base = dict(data=str(FIX), epochs=1, batch_size=64, schedule="constant", warmup_epochs=0,
+                augment=AugmentConfig(enabled=False))
+    fit(tmp_path / "teacher", tiny, TrainConfig(**base), log=lambda s: None)
+    cfg = TrainConfig(**base, ferplus=str(votes), ferplus_weight=0.2, teacher=str(tmp_path / "teacher"),
+                      distill_weight=0.5, distill_temperature=2.0)
+    train = src["Training"]
+    t = training_targets(cfg, train, len(usage), log=lambda s: None)
+    teacher = soften(predict_probs(load_members(tmp_path / "teacher"), train.x, tta="flip"), 2.0)
+    dist, _ = ferplus_targets(votes, train, len(usage))
+    want = 0.3 * np.eye(7)[train.y] + 0.2 * dist + 0.5 * teacher
+    np.testing.assert_allclose(t, want, atol=1e-5)
+    res = fit(tmp_path / "student", tiny, cfg, log=lambda s: None)  # the whole fit path accepts the targets
+    assert res["epochs_done"] == 1
+    with pytest.raises(ValueError, match="must not exceed 1"):
+        TrainConfig(**base, ferplus=str(votes), ferplus_weight=0.6, teacher="t", distill_weight=0.6).validate_choices()
+    with pytest.raises(ValueError, match="needs --teacher"):
+        TrainConfig(**base, distill_weight=0.5).validate_choices()

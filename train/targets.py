@@ -1,0 +1,97 @@
+"""Soft training targets: FER+ crowd votes and a teacher's probabilities, blended with the labels."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from fer_runtime.labels import NUM_CLASSES
+from fer_train.data import DataFormatError, Split
+
+# ferplus_votes.csv vote columns -> FER2013 class index (contempt, unknown and NF are not classes here).
+FERPLUS_COLUMNS = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness": 4, "surprise": 5, "neutral": 6}
+
+
+def load_ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row vote distributions [N,7] (zeros where no vote names a FER2013 class) and Usage [N].
+
+    Rows are in FER2013's row order, so row ``i`` belongs to FER2013 row ``i``.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read FER+ votes ({e.strerror or e})") from None
+    if not rows:
+        raise DataFormatError(f"{path}: empty file")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in ("Usage", *FERPLUS_COLUMNS) if c not in header]
+    if missing:
+        raise DataFormatError(f"{path}: line 1: not a FER+ votes file (missing columns {', '.join(missing)})")
+    cols = [header.index(c) for c in FERPLUS_COLUMNS]
+    iu = header.index("Usage")
+    votes = np.zeros((len(rows) - 1, NUM_CLASSES), np.float32)
+    usage = []
+    for i, r in enumerate(rows[1:]):
+        try:
+            counts = [float(r[c]) for c in cols]
+            usage.append(r[iu].strip())
+        except (ValueError, IndexError):
+            raise DataFormatError(f"{path}: line {i + 2}: vote counts must be numbers") from None
+        votes[i, list(FERPLUS_COLUMNS.values())] = counts
+    total = votes.sum(1, keepdims=True)
+    dist = np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
+    return dist, np.array(usage)
+
+
+def ferplus_targets(path: str | Path, train: Split, data_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """FER+ distributions for the rows of ``train`` (a FER2013 Training split) and a mask of rows that have one.
+
+    ``data_rows`` is the row count of the FER2013 file ``train`` came from; the votes file must have as
+    many rows, in the same order (checked by row count and Usage), else DataFormatError.
+    """
+    dist, usage = load_ferplus_votes(path)
+    if len(dist) != data_rows:
+        raise DataFormatError(f"{path}: has {len(dist)} vote rows but the data file has {data_rows}; "
+                              "FER+ votes need the full FER2013 file in its original row order")
+    wrong = np.flatnonzero(usage[train.ids] != "Training")
+    if len(wrong):
+        raise DataFormatError(f"{path}: row {int(train.ids[wrong[0]]) + 1} is {usage[train.ids[wrong[0]]]!r}, "
+                              "not Training: the votes are not in the data file's row order")
+    d = dist[train.ids]
+    return d, d.sum(1) > 0
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``probs ** (1/T)`` renormalised: the softmax of ``logits / T`` for the same logits."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logp = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
+def teacher_targets(teacher: str | Path, x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """A teacher run's or ensemble's flip-averaged probabilities on ``x``, softened by ``temperature``."""
+    from fer_train.evaluate import load_members, predict_probs
+
+    return soften(predict_probs(load_members(teacher), x, tta="flip"), temperature)
+
+
+def blend(labels: np.ndarray, parts: list[tuple[float, np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """One-hot ``labels`` mixed with soft targets: ``(1 - sum w) * onehot + sum w * t`` per row.
+
+    ``parts`` holds (weight, targets [N,7], mask [N] or None); rows outside a mask keep that weight on
+    the label.
+    """
+    onehot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+    out = onehot.copy()
+    for w, t, mask in parts:
+        if not 0 <= w <= 1:
+            raise ValueError(f"target weight must be in [0, 1], got {w}")
+        use = np.ones(len(labels), bool) if mask is None else mask
+        out[use] += w * (t[use] - onehot[use])
+    return out
