@@ -24,3 +24,7 @@ class ProviderUnavailableError(FerRuntimeError):
 
 class InvalidImageError(FerRuntimeError, ValueError):
     """An input image is unreadable, empty, or of an unsupported shape or dtype."""
+
+
+class InvalidVideoError(FerRuntimeError, ValueError):
+    """A video file or camera cannot be opened, or yields no decodable frame."""

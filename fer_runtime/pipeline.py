@@ -1,4 +1,5 @@
-"""Files to result rows: decode, find faces, batch them through a Predictor, optionally draw saliency figures."""
+"""Files to result rows: decode, find faces, batch them through a Predictor, optionally draw saliency figures;
+videos to one row per face per processed frame."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
@@ -10,10 +11,12 @@ import numpy as np
 
 from fer_runtime.errors import InvalidImageError
 from fer_runtime.faces import Box, detect_faces
+from fer_runtime.frames import FrameAnalyzer
 from fer_runtime.images import preprocess, read_image, resize, write_image
 from fer_runtime.overlay import PANEL, saliency_figure
 from fer_runtime.predictor import Predictor
 from fer_runtime.results import prob_column
+from fer_runtime.video import VideoFrame, VideoReader
 
 FACE_MODES = ("auto", "detect", "crop")
 NO_FACE = "no face detected"
@@ -143,3 +146,21 @@ def _flush(predictor: Predictor, labels: list[str], batch: _Batch) -> Iterator[R
                     f.row.failed = True
     rows, batch.rows, batch.faces = batch.rows, [], []
     yield from rows
+
+
+def infer_video(analyzer: FrameAnalyzer, path: Path, every: int = 1,
+                on_frame: Callable[[VideoFrame], None] | None = None) -> Iterator[Row]:
+    """Yield one row per face per processed frame of the video ``path`` (every ``every``-th frame).
+
+    Rows follow :func:`fer_runtime.results.video_columns`. Raises :class:`InvalidVideoError` if the video
+    cannot be opened or decoded. ``on_frame`` is called after each processed frame.
+    """
+    analyzer.reset()
+    labels = analyzer.labels
+    with VideoReader(path, every=every) as reader:
+        for frame in reader:
+            results = analyzer.process(frame.image, timestamp=frame.timestamp_ms)
+            for k, r in enumerate(results):
+                yield Row({**r.to_row(labels, path=str(path), face=k), "frame": frame.index})  # source index
+            if on_frame is not None:
+                on_frame(frame)

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 FORMATS = ("csv", "jsonl")
 BASE_COLUMNS = ("path", "face", "x", "y", "w", "h", "source", "label", "confidence")
+VIDEO_COLUMNS = ("frame", "timestamp_ms", "track")  # put in front of the image columns for video input
 
 
 def prob_column(label: str) -> str:
@@ -24,6 +25,11 @@ def prob_column(label: str) -> str:
 def columns(labels: Sequence[str]) -> list[str]:
     """``path, face, x, y, w, h, source, label, confidence, p_<label>..., error``."""
     return [*BASE_COLUMNS, *(prob_column(l) for l in labels), "error"]
+
+
+def video_columns(labels: Sequence[str]) -> list[str]:
+    """``frame, timestamp_ms, track``, then :func:`columns`."""
+    return [*VIDEO_COLUMNS, *columns(labels)]
 
 
 def format_for(out: Path | None, fmt: str | None) -> str:
