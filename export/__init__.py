@@ -6,7 +6,8 @@ Modules (TensorFlow is imported by the modules that need it, never by this packa
   ``check_model(model)`` (ExportError naming an unsupported layer).
 * :mod:`fer_export.graphs` - ensemble ``tf.function``s: ``make_forward_fn``, ``make_saliency_fn``
   (what is exported), ``make_reference_saliency_fn`` / ``tf_saliency`` (TF's own gradients of the
-  original models), ``keras_outputs``.
+  original models), ``keras_outputs``, ``keras_member_logits``.
+* :mod:`fer_export.calibrate` - temperature scaling (numpy only): ``fit_temperature``, ``calibration_record``.
 * :mod:`fer_export.convert` - tf2onnx conversion, ONNX metadata, checker + onnxruntime load.
 * :mod:`fer_export.verify` - numeric comparison of the ONNX graphs with Keras/TF.
 * :mod:`fer_export.members` - resolving runs/ensembles to members and their manifest facts.

@@ -19,6 +19,18 @@ def _fail(msg: str) -> None:
     raise typer.Exit(1)
 
 
+def _temperature(text: str) -> float | str:
+    """``--temperature``: 'auto' or a number (its range is checked by the exporter)."""
+    from fer_export.errors import ExportError
+
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise ExportError(f"temperature must be a positive number or 'auto', got {text!r}") from None
+
+
 @app.command()
 def export(
     sources: List[Path] = typer.Argument(..., metavar="RUN_OR_ENSEMBLE...",
@@ -26,7 +38,8 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (e.g. models/); an existing manifest is merged."),
     variant: str = typer.Option("accurate", help="Variant name in the manifest; 'accurate' writes fer_ensemble.onnx."),
     opset: int = typer.Option(17, help="ONNX opset (13..18; tf2onnx refuses 19+)."),
-    temperature: float = typer.Option(1.0, help="Divide member logits by this before the softmax (calibration)."),
+    temperature: str = typer.Option("1.0", help="Divide member logits by this before the softmax (calibration); "
+                                                "'auto' fits it on the PublicTest split of --verify-data."),
     tta: str = typer.Option("none", help="Test-time augmentation inside the graph: none or flip."),
     verify_data: Optional[Path] = typer.Option(None, help="Data for verification (and PublicTest accuracy if it is a "
                                                          "Kaggle CSV); default: the repo's test fixture."),
@@ -47,7 +60,7 @@ def export(
         tf.get_logger().setLevel("ERROR")
         from fer_export.exporter import export_models
 
-        res = export_models(sources, out, variant=variant, opset=opset, temperature=temperature, tta=tta,
+        res = export_models(sources, out, variant=variant, opset=opset, temperature=_temperature(temperature), tta=tta,
                             verify_data=verify_data, verify_count=verify_count, description=description,
                             log=lambda s: console.print(f"[dim]{s}[/dim]"))
     except ExportError as e:
@@ -62,6 +75,10 @@ def export(
         table.add_row(*row)
     Console(width=max(100, Console().width)).print(table)
     v = res.manifest.variants[res.variant]
+    if v.calibration:
+        c = v.calibration
+        typer.echo(f"temperature {c['temperature']:.4f} fitted on {c['fitted_on']} ({c['images']} images, TTA {v.tta}): "
+                   f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
     for m in v.members:
         acc = m["public_test_accuracy"]
         typer.echo(f"member {m['name']}: {m['params']} params, PublicTest accuracy "

@@ -23,6 +23,8 @@ from fer_runtime.manifest import (MANIFEST_NAME, FileEntry, Manifest, Variant, r
                                   write_manifest)
 
 DEFAULT_VARIANT = "accurate"
+AUTO_TEMPERATURE = "auto"  # fit the temperature on PublicTest (fer_export.calibrate)
+CALIBRATION_SPLIT = "PublicTest"
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fer2013_small.csv.gz"
 _VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -116,8 +118,21 @@ def _write_file(path: Path, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
+def _fit_temperature(models: Sequence[Any], data: Any, tta: str) -> tuple[float, dict[str, Any]]:
+    """Fit T on the PublicTest split of ``data`` with the variant's TTA; (T, the manifest's calibration dict)."""
+    from fer_export import calibrate, graphs
+
+    split = data[CALIBRATION_SPLIT]
+    if len(split) == 0 or (split.y < 0).any():
+        raise ExportError(f"--temperature auto: the {CALIBRATION_SPLIT} rows of {data.path} must be labelled and non-empty")
+    z = graphs.keras_member_logits(models, split.x, tta)  # [N, members, views, 7]
+    terms = [z[:, k, v] for k in range(z.shape[1]) for v in range(z.shape[2])]
+    t = calibrate.fit_temperature(terms, split.y)
+    return t, calibrate.calibration_record(terms, split.y, t, CALIBRATION_SPLIT)
+
+
 def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: str = DEFAULT_VARIANT, opset: int = 17,
-                  temperature: float = 1.0, tta: str = "none", verify_data: str | Path | None = None,
+                  temperature: float | str = 1.0, tta: str = "none", verify_data: str | Path | None = None,
                   verify_count: int = 200, description: str = "",
                   log: Callable[[str], None] = lambda s: None) -> ExportResult:
     """Export the ensemble of ``sources`` (runs, ensemble dirs or ``.keras`` files) into ``out`` as ``variant``.
@@ -125,7 +140,9 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     Writes the forward graph, the saliency graph and (merged) ``manifest.json``; verifies both
     graphs against the Keras members first (see :mod:`fer_export.verify`). ``verify_data`` is a
     data file/folder whose PublicTest (or validation) rows are used, at most ``verify_count`` of
-    them; default: the repository's test fixture if present. Raises ExportError on any failure.
+    them; default: the repository's test fixture if present. ``temperature="auto"`` fits the
+    temperature on the PublicTest split of ``verify_data`` (a Kaggle CSV), with the variant's TTA,
+    and records the fit in the variant's ``calibration``. Raises ExportError on any failure.
     """
     from fer_export import convert, graphs, members as members_mod, twin, verify
 
@@ -137,11 +154,15 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     if verify_count < 0:
         raise ExportError(f"--verify-count must be >= 0, got {verify_count}")
     convert.check_opset(opset)
-    graphs.check_options(temperature, tta)
+    auto = temperature == AUTO_TEMPERATURE
+    graphs.check_options(1.0 if auto else temperature, tta)
     existing = _existing_manifest(out)
 
     t0 = time.time()
     data = verify.load_data(verify_data) if verify_data is not None else None
+    if auto and (data is None or CALIBRATION_SPLIT not in data.splits):
+        raise ExportError(f"--temperature auto fits on the {CALIBRATION_SPLIT} split, so --verify-data must be a Kaggle "
+                          f"fer2013 CSV (emotion,pixels,Usage); got {verify_data if verify_data is not None else 'none'}")
     check_data = data if data is not None else (verify.load_data(FIXTURE) if FIXTURE.exists() else None)
     log(f"loading members of {', '.join(map(str, sources))}")
     members = members_mod.load_members(sources, data)
@@ -151,24 +172,33 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
         except ExportError as e:
             raise ExportError(f"member {m.name!r} ({m.path}): {e}") from None
     models = [m.model for m in members]
+    calibration: dict[str, Any] = {}
+    if auto:
+        log(f"fitting the temperature on {len(data[CALIBRATION_SPLIT])} {CALIBRATION_SPLIT} images (TTA {tta})")
+        temperature, calibration = _fit_temperature(models, data, tta)
+        log(f"temperature {temperature:.4f}: NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}, "
+            f"ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
+    temperature = float(temperature)
 
     log(f"converting {len(models)} member(s) to ONNX (opset {opset})")
     fwd_proto = convert.to_onnx(graphs.make_forward_fn(models, temperature, tta), opset, "forward")
     sal_proto = convert.to_onnx(graphs.make_saliency_fn(models, temperature, tta), opset, "saliency")
-    convert.order_outputs(fwd_proto, ["probs", "logits"])
-    convert.order_outputs(sal_proto, ["probs", "saliency"])
+    convert.order_outputs(fwd_proto, graphs.FORWARD_OUTPUTS)
+    convert.order_outputs(sal_proto, graphs.SALIENCY_OUTPUTS)
     for p in (fwd_proto, sal_proto):
         _batch_dim_as_n(p)
 
     fwd_name, sal_name = file_names(variant)
     what = f"single model {members[0].name}" if len(members) == 1 else \
         f"{len(members)}-member ensemble ({', '.join(m.name for m in members)})"
-    desc = description or f"{what}; temperature {temperature:g}, TTA {tta}"
+    fitted = f" (fitted on {CALIBRATION_SPLIT})" if auto else ""
+    desc = description or f"{what}; temperature {temperature:.4g}{fitted}, TTA {tta}"
     manifest = existing or Manifest(labels=list(LABELS), input={}, variants={}, files={})
     manifest.input = {**INPUT_SPEC, "preprocessing_in_graph": preprocessing_text(models)}
     manifest.variants[variant] = Variant(forward=fwd_name, saliency=sal_name,
                                          members=[m.manifest_entry() for m in members],
-                                         temperature=float(temperature), tta=tta, description=desc)
+                                         temperature=temperature, tta=tta, description=desc,
+                                         calibration=calibration)
     manifest.producer = producer_versions(opset)
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest.default_variant = DEFAULT_VARIANT if DEFAULT_VARIANT in manifest.variants else (
@@ -178,8 +208,8 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     props = manifest.metadata_props(variant)
     blobs: dict[str, bytes] = {}
     sessions = {}
-    for name, proto, ins, outs, kind in ((fwd_name, fwd_proto, ["image"], ["probs", "logits"], "forward"),
-                                         (sal_name, sal_proto, ["image", "class"], ["probs", "saliency"], "saliency")):
+    for name, proto, ins, outs, kind in ((fwd_name, fwd_proto, ["image"], graphs.FORWARD_OUTPUTS, "forward"),
+                                         (sal_name, sal_proto, ["image", "class"], graphs.SALIENCY_OUTPUTS, "saliency")):
         convert.set_metadata(proto, {**props, "fer.graph": kind}, doc=f"FER2013 {kind} graph, variant {variant}: {desc}")
         blobs[name] = proto.SerializeToString()
         sessions[name] = convert.check_onnx_bytes(blobs[name], name, ins, outs)

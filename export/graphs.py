@@ -9,6 +9,8 @@
 Definitions shared by all of them, for an ensemble of M members and V views (V=2 with flip TTA):
 ``logits = mean over members and views of the member logits``;
 ``probs = mean over members and views of softmax(member logits / temperature)``;
+``member_probs[n, m, v] = softmax(logits of member m on view v / temperature)`` ([N, M, V, 7]; view 0
+is the image, view 1 its mirror), so ``probs = member_probs.mean((1, 2))``;
 ``saliency[n] = d logits[n, class[n]] / d image[n]`` (temperature does not enter it).
 """
 from __future__ import annotations
@@ -23,6 +25,8 @@ from fer_export.errors import ExportError
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
 
 TTA_MODES = ("none", "flip")
+FORWARD_OUTPUTS = ("probs", "logits", "member_probs")  # graph output order of the forward file
+SALIENCY_OUTPUTS = ("probs", "saliency")
 
 IMAGE_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name="image")
 CLASS_SPEC = tf.TensorSpec([None], tf.int64, name="class")
@@ -41,21 +45,33 @@ def _member_logits(fns: Sequence[Callable], image: tf.Tensor, tta: str, flip: Ca
     return [f(v) for f in fns for v in views]
 
 
-def _mean_probs(zs: list[tf.Tensor], temperature: float) -> tf.Tensor:
+def views_of(tta: str) -> int:
+    """Number of TTA views the graphs average over (1, or 2 with flip)."""
+    return 2 if tta == "flip" else 1
+
+
+def _term_probs(zs: list[tf.Tensor], temperature: float) -> list[tf.Tensor]:
     if temperature != 1.0:
         zs = [z * (1.0 / temperature) for z in zs]
-    return tf.add_n([tf.nn.softmax(z) for z in zs]) * (1.0 / len(zs))
+    return [tf.nn.softmax(z) for z in zs]
+
+
+def _mean_probs(zs: list[tf.Tensor], temperature: float) -> tf.Tensor:
+    return tf.add_n(_term_probs(zs, temperature)) * (1.0 / len(zs))
 
 
 def make_forward_fn(models: Sequence[Any], temperature: float = 1.0, tta: str = "none") -> tf.types.experimental.GenericFunction:
-    """``tf.function(image) -> {"probs": [N,7], "logits": [N,7]}`` for an ensemble of Keras models."""
+    """``tf.function(image) -> {"probs": [N,7], "logits": [N,7], "member_probs": [N,M,V,7]}`` for an ensemble."""
     check_options(temperature, tta)
     fns = [twin.logits_fn(m) for m in models]
+    shape = [-1, len(models), views_of(tta), NUM_CLASSES]
 
     @tf.function(input_signature=[IMAGE_SPEC])
     def forward(image):
         zs = _member_logits(fns, image, tta, twin.flip_width)
-        return {"probs": _mean_probs(zs, temperature), "logits": tf.add_n(zs) * (1.0 / len(zs))}
+        ps = _term_probs(zs, temperature)  # member-major, view-minor: the order of the reshape below
+        return {"probs": tf.add_n(ps) * (1.0 / len(ps)), "logits": tf.add_n(zs) * (1.0 / len(zs)),
+                "member_probs": tf.reshape(tf.stack(ps, axis=1), shape)}
     return forward
 
 
@@ -107,31 +123,33 @@ def make_reference_saliency_fn(models: Sequence[Any], tta: str = "none") -> tf.t
     return reference
 
 
-def keras_outputs(models: Sequence[Any], images: np.ndarray, temperature: float = 1.0, tta: str = "none",
-                  batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """(probs, logits) [N,7] of the ORIGINAL Keras models with the ensemble definitions above.
-
-    With temperature 1 the probabilities are the models' own softmax outputs.
-    """
-    check_options(temperature, tta)
+def keras_member_logits(models: Sequence[Any], images: np.ndarray, tta: str = "none",
+                        batch_size: int = 128) -> np.ndarray:
+    """Logits [N, M, V, 7] (float64) of the ORIGINAL Keras models on each TTA view (view 1 = mirrored)."""
+    check_options(1.0, tta)
     subs = keras_logits_models(models)
     x_all = np.asarray(images, np.float32)
-    probs = np.zeros((len(x_all), NUM_CLASSES), np.float64)
-    logits = np.zeros_like(probs)
-    views = 2 if tta == "flip" else 1
-    for m, s in zip(models, subs):
-        run = tf.function(lambda a, m=m, s=s: (m(a, training=False), s(a, training=False)), reduce_retracing=True)
+    views = views_of(tta)
+    out = np.zeros((len(x_all), len(models), views, NUM_CLASSES), np.float64)
+    for k, s in enumerate(subs):
+        run = tf.function(lambda a, s=s: s(a, training=False), reduce_retracing=True)
         for v in range(views):
             xv = x_all[:, :, ::-1, :] if v else x_all
             for i in range(0, len(xv), batch_size):
-                p, z = (t.numpy().astype(np.float64) for t in run(tf.constant(xv[i:i + batch_size])))
-                if temperature != 1.0:
-                    e = np.exp((z - z.max(1, keepdims=True)) / temperature)
-                    p = e / e.sum(1, keepdims=True)
-                probs[i:i + batch_size] += p
-                logits[i:i + batch_size] += z
-    n = len(models) * views
-    return (probs / n).astype(np.float32), (logits / n).astype(np.float32)
+                out[i:i + batch_size, k, v] = run(tf.constant(xv[i:i + batch_size])).numpy()
+    return out
+
+
+def keras_outputs(models: Sequence[Any], images: np.ndarray, temperature: float = 1.0, tta: str = "none",
+                  batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probs [N,7], logits [N,7], member_probs [N,M,V,7]) of the ORIGINAL Keras models, as defined above."""
+    check_options(temperature, tta)
+    z = keras_member_logits(models, images, tta, batch_size)
+    s = z / temperature
+    e = np.exp(s - s.max(-1, keepdims=True))
+    member_probs = e / e.sum(-1, keepdims=True)
+    return (member_probs.mean((1, 2)).astype(np.float32), z.mean((1, 2)).astype(np.float32),
+            member_probs.astype(np.float32))
 
 
 def tf_saliency(models: Sequence[Any], images: np.ndarray, classes: np.ndarray, tta: str = "none",

@@ -1,6 +1,7 @@
 """Numeric verification of exported ONNX graphs against the original Keras models.
 
-* probabilities (forward graph and saliency graph): max abs difference to Keras <= 1e-4;
+* probabilities (forward graph and saliency graph) and the forward graph's per-member, per-view
+  ``member_probs``: max abs difference to Keras <= 1e-4;
 * saliency, against TF's own ``GradientTape`` gradient of the original models: cosine similarity
   >= 0.999 on every image, and median relative error <= 1e-3 on every image except at most 1% of
   them (at least one), which must stay <= 1e-2.
@@ -46,6 +47,7 @@ class VerifyReport:
     saliency_min_cosine: float  # worst image
     saliency_typical_rel_err: float = 0.0  # median over images of the per-image median relative error
     saliency_rel_outliers: int = 0  # images over REL_TOL (allowed: max(1, 1%), each <= REL_OUTLIER_TOL)
+    forward_member_prob_max_abs: float = 0.0  # member_probs [N,M,V,7] against Keras
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +56,7 @@ class VerifyReport:
         """(check, value, limit) rows for a table."""
         return [
             ("forward probs: max |onnx - keras|", f"{self.forward_prob_max_abs:.2e}", f"<= {PROB_TOL:g}"),
+            ("forward member_probs: max |onnx - keras|", f"{self.forward_member_prob_max_abs:.2e}", f"<= {PROB_TOL:g}"),
             ("forward logits: max |onnx - keras|", f"{self.forward_logit_max_abs:.2e}", "info"),
             ("saliency-graph probs: max |onnx - keras|", f"{self.saliency_prob_max_abs:.2e}", f"<= {PROB_TOL:g}"),
             ("saliency: median rel err, typical", f"{self.saliency_typical_rel_err:.2e}", f"<= {REL_TOL:g}"),
@@ -143,27 +146,34 @@ def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[
     Image ``i`` asks for the saliency of class ``i % 7``. Returns the report, or raises
     ExportError quoting the failing number and image index.
     """
-    from fer_export.graphs import keras_outputs, tf_saliency
+    from fer_export.graphs import FORWARD_OUTPUTS, SALIENCY_OUTPUTS, keras_outputs, tf_saliency
 
     x = np.asarray(images, np.float32)
     classes = (np.arange(len(x)) % NUM_CLASSES).astype(np.int64)
-    ref_p, ref_z = keras_outputs(models, x, temperature, tta)
+    ref_p, ref_z, ref_mp = keras_outputs(models, x, temperature, tta)
     ref_g = tf_saliency(models, x, classes, tta, method="reference")
-    fp, fz = _run(forward_session, ["probs", "logits"], {"image": x})
-    sp, sg = _run(saliency_session, ["probs", "saliency"], {"image": x, "class": classes})
+    fp, fz, fmp = _run(forward_session, list(FORWARD_OUTPUTS), {"image": x})
+    sp, sg = _run(saliency_session, list(SALIENCY_OUTPUTS), {"image": x, "class": classes})
+    if fmp.shape != ref_mp.shape:
+        raise ExportError(f"forward graph member_probs has shape {fmp.shape}; expected {ref_mp.shape} (N, members, views, classes)")
     rel, cos = saliency_agreement(sg, ref_g)
     rep = VerifyReport(images=len(x), real_images=int(real_images), source=source,
                        forward_prob_max_abs=float(np.abs(fp - ref_p).max()),
                        forward_logit_max_abs=float(np.abs(fz - ref_z).max()),
                        saliency_prob_max_abs=float(np.abs(sp - ref_p).max()),
                        saliency_median_rel_err=float(rel.max()), saliency_min_cosine=float(cos.min()),
-                       saliency_typical_rel_err=float(np.median(rel)), saliency_rel_outliers=int((rel > rel_tol).sum()))
+                       saliency_typical_rel_err=float(np.median(rel)), saliency_rel_outliers=int((rel > rel_tol).sum()),
+                       forward_member_prob_max_abs=float(np.abs(fmp - ref_mp).max(initial=0.0)))
     if not np.isfinite([rep.forward_prob_max_abs, rep.saliency_prob_max_abs, rep.saliency_median_rel_err,
-                        rep.saliency_min_cosine]).all():
+                        rep.saliency_min_cosine, rep.forward_member_prob_max_abs]).all():
         raise ExportError("verification produced non-finite numbers (NaN/inf in ONNX or Keras outputs)")
     if rep.forward_prob_max_abs > prob_tol:
         i = int(np.abs(fp - ref_p).max(axis=1).argmax())
         raise ExportError(f"forward graph probabilities differ from Keras by {rep.forward_prob_max_abs:.3g} "
+                          f"(> {prob_tol:g}) on verification image {i}")
+    if rep.forward_member_prob_max_abs > prob_tol:
+        i = int(np.abs(fmp - ref_mp).reshape(len(x), -1).max(axis=1).argmax())
+        raise ExportError(f"forward graph member_probs differ from Keras by {rep.forward_member_prob_max_abs:.3g} "
                           f"(> {prob_tol:g}) on verification image {i}")
     if rep.saliency_prob_max_abs > prob_tol:
         i = int(np.abs(sp - ref_p).max(axis=1).argmax())

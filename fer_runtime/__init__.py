@@ -14,8 +14,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from fer_runtime.errors import (FerRuntimeError, InvalidImageError, ModelIntegrityError, ModelNotFoundError,
-                                ProviderUnavailableError)
+from fer_runtime.errors import (FerRuntimeError, InvalidImageError, MissingOutputError, ModelIntegrityError,
+                                ModelNotFoundError, ProviderUnavailableError)
 from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES
 
 __version__ = "0.1.0"
@@ -32,7 +32,7 @@ _LAZY = {
     "infer_files": "fer_runtime.pipeline",
 }
 
-__all__ = ["FerRuntimeError", "InvalidImageError", "ModelIntegrityError", "ModelNotFoundError",
+__all__ = ["FerRuntimeError", "InvalidImageError", "MissingOutputError", "ModelIntegrityError", "ModelNotFoundError",
            "ProviderUnavailableError", "IMAGE_SIZE", "LABELS", "NUM_CLASSES", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -22,6 +22,10 @@ class ProviderUnavailableError(FerRuntimeError):
     """An execution provider was asked for but is not available, or onnxruntime dropped it."""
 
 
+class MissingOutputError(FerRuntimeError):
+    """The model graph lacks an output a call needs (e.g. ``member_probs`` in files from an older fer-export)."""
+
+
 class InvalidImageError(FerRuntimeError, ValueError):
     """An input image is unreadable, empty, or of an unsupported shape or dtype."""
 

@@ -12,11 +12,13 @@ import numpy as np
 
 from fer_runtime import images as imgs
 from fer_runtime import providers as prov
-from fer_runtime.errors import FerRuntimeError, ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError
+from fer_runtime.errors import (FerRuntimeError, MissingOutputError, ModelIntegrityError, ModelNotFoundError,
+                                ProviderUnavailableError)
 from fer_runtime.labels import IMAGE_SIZE
 from fer_runtime.manifest import Manifest, load_verified, read_manifest
 
 MODEL_DIR_ENV = "FER_MODEL_DIR"
+MEMBER_PROBS = "member_probs"
 
 ClassSpec = int | str | Sequence[int | str] | np.ndarray | None
 
@@ -98,6 +100,28 @@ class Predictor:
         Each face is converted to gray, resized to 48x48 (INTER_AREA when shrinking) as float32 0..255.
         """
         return self._run_forward(self._prepare(imgs.as_image_list(images)))
+
+    def predict_members(self, images: Any) -> np.ndarray:
+        """Per-member, per-view probabilities, float32 of shape (N, M members, V views, number of labels).
+
+        View 0 is the image itself, view 1 (when the model was exported with flip TTA) its mirror; each entry is
+        ``softmax(member logits / temperature)``, so ``predict(images)`` equals the mean over axes 1 and 2.
+        Images are accepted as in :meth:`predict`. Raises MissingOutputError for models exported before
+        ``member_probs`` existed.
+        """
+        out = self._forward.get_outputs()
+        spec = next((o for o in out if o.name == MEMBER_PROBS), None)
+        if spec is None:
+            raise MissingOutputError(f"{self.model_dir / self.manifest.variants[self.variant].forward}: the forward graph "
+                                     f"has no '{MEMBER_PROBS}' output (outputs {[o.name for o in out]}); re-export it "
+                                     "with a current fer-export")
+        x = self._prepare(imgs.as_image_list(images))
+        parts = [self._forward.run([MEMBER_PROBS], {self._input_name: x[i:i + self.batch_size]})[0]
+                 for i in range(0, len(x), self.batch_size)]
+        if parts:
+            return np.concatenate(parts).astype(np.float32, copy=False)
+        dims = [d if isinstance(d, int) else 1 for d in spec.shape[1:]]  # an empty batch: members/views from the graph
+        return np.zeros((0, *dims), np.float32)
 
     def saliency(self, images: Any, classes: ClassSpec = None) -> np.ndarray | list[np.ndarray]:
         """Gradient saliency maps in [0, 1] at each input's own size.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,10 +109,10 @@ def ref_saliency(models, x, cls, flip=False):
 def sessions_for(models, temperature=1.0, tta="none"):
     fwd = convert.to_onnx(graphs.make_forward_fn(models, temperature, tta), 17, "forward")
     sal = convert.to_onnx(graphs.make_saliency_fn(models, temperature, tta), 17, "saliency")
-    convert.order_outputs(fwd, ["probs", "logits"])
-    convert.order_outputs(sal, ["probs", "saliency"])
-    fs = convert.check_onnx_bytes(fwd.SerializeToString(), "fwd", ["image"], ["probs", "logits"])
-    ss = convert.check_onnx_bytes(sal.SerializeToString(), "sal", ["image", "class"], ["probs", "saliency"])
+    convert.order_outputs(fwd, graphs.FORWARD_OUTPUTS)
+    convert.order_outputs(sal, graphs.SALIENCY_OUTPUTS)
+    fs = convert.check_onnx_bytes(fwd.SerializeToString(), "fwd", ["image"], graphs.FORWARD_OUTPUTS)
+    ss = convert.check_onnx_bytes(sal.SerializeToString(), "sal", ["image", "class"], graphs.SALIENCY_OUTPUTS)
     return fs, ss
 
 
@@ -220,6 +221,8 @@ def test_verifier_rejects_wrong_probs_and_wrong_saliency():
         verify_export(fs, _Tampered(ss, "saliency", lambda g: g[:, ::-1]), [m], x)  # upside down
     with pytest.raises(ExportError, match="median relative error"):
         verify_export(fs, _Tampered(ss, "saliency", lambda g: g * 1.01), [m], x)  # 1% off: cosine still 1
+    with pytest.raises(ExportError, match="member_probs differ"):
+        verify_export(_Tampered(fs, "member_probs", lambda p: p[::-1]), ss, [m], x)  # rows swapped, probs intact
     # One image may be off by a rounding-decided ReLU kink (a few 1e-3, see fer_export.verify), not two,
     # and not by more than 1e-2.
     def scale_images(idx, f):
@@ -396,7 +399,10 @@ def test_manifest_hashes_metadata_and_merge(exported):
     assert [(t.name, t.shape, t.dtype) for t in sal.inputs] == [("image", [None, 48, 48, 1], "float32"), ("class", [None], "int64")]
     assert [(t.name, t.shape, t.dtype) for t in sal.outputs] == [("probs", [None, 7], "float32"),
                                                                  ("saliency", [None, 48, 48, 1], "float32")]
-    assert [t.name for t in man.files["fer_ensemble.onnx"].outputs] == ["probs", "logits"]
+    assert [(t.name, t.shape) for t in man.files["fer_ensemble.onnx"].outputs] == [
+        ("probs", [None, 7]), ("logits", [None, 7]), ("member_probs", [None, 2, 1, 7])]  # 2 members, 1 view
+    assert man.files["fer_calibrated.onnx"].outputs[2].shape == [None, 3, 2, 7]  # 3 members, 2 views (flip)
+    assert acc.calibration == {} and cal.calibration == {}  # temperatures given by hand
     # Members: names, params, accuracy computed on the PublicTest rows of --verify-data.
     res, models, _ = result["2-members"]
     test = load_kaggle_csv(FIX)["PublicTest"]
@@ -467,6 +473,8 @@ def test_cli_exports_run_dirs_and_reports(tmp_path):
     (["{run}", "--out", "{tmp}/m", "--opset", "19"], "opset 19 is not supported"),
     (["{run}", "--out", "{tmp}/m", "--tta", "rotate"], "unknown TTA 'rotate'"),
     (["{run}", "--out", "{tmp}/m", "--temperature", "0"], "temperature must be a positive number"),
+    (["{run}", "--out", "{tmp}/m", "--temperature", "warm"], "temperature must be a positive number or 'auto'"),
+    (["{run}", "--out", "{tmp}/m", "--temperature", "auto"], "--verify-data must be a Kaggle"),
     (["{run}", "--out", "{tmp}/m", "--variant", "../evil"], "variant name"),
     (["{run}", "--out", "{tmp}/m", "--verify-data", "{tmp}/missing.csv"], "not found"),
 ])
@@ -489,3 +497,139 @@ def test_cli_corrupt_keras_file_is_one_line_error(tmp_path):
     res = CliRunner().invoke(app, [str(run), "--out", str(tmp_path / "m")])
     assert res.exit_code == 1
     assert "cannot load the Keras model" in res.output and not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------- member_probs and the runtime
+
+def test_member_probs_through_the_runtime(exported):
+    """member_probs [N, M, V, 7]: mean is probs, each member is its own softmax(z/T), view 1 is the mirror."""
+    from fer_runtime import Predictor
+
+    out, result = exported
+    res, models, opts = result["3-members-flip-T2"]
+    x = images(10, seed=3)
+    p = Predictor(out, model="calibrated", device="cpu", batch_size=4)
+    mp = p.predict_members(x)
+    assert mp.shape == (len(x), 3, 2, 7) and mp.dtype == np.float32
+    np.testing.assert_allclose(mp.mean((1, 2)), p.predict(x), atol=1e-6)
+    mirrored = p.predict_members(x[:, :, ::-1, :])
+    np.testing.assert_allclose(mp[:, :, 1], mirrored[:, :, 0], atol=1e-5)
+    np.testing.assert_allclose(mp[:, :, 0], mirrored[:, :, 1], atol=1e-5)
+    for k, m in enumerate(models):
+        np.testing.assert_allclose(mp[:, k, 0], ref_outputs([m], x, opts["temperature"])[0], atol=1e-5)
+    assert p.predict_members([]).shape == (0, 3, 2, 7)
+    plain = Predictor(out, device="cpu").predict_members(x)  # accurate: 2 members, no TTA
+    assert plain.shape == (len(x), 2, 1, 7)
+
+
+def test_old_forward_graph_without_member_probs(exported, tmp_path):
+    """A model exported before member_probs still predicts; predict_members names the missing output."""
+    import shutil
+
+    from fer_runtime import MissingOutputError, Predictor
+    from fer_runtime.manifest import write_manifest
+
+    out, _ = exported
+    old = Path(shutil.copytree(out, tmp_path / "old"))
+    proto = onnx.load(str(old / "fer_ensemble.onnx"))
+    keep = [o for o in proto.graph.output if o.name != "member_probs"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
+    data = proto.SerializeToString()
+    (old / "fer_ensemble.onnx").write_bytes(data)
+    man = read_manifest(old)
+    entry = man.files["fer_ensemble.onnx"]
+    entry.sha256, entry.bytes, entry.outputs = hashlib.sha256(data).hexdigest(), len(data), entry.outputs[:2]
+    write_manifest(old, man)
+    p = Predictor(old, device="cpu")
+    x = images(4)
+    np.testing.assert_allclose(p.predict(x), Predictor(out, device="cpu").predict(x), atol=1e-6)
+    with pytest.raises(MissingOutputError, match="no 'member_probs' output"):
+        p.predict_members(x)
+
+
+def test_temperature_auto_is_fitted_on_public_test(tmp_path):
+    """--temperature auto: T minimises the NLL of the flip-TTA ensemble on PublicTest, and the graph uses it."""
+    from fer_export.calibrate import ensemble_nll, fit_temperature
+
+    paths = _save_members(tmp_path, [dict(), dict(cnn_activation="elu")])
+    models = [keras.models.load_model(p, compile=False) for p in paths]
+    res = export_models(paths, tmp_path / "models", variant="fast", temperature="auto", tta="flip",
+                        verify_data=FIX, verify_count=10)
+    test = load_kaggle_csv(FIX)["PublicTest"]
+    x = test.x.astype(np.float32)
+    subs = [keras.Model(m.inputs[0], m.get_layer("logits").output) for m in models]
+    terms = [s(v, training=False).numpy() for s in subs for v in (x, x[:, :, ::-1, :])]
+    t = fit_temperature(terms, test.y)
+    cal = read_manifest(tmp_path / "models").variants["fast"]
+    assert cal.temperature == pytest.approx(t, rel=1e-3) and cal.temperature != 1.0
+    c = cal.calibration
+    assert c["fitted_on"] == "PublicTest" and c["images"] == len(test) and c["temperature"] == cal.temperature
+    assert c["nll_after"] <= c["nll_before"]
+    assert c["nll_before"] == pytest.approx(ensemble_nll(terms, test.y, 1.0), rel=1e-4)
+    assert c["nll_after"] == pytest.approx(ensemble_nll(terms, test.y, t), rel=1e-4)
+    assert 0 <= c["ece_after"] <= 1 and 0 <= c["ece_before"] <= 1
+    assert "fitted on PublicTest" in cal.description
+    fs = ort.InferenceSession(str(res.forward), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(fs.run(["probs"], {"image": x})[0], ref_outputs(models, x, cal.temperature, True)[0],
+                               atol=1e-5)
+
+
+def test_temperature_auto_needs_kaggle_public_test(tmp_path):
+    import cv2
+
+    m = tiny()
+    m.save(tmp_path / "m.keras")
+    with pytest.raises(ExportError, match="--verify-data must be a Kaggle"):
+        export_models([tmp_path / "m.keras"], tmp_path / "models", temperature="auto")
+    folders = tmp_path / "faces"
+    for i, name in enumerate(LABELS):
+        (folders / name.lower()).mkdir(parents=True)
+        for j in range(2):
+            cv2.imwrite(str(folders / name.lower() / f"{j}.png"), np.full((48, 48), 20 * i + j, np.uint8))
+    with pytest.raises(ExportError, match="--verify-data must be a Kaggle"):
+        export_models([tmp_path / "m.keras"], tmp_path / "models", temperature="auto", verify_data=folders)
+    assert not (tmp_path / "models").exists()
+
+
+# ------------------------------------------------------------------------- bench/accuracy.py
+
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_accuracy", Path(__file__).resolve().parents[1] / "bench" / "accuracy.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_accuracy_bench_recomputes_the_card_from_the_files(exported, tmp_path, capsys):
+    """The bench's numbers equal an independent Keras computation; --card gets exactly the printed block."""
+    bench = _bench()
+    out, result = exported
+    card = tmp_path / "README.md"
+    card.write_text(f"# card\n\nbefore\n{bench.BEGIN}\nold numbers\n{bench.END}\nafter\n")
+    assert bench.main(["--model-dir", str(out), "--data", str(FIX), "--card", str(card), "--png-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.strip()
+    text = card.read_text()
+    assert text == f"# card\n\nbefore\n{bench.BEGIN}\n{printed}\n{bench.END}\nafter\n"
+    assert (tmp_path / "confusion_accurate.png").stat().st_size > 10_000 and (tmp_path / "confusion_calibrated.png").exists()
+    # Independent numbers: member 1 of "calibrated" (T=2) with flip TTA, and the 2-member ensemble without TTA.
+    data = load_kaggle_csv(FIX)
+    _, models, opts = result["3-members-flip-T2"]
+    _, models2, _ = result["2-members"]
+    for split in ("PublicTest", "PrivateTest"):
+        x, y = data[split].x.astype(np.float32), data[split].y
+        acc1 = (ref_outputs(models[1:2], x, 2.0, True)[0].argmax(1) == y).mean()
+        acc_ens = (ref_outputs(models2, x)[0].argmax(1) == y).mean()
+        assert f"{acc1:.4f}" in text and f"{acc_ens:.4f}" in text
+    rows = [l for l in printed.splitlines() if l.startswith("| calibrated |")]
+    assert len([r for r in rows if "member " in r]) == 3 * 2 and sum("(shipped)" in r for r in rows) == 1
+    assert any("**ensemble of 3** (shipped) | flip" in r for r in rows)
+    for fname, entry in read_manifest(out).files.items():
+        assert entry.sha256 in printed and fname in printed
+    # A card without markers is refused and left alone.
+    card.write_text("no markers")
+    assert bench.main(["--model-dir", str(out), "--data", str(FIX), "--card", str(card), "--png-dir", str(tmp_path)]) == 2
+    assert card.read_text() == "no markers" and "must contain" in capsys.readouterr().err

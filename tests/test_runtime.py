@@ -133,6 +133,29 @@ def test_predictions_beat_chance(predictor: Predictor, fer_rows) -> None:
     assert acc > 2 / 7, f"accuracy {acc:.3f} on {is_test.sum()} held-out FER2013 rows"
 
 
+def test_predict_members_of_the_packaged_model(predictor: Predictor, fer_rows) -> None:
+    """member_probs [N, M, V, 7] averages to predict(); models exported before it raise MissingOutputError."""
+    from fer_runtime import MissingOutputError
+
+    faces = fer_rows[0][:5]
+    spec = predictor.manifest.variants[predictor.variant]
+    outputs = [o.name for o in predictor.manifest.files[spec.forward].outputs]
+    if "member_probs" not in outputs:
+        with pytest.raises(MissingOutputError, match="member_probs"):
+            predictor.predict_members(faces)
+        return
+    mp = predictor.predict_members(faces)
+    assert mp.shape == (5, len(spec.members), 2 if spec.tta == "flip" else 1, 7) and mp.dtype == np.float32
+    np.testing.assert_allclose(mp.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(mp.mean((1, 2)), predictor.predict(faces), atol=1e-6)
+
+
+def test_packaged_models_fit_the_size_budget(model_dir: Path) -> None:
+    """The wheel must stay under 60 MB: the model folder is nearly all of it."""
+    total = sum(p.stat().st_size for p in model_dir.iterdir() if p.suffix in (".onnx", ".json", ".md", ".png"))
+    assert total <= 60e6, f"{model_dir} holds {total / 1e6:.1f} MB of package data (budget 60 MB)"
+
+
 def test_public_properties(predictor: Predictor, model_dir: Path) -> None:
     assert predictor.labels == list(LABELS)
     assert predictor.providers == ["CPUExecutionProvider"]

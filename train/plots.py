@@ -47,8 +47,8 @@ def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float
     return save_figure(fig, path)
 
 
-def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:
-    """Row-normalised confusion matrix heatmap (recall on the diagonal) with counts."""
+def plot_confusion(cm: np.ndarray, title: str, path: Path, percent: bool = False) -> Path:
+    """Row-normalised confusion matrix heatmap (recall on the diagonal) with counts; ``percent``: cells in %."""
     plt = _plt()
     cm = np.asarray(cm, float)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -60,7 +60,8 @@ def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:
     ax.set_ylabel("true")
     for i in range(len(LABELS)):
         for j in range(len(LABELS)):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center", fontsize=7,
+            share = f"{100 * norm[i, j]:.1f}%" if percent else f"{norm[i, j]:.2f}"
+            ax.text(j, i, f"{share}\n({int(cm[i, j])})", ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title)
