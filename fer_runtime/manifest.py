@@ -64,6 +64,9 @@ class Variant:
     # how the temperature was chosen, e.g. {"fitted_on": "PublicTest", "temperature", "nll_before",
     # "nll_after", "ece_before", "ece_after", "images"}; empty when it was given by hand (older manifests)
     calibration: dict[str, Any] = field(default_factory=dict)
+    # for a quantized variant: {"source", "method", "calibration_images", "eval_images", "agreement",
+    # "accuracy_fp32", "accuracy_int8"}; empty for float models
+    quantization: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

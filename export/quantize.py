@@ -1,0 +1,209 @@
+"""Static int8 quantization (QDQ) of an exported forward graph, with an agreement/accuracy gate before it ships.
+
+The source variant's verified forward graph is calibrated on a sample of real faces with onnxruntime's
+``quantize_static`` (QDQ format, int8 weights per channel, MinMax activation ranges) and compared with
+the float graph on labelled images. Only if argmax agreement and accuracy loss pass the thresholds is the
+int8 graph written next to the others and added to ``manifest.json`` as a new variant.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fer_export.errors import ExportError
+from fer_runtime.manifest import FileEntry, load_verified, read_manifest, sha256_bytes, write_manifest
+
+MIN_AGREEMENT = 0.99  # argmax agreement with the float graph
+MAX_ACCURACY_LOSS = 0.005  # accuracy points (fraction) the int8 graph may lose
+_BATCH = 256
+
+
+@dataclass
+class QuantizeReport:
+    """What was quantized and how it compares with the float graph on the evaluation images."""
+
+    source: str
+    target: str
+    calibration_images: int
+    eval_images: int
+    agreement: float
+    accuracy_fp32: float
+    accuracy_int8: float
+    min_agreement: float
+    max_accuracy_loss: float
+    shipped: bool = False
+    reason: str = ""
+    forward: Path | None = None
+
+    @property
+    def accuracy_loss(self) -> float:
+        """Float accuracy minus int8 accuracy (negative when int8 is better)."""
+        return self.accuracy_fp32 - self.accuracy_int8
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(check, value, limit) rows for a table."""
+        return [("argmax agreement with fp32", f"{self.agreement:.4f}", f">= {self.min_agreement:g}"),
+                ("accuracy fp32", f"{self.accuracy_fp32:.4f}", ""),
+                ("accuracy int8", f"{self.accuracy_int8:.4f}", ""),
+                ("accuracy loss", f"{self.accuracy_loss:+.4f}", f"<= {self.max_accuracy_loss:g}")]
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The ``quantization`` record stored on the variant."""
+        return {"source": self.source, "method": "onnxruntime quantize_static, QDQ, int8 weights per channel, "
+                "int8 activations (MinMax), float softmax", "calibration_images": self.calibration_images,
+                "eval_images": self.eval_images, "agreement": round(self.agreement, 6),
+                "accuracy_fp32": round(self.accuracy_fp32, 6), "accuracy_int8": round(self.accuracy_int8, 6)}
+
+
+class QuantizationRefusedError(ExportError):
+    """The int8 graph disagrees with the float graph too much; nothing was written. ``report`` has the figures."""
+
+    def __init__(self, message: str, report: QuantizeReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _batches(x: np.ndarray, input_name: str) -> Iterator[dict[str, np.ndarray]]:
+    for i in range(0, len(x), _BATCH):
+        yield {input_name: x[i:i + _BATCH]}
+
+
+def _calibration_reader(x: np.ndarray, input_name: str) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` over ``x`` in batches."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = _batches(x, input_name)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = _batches(x, input_name)
+
+    return _Reader()
+
+
+def _predict(session: Any, x: np.ndarray, input_name: str) -> np.ndarray:
+    return np.concatenate([session.run(["probs"], feed)[0] for feed in _batches(x, input_name)])
+
+
+def _as_input(images: np.ndarray) -> np.ndarray:
+    """uint8/float (N, 48, 48[, 1]) faces to the float32 (N, 48, 48, 1) 0..255 model input."""
+    x = np.asarray(images, np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[1:] != (48, 48, 1) or len(x) == 0:
+        raise ExportError(f"expected a non-empty batch of 48x48 gray faces, got shape {np.shape(images)}")
+    return np.ascontiguousarray(x)
+
+
+def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.ndarray, eval_images: np.ndarray,
+                     eval_labels: np.ndarray, *, source: str = "fast", target: str = "fast-int8",
+                     min_agreement: float = MIN_AGREEMENT, max_accuracy_loss: float = MAX_ACCURACY_LOSS,
+                     log: Callable[[str], None] = lambda s: None) -> QuantizeReport:
+    """Quantize variant ``source`` of ``model_dir`` to int8 and, if it passes, add it as variant ``target``.
+
+    ``calibration_images``: faces for the activation ranges (e.g. 500 Training images); ``eval_images`` and
+    ``eval_labels``: a labelled set (PublicTest) for the gate. The new variant reuses the source's saliency
+    graph (gradients of an int8 graph mean little) and records the figures under ``quantization``.
+    Raises :class:`QuantizationRefusedError` (with the report) if agreement < ``min_agreement`` or the
+    accuracy loss > ``max_accuracy_loss``, and :class:`ExportError` for any other failure.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from fer_export import convert
+    from fer_export.exporter import file_names
+
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    if source not in manifest.variants:
+        raise ExportError(f"variant {source!r} is not in {model_dir / 'manifest.json'} "
+                          f"(variants: {', '.join(sorted(manifest.variants))})")
+    if target == source:
+        raise ExportError("the quantized variant needs a name of its own")
+    labels = np.asarray(eval_labels).astype(np.int64).ravel()
+    calib, evalx = _as_input(calibration_images), _as_input(eval_images)
+    if len(labels) != len(evalx):
+        raise ExportError(f"{len(evalx)} evaluation images but {len(labels)} labels")
+    src = manifest.variants[source]
+    input_name = str(manifest.input.get("name", "image"))
+    fp32_bytes = load_verified(model_dir, manifest, src.forward)
+
+    with tempfile.TemporaryDirectory(prefix="fer-quantize-") as tmp:
+        fp32, pre, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        fp32.write_bytes(fp32_bytes)
+        log(f"pre-processing {src.forward} (shape inference, graph optimization)")
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        # Softmax stays float: 8-bit probabilities would be coarse (steps of 1/255) and tie in argmax.
+        softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
+        log(f"calibrating on {len(calib)} images")
+        quantize_static(str(pre), str(int8), _calibration_reader(calib, input_name), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=softmax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        proto = onnx.load(str(int8))
+
+    fwd_name = file_names(target)[0]
+    desc = f"static int8 (QDQ) of {source!r}; saliency from the float graph"
+    variant = dataclasses.replace(src, forward=fwd_name, description=desc)
+    manifest.variants[target] = variant
+    props = manifest.metadata_props(target)
+    convert.set_metadata(proto, {**props, "fer.graph": "forward"}, doc=f"FER2013 forward graph, variant {target}: {desc}")
+    data = proto.SerializeToString()
+    outputs = [o.name for o in proto.graph.output]
+    int8_sess = convert.check_onnx_bytes(data, fwd_name, [input_name], outputs)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    fp32_sess = ort.InferenceSession(fp32_bytes, so, providers=["CPUExecutionProvider"])
+
+    log(f"comparing on {len(evalx)} images")
+    p32, p8 = _predict(fp32_sess, evalx, input_name).argmax(1), _predict(int8_sess, evalx, input_name).argmax(1)
+    report = QuantizeReport(source, target, len(calib), len(evalx), float(np.mean(p32 == p8)),
+                            float(np.mean(p32 == labels)), float(np.mean(p8 == labels)),
+                            min_agreement, max_accuracy_loss)
+    problems = []
+    if report.agreement < min_agreement:
+        problems.append(f"argmax agreement {report.agreement:.4f} < {min_agreement:g}")
+    if report.accuracy_loss > max_accuracy_loss:
+        problems.append(f"accuracy loss {report.accuracy_loss:.4f} > {max_accuracy_loss:g}")
+    if problems:
+        report.reason = "; ".join(problems)
+        raise QuantizationRefusedError(f"{target} not shipped: {report.reason} on {len(evalx)} images", report)
+
+    variant.quantization = report.manifest_entry()
+    manifest.files[fwd_name] = FileEntry(sha256_bytes(data), len(data), convert.tensor_specs(proto.graph.input),
+                                         convert.tensor_specs(proto.graph.output))
+    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    type(manifest).from_dict(manifest.to_dict())  # the runtime's own validation must accept it
+    _write_atomic(model_dir / fwd_name, data)
+    write_manifest(model_dir, manifest)
+    report.shipped, report.reason, report.forward = True, "passed", model_dir / fwd_name
+    log(f"wrote {model_dir / fwd_name} and added variant {target!r}")
+    return report
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,128 @@
+"""Static int8 quantization of an exported variant (fer_export.quantize, ``fer-quantize``): the gate, the manifest, the runtime.
+
+A tiny Keras model is exported as variant ``fast`` into a temp folder and quantized with calibration and
+evaluation images from the committed FER2013 fixture.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.tf
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import onnx  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from fer_export.exporter import export_models  # noqa: E402
+from fer_export.quantize import QuantizationRefusedError, quantize_variant  # noqa: E402
+from fer_export.quantize_cli import app  # noqa: E402
+from fer_runtime import Predictor  # noqa: E402
+from fer_runtime.manifest import read_manifest, sha256_file  # noqa: E402
+from fer_train.data import load_kaggle_csv  # noqa: E402
+from fer_train.models import ModelConfig, build_model  # noqa: E402
+
+FIX = Path(__file__).parent / "fixtures" / "fer2013_small.csv.gz"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_kaggle_csv(FIX)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data) -> Path:
+    """A folder with one variant, ``fast``: a tiny CNN, fitted briefly; its predictions spread over several classes."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(filters=4, blocks=2, convs_per_block=1, units=16))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    tr = data["Training"]
+    model.fit(tr.x.astype("float32"), tr.y, epochs=12, batch_size=32, verbose=0)
+    root = tmp_path_factory.mktemp("q")
+    model.save(root / "tiny.keras")
+    out = root / "models"
+    export_models([root / "tiny.keras"], out, variant="fast", verify_data=FIX, verify_count=20)
+    return out
+
+
+@pytest.fixture()
+def models(exported: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(exported, tmp_path / "models"))
+
+
+def _snapshot(folder: Path) -> list[tuple[str, bytes]]:
+    return sorted((p.name, p.read_bytes()) for p in folder.iterdir())
+
+
+def test_refused_variant_writes_nothing(models: Path, data) -> None:
+    before = _snapshot(models)
+    with pytest.raises(QuantizationRefusedError, match="fast-int8 not shipped: .*accuracy loss") as e:
+        quantize_variant(models, data["Training"].x[:100], data["PublicTest"].x, data["PublicTest"].y,
+                         max_accuracy_loss=-1.0)  # it would have to gain 100 points
+    rep = e.value.report
+    assert not rep.shipped and "accuracy loss" in rep.reason and rep.eval_images == len(data["PublicTest"].x)
+    assert 0.0 <= rep.agreement <= 1.0
+    assert _snapshot(models) == before
+
+
+def test_accepted_variant_is_int8_verified_and_selectable(models: Path, data) -> None:
+    test = data["PublicTest"]
+    rep = quantize_variant(models, data["Training"].x[:120], test.x, test.y, min_agreement=0.0, max_accuracy_loss=1.0)
+    assert rep.shipped and rep.forward == models / "fer_fast-int8.onnx"
+    m = read_manifest(models)
+    v, src = m.variants["fast-int8"], m.variants["fast"]
+    assert v.forward == "fer_fast-int8.onnx" and v.saliency == src.saliency and m.default_variant == "fast"
+    assert m.files[v.forward].sha256 == sha256_file(models / v.forward)
+    assert v.quantization["source"] == "fast" and v.quantization["calibration_images"] == 120
+    assert v.quantization["agreement"] == pytest.approx(rep.agreement, abs=1e-6)
+
+    graph = onnx.load(str(models / v.forward)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)  # weights really are int8
+
+    fp32, int8 = Predictor(models, model="fast", device="cpu"), Predictor(models, model="fast-int8", device="cpu")
+    p32, p8 = fp32.predict(test.x), int8.predict(test.x)
+    assert np.mean(p32.argmax(1) == p8.argmax(1)) == pytest.approx(rep.agreement)  # the report's own figure
+    assert np.mean(p8.argmax(1) == test.y) == pytest.approx(rep.accuracy_int8)
+    assert len(np.unique(p32.argmax(1))) >= 2  # not a constant classifier, so agreement means something
+    assert np.abs(p32 - p8).mean() < 0.05
+    np.testing.assert_allclose(p8.sum(1), 1.0, atol=1e-4)
+    assert int8.saliency(test.x[:2]).shape == (2, 48, 48)  # the float saliency graph still works
+
+
+def test_unknown_source_and_bad_images(models: Path, data) -> None:
+    from fer_export.errors import ExportError
+
+    x, y = data["PublicTest"].x, data["PublicTest"].y
+    with pytest.raises(ExportError, match="variant 'accurate' is not in"):
+        quantize_variant(models, x, x, y, source="accurate")
+    with pytest.raises(ExportError, match="48x48"):
+        quantize_variant(models, x[:, :40], x, y)
+    with pytest.raises(ExportError, match="labels"):
+        quantize_variant(models, x, x, y[:5])
+
+
+def test_cli_gate_exit_codes(models: Path) -> None:
+    runner = CliRunner()
+    before = _snapshot(models)
+    res = runner.invoke(app, ["--data", str(FIX), "--model-dir", str(models), "--calibration-count", "50",
+                              "--max-accuracy-loss", "0", "--min-agreement", "1"])
+    # int8 never matches this model on every PublicTest image (the report shows the figure), so this must refuse
+    assert res.exit_code == 1, res.output
+    assert res.output.strip().splitlines()[-1].startswith("error: fast-int8 not shipped: argmax agreement")
+    assert _snapshot(models) == before
+    res = runner.invoke(app, ["--data", str(FIX), "--model-dir", str(models), "--calibration-count", "50",
+                              "--max-accuracy-loss", "1", "--min-agreement", "0"])
+    assert res.exit_code == 0, res.output
+    assert "argmax agreement with fp32" in res.output and "fast-int8" in read_manifest(models).variants
+    res = runner.invoke(app, ["--data", str(FIX.parent / "nope.csv"), "--model-dir", str(models)])
+    assert res.exit_code == 2 and res.output.startswith("error: ")
