@@ -30,6 +30,9 @@ _LAZY = {
     "preprocess": "fer_runtime.images",
     "saliency_figure": "fer_runtime.overlay",
     "infer_files": "fer_runtime.pipeline",
+    "FrameAnalyzer": "fer_runtime.frames",
+    "FaceResult": "fer_runtime.frames",
+    "VideoReader": "fer_runtime.video",
 }
 
 __all__ = ["FerRuntimeError", "InvalidImageError", "MissingOutputError", "ModelIntegrityError", "ModelNotFoundError",
@@ -37,10 +40,12 @@ __all__ = ["FerRuntimeError", "InvalidImageError", "MissingOutputError", "ModelI
 
 if TYPE_CHECKING:  # pragma: no cover
     from fer_runtime.faces import Box, detect_faces
+    from fer_runtime.frames import FaceResult, FrameAnalyzer
     from fer_runtime.images import preprocess, read_image
     from fer_runtime.overlay import saliency_figure
     from fer_runtime.pipeline import infer_files
     from fer_runtime.predictor import Predictor, default_model_dir
+    from fer_runtime.video import VideoReader
 
 
 def __getattr__(name: str) -> Any:

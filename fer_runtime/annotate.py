@@ -28,20 +28,25 @@ def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, color:
 def draw_results(frame: np.ndarray, results: Sequence[FaceResult], labels: Sequence[str]) -> np.ndarray:
     """A BGR uint8 copy of ``frame`` with every face's box, smoothed label and probability bar chart.
 
-    The chart sits to the right of the box, or to its left when it would leave the frame.
+    The chart sits under the box, or beside it when there is no room below.
     """
     img = frame.copy() if frame.ndim == 3 and frame.shape[2] == 3 else cv2.cvtColor(
         frame, cv2.COLOR_GRAY2BGR if frame.ndim == 2 else cv2.COLOR_BGRA2BGR)
     height, width = img.shape[:2]
-    chart_w = BAR_WIDTH + 70
+    chart_w, chart_h = BAR_WIDTH + 70, len(labels) * (BAR_HEIGHT + 3)
     for r in results:
         color = track_color(r.track)
         b = r.box
         cv2.rectangle(img, (b.x, b.y), (b.x + b.w - 1, b.y + b.h - 1), color, 2)
         _text(img, f"#{r.track} {r.label} {r.confidence:.0%}", (b.x + 2, max(14, b.y - 6)), 0.55, color)
-        x0 = b.x + b.w + 6 if b.x + b.w + 6 + chart_w <= width else max(0, b.x - 6 - chart_w)
+        # the chart goes under the box; if there is no room, beside it (right, else left)
+        if b.y + b.h + 4 + chart_h <= height:
+            x0, y0 = min(max(0, b.x), max(0, width - chart_w)), b.y + b.h + 4
+        else:
+            x0 = b.x + b.w + 6 if b.x + b.w + 6 + chart_w <= width else max(0, b.x - 6 - chart_w)
+            y0 = max(0, min(b.y, height - chart_h))
         for k, (name, p) in enumerate(zip(labels, r.smoothed)):
-            y = min(height - BAR_HEIGHT, b.y + k * (BAR_HEIGHT + 3))
+            y = y0 + k * (BAR_HEIGHT + 3)
             cv2.rectangle(img, (x0, y), (x0 + BAR_WIDTH, y + BAR_HEIGHT), (40, 40, 40), -1)
             cv2.rectangle(img, (x0, y), (x0 + int(round(float(p) * BAR_WIDTH)), y + BAR_HEIGHT), color, -1)
             _text(img, name[:8], (x0 + BAR_WIDTH + 4, y + BAR_HEIGHT - 1), 0.38, (255, 255, 255))

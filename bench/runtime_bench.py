@@ -1,0 +1,201 @@
+"""Runtime benchmark of the TensorFlow-free path: cold start, per-frame video latency, crop throughput, peak RSS.
+
+Usage (from the repo, with the ``cpu`` extra installed; no TensorFlow is imported):
+
+    python bench/runtime_bench.py [--model-dir models] [--variants accurate fast fast-int8] [--frames 60]
+
+Prints one Markdown table with a column per variant present in the manifest (the others are named in a note):
+
+- cold start: a fresh ``python`` process timing ``import fer_runtime`` plus ``Predictor(model=...)``
+  (manifest read, SHA-256 check, session creation); median of ``--repeats``;
+- per-frame latency p50 / p95 of ``FrameAnalyzer.process`` (detection, tracking, one batch, smoothing) on a
+  synthetic 640x480 video with 1, 2 and 3 faces moving a few pixels per frame, for each ``--detect-every``;
+  frames are decoded outside the timer, so the figures exclude video decoding;
+- throughput on 48x48 crops at batch 1, 32 and 256 (``Predictor.predict``, preprocessing included);
+  median of ``--repeats`` runs;
+- peak RSS of this process (``resource.getrusage``), which loads only the runtime.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "images"
+W, H, SIDE = 640, 480, 150
+
+COLD = """import time
+t = time.perf_counter()
+import fer_runtime
+from fer_runtime import Predictor
+Predictor(model_dir={model_dir!r}, model={variant!r}, device="cpu")
+print(time.perf_counter() - t)
+"""
+
+
+def cold_start(model_dir: str, variant: str, repeats: int) -> float:
+    """Median seconds for import + Predictor creation in a fresh interpreter."""
+    code = COLD.format(model_dir=model_dir, variant=variant)
+    runs = [float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+            for _ in range(repeats)]
+    return statistics.median(runs)
+
+
+def background() -> np.ndarray:
+    """A 640x480 BGR colour gradient."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    return np.clip(np.stack([60 + 100 * xx / W, 80 + 60 * yy / H, 140 - 60 * xx / W], axis=2), 0, 255).astype(np.uint8)
+
+
+def place(frame: np.ndarray, crop: np.ndarray, x: int, y: int) -> None:
+    frame[y:y + SIDE, x:x + SIDE] = cv2.resize(crop, (SIDE, SIDE), interpolation=cv2.INTER_LINEAR)
+
+
+def face_crops() -> list[np.ndarray]:
+    """Three faces that the Haar cascade finds when pasted at 150 px: the photos' faces, then FER crops."""
+    from fer_runtime import detect_faces, read_image
+    from fer_runtime.frames import VIDEO_DETECT_MAX_SIDE
+
+    candidates = []
+    for name in ("photo_one_face.jpg", "photo_two_faces.jpg"):
+        im = read_image(EXAMPLES / name)
+        candidates += [b.crop(im).copy() for b in detect_faces(im, margin=0.05)]
+    candidates += [cv2.cvtColor(read_image(p), cv2.COLOR_GRAY2BGR) for p in sorted(EXAMPLES.glob("*_0.png"))]
+    chosen = []
+    for c in candidates:
+        hits = 0
+        for x in range(20, W - SIDE, 60):
+            f = background()
+            place(f, c, x, 150)
+            hits += len(detect_faces(f, max_side=VIDEO_DETECT_MAX_SIDE)) == 1
+        if hits == len(range(20, W - SIDE, 60)):
+            chosen.append(c)
+        if len(chosen) == 3:
+            return chosen
+    raise SystemExit("fewer than 3 example faces are detected reliably")
+
+
+def scene_video(path: Path, crops: list[np.ndarray], n_faces: int, frames: int) -> Path:
+    """Write a 640x480 MJPG video of ``n_faces`` faces drifting sideways."""
+    bg = background()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (W, H))
+    for t in range(frames):
+        f = bg.copy()
+        dx = int(10 * np.sin(t / 6))
+        for i in range(n_faces):
+            place(f, crops[i], 30 + i * 205 + dx, 150 + (i % 2) * 40)
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def frame_latency(predictor, video: Path, detect_every: int) -> tuple[float, float, float]:
+    """(p50 ms, p95 ms, mean faces per frame) of FrameAnalyzer.process, decoding outside the timer."""
+    from fer_runtime.frames import FrameAnalyzer
+    from fer_runtime.video import VideoReader
+
+    analyzer = FrameAnalyzer(predictor, detect_every=detect_every)
+    times, faces = [], []
+    for timed in (False, True):  # a warm-up pass, then the timed one
+        analyzer.reset()
+        with VideoReader(video) as reader:
+            for frame in reader:
+                t = time.perf_counter()
+                res = analyzer.process(frame.image)
+                if timed:
+                    times.append((time.perf_counter() - t) * 1000)
+                    faces.append(len(res))
+    p50, p95 = np.percentile(times, [50, 95])
+    return float(p50), float(p95), float(np.mean(faces))
+
+
+def throughput(predictor, crops48: np.ndarray, batch: int, repeats: int) -> float:
+    """Median images per second of ``predict`` on 48x48 crops at one batch size."""
+    predictor.batch_size = batch
+    x = crops48[np.arange(batch) % len(crops48)]
+    calls = max(1, 256 // batch)
+    predictor.predict(x)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(calls):
+            predictor.predict(x)
+        rates.append(calls * batch / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", default=None, help="exported model folder (default: the packaged models)")
+    ap.add_argument("--variants", nargs="+", default=["accurate", "fast", "fast-int8"])
+    ap.add_argument("--frames", type=int, default=60, help="timed frames per video")
+    ap.add_argument("--detect-every", type=int, nargs="+", default=[1, 5])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    import onnxruntime as ort
+
+    from fer_runtime import Predictor, default_model_dir, read_image
+    from fer_runtime.images import preprocess
+    from fer_runtime.manifest import read_manifest
+
+    model_dir = str(args.model_dir or default_model_dir())
+    present = read_manifest(Path(model_dir)).variants
+    variants = [v for v in args.variants if v in present]
+    missing = [v for v in args.variants if v not in present]
+    if not variants:
+        raise SystemExit(f"none of {', '.join(args.variants)} is in {model_dir}")
+    crops = face_crops()
+    crops48 = np.stack([preprocess(read_image(p)) for p in sorted(EXAMPLES.glob("*_0.png"))]).astype(np.uint8)
+
+    rows: dict[str, list[str]] = {}
+    notes = []
+
+    def put(name: str, value: str) -> None:
+        rows.setdefault(name, []).append(value)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = {n: scene_video(Path(tmp) / f"{n}.avi", crops, n, args.frames) for n in (1, 2, 3)}
+        for v in variants:
+            put("cold start: import + session (ms)", f"{cold_start(model_dir, v, args.repeats) * 1000:.0f}")
+            predictor = Predictor(model_dir, model=v, device="cpu")
+            for k in args.detect_every:
+                for n, video in videos.items():
+                    p50, p95, seen = frame_latency(predictor, video, k)
+                    if abs(seen - n) > 0.05:
+                        notes.append(f"{v}, {n} face(s), detect every {k}: {seen:.2f} faces found per frame")
+                    put(f"per frame, {n} face{'s' if n > 1 else ''}, detect every {k}: p50 / p95 (ms)",
+                        f"{p50:.1f} / {p95:.1f}")
+            for b in (1, 32, 256):
+                put(f"48x48 crops, batch {b} (img/s)", f"{throughput(predictor, crops48, b, args.repeats):.0f}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    scale = 1024 if sys.platform == "darwin" else 1  # bytes on macOS
+    rss /= scale
+
+    print(f"Runtime benchmark: {model_dir}; onnxruntime {ort.__version__}, OpenCV {cv2.__version__}, "
+          f"{os.cpu_count()} CPU ({platform.machine()}); {args.frames} frames per video, median of {args.repeats}.\n")
+    print("| measure | " + " | ".join(variants) + " |")
+    print("|---|" + "---:|" * len(variants))
+    for name, values in rows.items():
+        print(f"| {name} | " + " | ".join(values) + " |")
+    print(f"| peak RSS of this process, all variants loaded (MB) | {rss:.0f}" + " |" * len(variants))
+    print()
+    for v in missing:
+        print(f"note: variant {v!r} is not in {model_dir}/manifest.json; skipped  ")
+    for n in notes:
+        print(f"note: {n}  ")
+
+
+if __name__ == "__main__":
+    main()
