@@ -24,6 +24,7 @@ from fer_runtime.manifest import FileEntry, load_verified, read_manifest, sha256
 MIN_AGREEMENT = 0.99  # argmax agreement with the float graph
 MAX_ACCURACY_LOSS = 0.005  # accuracy points (fraction) the int8 graph may lose
 _BATCH = 256
+_CALIB_BATCH = 20
 
 
 @dataclass
@@ -39,6 +40,7 @@ class QuantizeReport:
     accuracy_int8: float
     min_agreement: float
     max_accuracy_loss: float
+    calibrate_method: str = "minmax"
     shipped: bool = False
     reason: str = ""
     forward: Path | None = None
@@ -58,7 +60,7 @@ class QuantizeReport:
     def manifest_entry(self) -> dict[str, Any]:
         """The ``quantization`` record stored on the variant."""
         return {"source": self.source, "method": "onnxruntime quantize_static, QDQ, int8 weights per channel, "
-                "int8 activations (MinMax), float softmax", "calibration_images": self.calibration_images,
+                f"int8 activations ({CALIBRATE_METHODS[self.calibrate_method]}), float softmax", "calibration_images": self.calibration_images,
                 "eval_images": self.eval_images, "agreement": round(self.agreement, 6),
                 "accuracy_fp32": round(self.accuracy_fp32, 6), "accuracy_int8": round(self.accuracy_int8, 6)}
 
@@ -71,9 +73,14 @@ class QuantizationRefusedError(ExportError):
         self.report = report
 
 
-def _batches(x: np.ndarray, input_name: str) -> Iterator[dict[str, np.ndarray]]:
-    for i in range(0, len(x), _BATCH):
-        yield {input_name: x[i:i + _BATCH]}
+CALIBRATE_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def _batches(x: np.ndarray, input_name: str, size: int = _BATCH, whole: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of ``size`` rows; ``whole=True`` drops a short last batch."""
+    stop = len(x) - size + 1 if whole else len(x)
+    for i in range(0, max(stop, 0), size):
+        yield {input_name: x[i:i + size]}
 
 
 def _calibration_reader(x: np.ndarray, input_name: str) -> Any:
@@ -82,13 +89,14 @@ def _calibration_reader(x: np.ndarray, input_name: str) -> Any:
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = _batches(x, input_name)
+            self.rewind()
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
         def rewind(self) -> None:
-            self._it = _batches(x, input_name)
+            # Equal-sized batches: onnxruntime's histogram calibrators (entropy, percentile) stack them.
+            self._it = _batches(x, input_name, min(_CALIB_BATCH, len(x)), whole=True)
 
     return _Reader()
 
@@ -110,12 +118,14 @@ def _as_input(images: np.ndarray) -> np.ndarray:
 def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.ndarray, eval_images: np.ndarray,
                      eval_labels: np.ndarray, *, source: str = "fast", target: str = "fast-int8",
                      min_agreement: float = MIN_AGREEMENT, max_accuracy_loss: float = MAX_ACCURACY_LOSS,
-                     log: Callable[[str], None] = lambda s: None) -> QuantizeReport:
+                     calibrate_method: str = "minmax", log: Callable[[str], None] = lambda s: None) -> QuantizeReport:
     """Quantize variant ``source`` of ``model_dir`` to int8 and, if it passes, add it as variant ``target``.
 
     ``calibration_images``: faces for the activation ranges (e.g. 500 Training images); ``eval_images`` and
     ``eval_labels``: a labelled set (PublicTest) for the gate. The new variant reuses the source's saliency
     graph (gradients of an int8 graph mean little) and records the figures under ``quantization``.
+    ``calibrate_method``: how activation ranges are set from the calibration images, one of
+    :data:`CALIBRATE_METHODS` (onnxruntime's MinMax, Entropy or Percentile calibrators).
     Raises :class:`QuantizationRefusedError` (with the report) if agreement < ``min_agreement`` or the
     accuracy loss > ``max_accuracy_loss``, and :class:`ExportError` for any other failure.
     """
@@ -127,6 +137,8 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     from fer_export import convert
     from fer_export.exporter import file_names
 
+    if calibrate_method not in CALIBRATE_METHODS:
+        raise ExportError(f"unknown calibration method {calibrate_method!r}; choose from {', '.join(CALIBRATE_METHODS)}")
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     if source not in manifest.variants:
@@ -136,6 +148,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
         raise ExportError("the quantized variant needs a name of its own")
     labels = np.asarray(eval_labels).astype(np.int64).ravel()
     calib, evalx = _as_input(calibration_images), _as_input(eval_images)
+    calib = calib[:max(1, len(calib) // _CALIB_BATCH) * min(_CALIB_BATCH, len(calib))]  # what _batches feeds
     if len(labels) != len(evalx):
         raise ExportError(f"{len(evalx)} evaluation images but {len(labels)} labels")
     src = manifest.variants[source]
@@ -152,7 +165,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
         log(f"calibrating on {len(calib)} images")
         quantize_static(str(pre), str(int8), _calibration_reader(calib, input_name), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=softmax,
+                        calibrate_method=getattr(CalibrationMethod, CALIBRATE_METHODS[calibrate_method]), nodes_to_exclude=softmax,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         proto = onnx.load(str(int8))
 
@@ -173,7 +186,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     p32, p8 = _predict(fp32_sess, evalx, input_name).argmax(1), _predict(int8_sess, evalx, input_name).argmax(1)
     report = QuantizeReport(source, target, len(calib), len(evalx), float(np.mean(p32 == p8)),
                             float(np.mean(p32 == labels)), float(np.mean(p8 == labels)),
-                            min_agreement, max_accuracy_loss)
+                            min_agreement, max_accuracy_loss, calibrate_method)
     problems = []
     if report.agreement < min_agreement:
         problems.append(f"argmax agreement {report.agreement:.4f} < {min_agreement:g}")

@@ -19,6 +19,7 @@ def quantize(
     target: str = typer.Option("fast-int8", "--target", help="Name of the new variant."),
     calibration_count: int = typer.Option(500, "--calibration-count", min=1, help="Training images for calibration."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration sample."),
+    method: str = typer.Option("minmax", "--calibrate-method", help="Activation ranges: minmax, entropy or percentile."),
     min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
                                         help="Least argmax agreement with the float graph on PublicTest."),
     max_accuracy_loss: float = typer.Option(0.005, "--max-accuracy-loss", min=0.0,
@@ -46,7 +47,7 @@ def quantize(
     try:
         report = quantize_variant(model_dir, train.x[np.sort(pick)], test.x, test.y, source=source, target=target,
                                   min_agreement=min_agreement, max_accuracy_loss=max_accuracy_loss,
-                                  log=lambda s: console.print(f"[dim]{s}[/dim]"))
+                                  calibrate_method=method, log=lambda s: console.print(f"[dim]{s}[/dim]"))
     except QuantizationRefusedError as e:
         report, error = e.report, str(e)
     except (ExportError, FerRuntimeError) as e:

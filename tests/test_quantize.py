@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import onnx  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from fer_export.errors import ExportError  # noqa: E402
 from fer_export.exporter import export_models  # noqa: E402
 from fer_export.quantize import QuantizationRefusedError, quantize_variant  # noqa: E402
 from fer_export.quantize_cli import app  # noqa: E402
@@ -126,3 +127,17 @@ def test_cli_gate_exit_codes(models: Path) -> None:
     assert "argmax agreement with fp32" in res.output and "fast-int8" in read_manifest(models).variants
     res = runner.invoke(app, ["--data", str(FIX.parent / "nope.csv"), "--model-dir", str(models)])
     assert res.exit_code == 2 and res.output.startswith("error: ")
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_methods(models: Path, data, method: str) -> None:
+    """The histogram calibrators need equal-sized batches: 130 images calibrate on 120 and evaluate on all."""
+    rep = quantize_variant(models, data["Training"].x[:130], data["PublicTest"].x, data["PublicTest"].y,
+                           min_agreement=0.0, max_accuracy_loss=1.0, calibrate_method=method)
+    assert rep.shipped and rep.calibration_images == 120 and rep.eval_images == len(data["PublicTest"].x)
+    v = read_manifest(models).variants["fast-int8"]
+    assert v.quantization["method"].endswith(f"({method.capitalize()}), float softmax")
+    assert Predictor(models, model="fast-int8").predict(data["PublicTest"].x[:3]).shape == (3, 7)
+    with pytest.raises(ExportError, match="unknown calibration method 'kl'"):
+        quantize_variant(models, data["Training"].x[:40], data["PublicTest"].x, data["PublicTest"].y,
+                         calibrate_method="kl")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import platform
 import warnings
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -122,58 +121,6 @@ def environment() -> dict[str, Any]:
         "devices": [d.name for d in tf.config.list_logical_devices()],
         "machine": platform.machine(),
     }
-
-
-class _Recorder:
-    """Keras callback: history.csv, best/last checkpoints, early stopping, curves, progress."""
-
-    def __new__(cls, *a, **k):  # build lazily so importing this module does not import keras
-        import keras
-
-        class Recorder(keras.callbacks.Callback):
-            def __init__(self, run: Path, cfg: TrainConfig, history: list[dict[str, float]],
-                         on_batch: Callable[[int], None] | None, log: Callable[[str], None]):
-                super().__init__()
-                self.run, self.cfg, self.history = run, cfg, history
-                self.on_batch, self.log = on_batch, log
-                self.t0 = 0.0
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t0 = time.time()
-                if self.cfg.schedule != "plateau" or epoch < self.cfg.warmup_epochs:
-                    self.model.optimizer.learning_rate.assign(lr_at(self.cfg, epoch))
-
-            def on_train_batch_end(self, batch, logs=None):
-                if self.on_batch:
-                    self.on_batch(batch + 1)
-
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                row = {
-                    "epoch": epoch + 1,
-                    "loss": float(logs.get("loss", float("nan"))),
-                    "accuracy": float(logs.get("accuracy", float("nan"))),
-                    "val_loss": float(logs.get("val_loss", float("nan"))),
-                    "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
-                    "lr": float(np.asarray(self.model.optimizer.learning_rate)),
-                    "seconds": time.time() - self.t0,
-                }
-                prev_best = runs.best_epoch(self.history)[1] if self.history else -1.0
-                if row["val_accuracy"] > prev_best:
-                    save_model(self.model, self.run / runs.BEST, include_optimizer=False)
-                save_model(self.model, self.run / runs.LAST, include_optimizer=True)
-                self.history.append(row)
-                runs.write_history(self.run, self.history)
-                plot_curves(self.run)
-                be, bv = runs.best_epoch(self.history)
-                self.log(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
-                         f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['lr']:.2e}  "
-                         f"{row['seconds']:.0f}s  (best {bv:.4f} @ {be})")
-                if epoch + 1 - be >= self.cfg.patience:
-                    self.log(f"early stop: no val_accuracy gain for {self.cfg.patience} epochs")
-                    self.model.stop_training = True
-
-        return Recorder(*a, **k)
 
 
 def save_model(model, path: Path, include_optimizer: bool) -> None:
@@ -315,7 +262,9 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
             if progress:
                 progress(current["epoch"], step, steps)
 
-        rec = _Recorder(run, cfg, history, on_batch, log)
+        from fer_train.callbacks import Recorder
+
+        rec = Recorder(run, cfg, history, on_batch, log)
 
         class _EpochTracker(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
