@@ -99,7 +99,7 @@ class Predictor:
         float in 0..1 or 0..255), or a numpy array (HxW or HxWxC = one face; NxHxW or NxHxWxC = a batch).
         Each face is converted to gray, resized to 48x48 (INTER_AREA when shrinking) as float32 0..255.
         """
-        return self._run_forward(self._prepare(imgs.as_image_list(images)))
+        return self._run_forward(self._prepare_any(images))
 
     def predict_members(self, images: Any) -> np.ndarray:
         """Per-member, per-view probabilities, float32 of shape (N, M members, V views, number of labels).
@@ -115,7 +115,7 @@ class Predictor:
             raise MissingOutputError(f"{self.model_dir / self.manifest.variants[self.variant].forward}: the forward graph "
                                      f"has no '{MEMBER_PROBS}' output (outputs {[o.name for o in out]}); re-export it "
                                      "with a current fer-export")
-        x = self._prepare(imgs.as_image_list(images))
+        x = self._prepare_any(images)
         parts = [self._forward.run([MEMBER_PROBS], {self._input_name: x[i:i + self.batch_size]})[0]
                  for i in range(0, len(x), self.batch_size)]
         if parts:
@@ -188,6 +188,13 @@ class Predictor:
                 raise ModelIntegrityError(f"{self.model_dir / filename}: 'probs' has {width} classes but the manifest "
                                           f"lists {len(self.manifest.labels)} labels", str(self.model_dir / filename))
         return sess
+
+    def _prepare_any(self, images: Any) -> np.ndarray:
+        """Like ``_prepare(as_image_list(images))``, vectorised for a uint8 batch of 48x48 gray crops."""
+        if (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim in (3, 4)
+                and images.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE) and (images.ndim == 3 or images.shape[3] == 1)):
+            return images.reshape(len(images), IMAGE_SIZE, IMAGE_SIZE, 1).astype(np.float32)
+        return self._prepare(imgs.as_image_list(images))
 
     def _prepare(self, ims: list[np.ndarray]) -> np.ndarray:
         """Faces to the (N, 48, 48, 1) float32 model input."""
