@@ -21,6 +21,16 @@ def _fixture_usage() -> list[str]:
         return [r["Usage"] for r in csv.DictReader(f)]
 
 
+def _fixture_rows():
+    """The fixture's DataSource, its Usage column and the label of every row in file order."""
+    src = load_source(FIX)
+    usage = _fixture_usage()
+    all_y = np.zeros(len(usage), np.int64)
+    for name in ("Training", "PublicTest", "PrivateTest"):
+        all_y[src[name].ids] = src[name].y
+    return src, usage, all_y
+
+
 def _write_votes(path: Path, usage: list[str], rows: list[list[int]]) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -69,11 +79,7 @@ def test_malformed_vote_files_name_the_problem(tmp_path):
 
 
 def test_ferplus_targets_align_with_the_data_rows(tmp_path):
-    src = load_source(FIX)
-    usage = _fixture_usage()
-    all_y = np.zeros(len(usage), np.int64)
-    for name in ("Training", "PublicTest", "PrivateTest"):
-        all_y[src[name].ids] = src[name].y
+    src, usage, all_y = _fixture_rows()
     p = _write_votes(tmp_path / "v.csv", usage, _votes_for(all_y))
     train = src["Training"]
     dist, mask = ferplus_targets(p, train, len(usage))
@@ -118,11 +124,7 @@ def test_fit_blends_ferplus_and_teacher_targets(tmp_path):
     from fer_train.models import ModelConfig
     from fer_train.pipeline import AugmentConfig
 
-    src = load_source(FIX)
-    usage = _fixture_usage()
-    all_y = np.zeros(len(usage), np.int64)
-    for name in ("Training", "PublicTest", "PrivateTest"):
-        all_y[src[name].ids] = src[name].y
+    src, usage, all_y = _fixture_rows()
     votes = _write_votes(tmp_path / "v.csv", usage, _votes_for(all_y))
     tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
     base = dict(data=str(FIX), epochs=1, batch_size=64, schedule="constant", warmup_epochs=0,
