@@ -48,13 +48,14 @@ def _get_cascade() -> cv2.CascadeClassifier:
 
 
 def detect_faces(image: np.ndarray, margin: float = 0.15, min_face: float = 0.04,
-                 max_side: int = DETECT_MAX_SIDE) -> list[Box]:
+                 max_side: int = DETECT_MAX_SIDE, scale_factor: float = 1.1) -> list[Box]:
     """Find frontal faces in ``image`` (gray, BGR or BGRA, any dtype).
 
     Returns boxes in original-image pixels, each grown by ``margin`` (fraction of the face size per side)
     and clipped to the image, ordered left to right. ``min_face`` is the smallest face side as a fraction
     of the image's shorter side (but at least the cascade's 24 px). Large images are searched on a copy
-    downscaled to ``max_side`` pixels.
+    downscaled to ``max_side`` pixels. ``scale_factor`` is the cascade's pyramid step (larger: faster, and
+    more faces between two scales are missed).
     """
     img = to_uint8(np.asarray(image))
     if img.ndim == 3:
@@ -68,7 +69,7 @@ def detect_faces(image: np.ndarray, margin: float = 0.15, min_face: float = 0.04
     if min(small.shape[:2]) < side:
         return []
     with _lock:
-        found = _get_cascade().detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
+        found = _get_cascade().detectMultiScale(small, scaleFactor=scale_factor, minNeighbors=5, minSize=(side, side))
     boxes = [Box(int(round(x / scale)), int(round(y / scale)), int(round(w / scale)), int(round(h / scale)))
              .expand(margin, width, height) for (x, y, w, h) in (found if len(found) else [])]
     return sorted(boxes, key=lambda b: (b.x, b.y))

@@ -82,21 +82,25 @@ class FrameAnalyzer:
         smoothing: EMA weight of the past, in [0, 1): 0 = no smoothing, 0.7 = a new frame counts 30%.
         iou_threshold, max_missed: tracker settings (see :class:`fer_runtime.tracking.IouTracker`).
         detector: ``frame -> list[Box]``; default OpenCV's Haar cascade on a copy at most 320 px wide.
+        scale_factor: the default detector's pyramid step; 1.2 instead of 1.1 makes detection about 2.5x
+            faster but misses more faces (see the README's runtime benchmark).
 
     All frames must have the same size; call :meth:`reset` before switching to another source.
     """
 
     def __init__(self, predictor: Predictor, detect_every: int = 1, smoothing: float = 0.7, *,
                  iou_threshold: float = 0.3, max_missed: int = 2, detector: Detector | None = None,
-                 margin: float = 0.15) -> None:
+                 margin: float = 0.15, scale_factor: float = 1.1) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        if scale_factor <= 1.0:
+            raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         self.predictor = predictor
         self.detect_every, self.smoothing = int(detect_every), float(smoothing)
         self.detector: Detector = detector if detector is not None else (
-            lambda im: detect_faces(im, margin=margin, max_side=VIDEO_DETECT_MAX_SIDE))
+            lambda im: detect_faces(im, margin=margin, max_side=VIDEO_DETECT_MAX_SIDE, scale_factor=scale_factor))
         self.tracker = IouTracker(iou_threshold, max_missed)
         self.labels = predictor.labels
         self._count = 0

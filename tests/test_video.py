@@ -207,10 +207,11 @@ def test_smoothing_reduces_label_flips(predictor: Predictor, faces: np.ndarray) 
     assert smooth0 == raw0  # no smoothing: smoothed is the raw output
 
 
-def test_haar_end_to_end_on_example_photos(tmp_path: Path, predictor: Predictor) -> None:
+@pytest.mark.parametrize("scale_factor", [1.1, 1.2])
+def test_haar_end_to_end_on_example_photos(tmp_path: Path, predictor: Predictor, scale_factor: float) -> None:
     for name, n_faces in (("photo_one_face.jpg", 1), ("photo_two_faces.jpg", 2)):
         video = write_video(tmp_path / f"{name}.avi", photo_frames(name, 12))
-        analyzer = FrameAnalyzer(predictor)
+        analyzer = FrameAnalyzer(predictor, scale_factor=scale_factor)
         seen = []
         with VideoReader(video) as reader:
             for frame in reader:
@@ -218,6 +219,11 @@ def test_haar_end_to_end_on_example_photos(tmp_path: Path, predictor: Predictor)
                 assert len(results) == n_faces, f"{name} frame {frame.index}"
                 seen.append(tuple(r.track for r in results))
         assert set(seen) == {tuple(range(n_faces))}
+
+
+def test_scale_factor_must_exceed_one(predictor: Predictor) -> None:
+    with pytest.raises(ValueError, match="scale_factor must be > 1"):
+        FrameAnalyzer(predictor, scale_factor=1.0)
 
 
 @pytest.mark.parametrize("bad, match", [
