@@ -115,13 +115,8 @@ class Predictor:
             raise MissingOutputError(f"{self.model_dir / self.manifest.variants[self.variant].forward}: the forward graph "
                                      f"has no '{MEMBER_PROBS}' output (outputs {[o.name for o in out]}); re-export it "
                                      "with a current fer-export")
-        x = self._prepare_any(images)
-        parts = [self._forward.run([MEMBER_PROBS], {self._input_name: x[i:i + self.batch_size]})[0]
-                 for i in range(0, len(x), self.batch_size)]
-        if parts:
-            return np.concatenate(parts).astype(np.float32, copy=False)
-        dims = [d if isinstance(d, int) else 1 for d in spec.shape[1:]]  # an empty batch: members/views from the graph
-        return np.zeros((0, *dims), np.float32)
+        dims = [d if isinstance(d, int) else 1 for d in spec.shape[1:]]  # for an empty batch: from the graph
+        return self._run_forward(self._prepare_any(images), MEMBER_PROBS, tuple(dims))
 
     def saliency(self, images: Any, classes: ClassSpec = None) -> np.ndarray | list[np.ndarray]:
         """Gradient saliency maps in [0, 1] at each input's own size.
@@ -206,12 +201,14 @@ class Predictor:
                 raise type(e)(f"image {i}: {e}") from None
         return out
 
-    def _run_forward(self, x: np.ndarray) -> np.ndarray:
-        n_cls = len(self.manifest.labels)
-        out = np.empty((len(x), n_cls), np.float32)
-        for i in range(0, len(x), self.batch_size):
-            out[i:i + self.batch_size] = self._forward.run(["probs"], {self._input_name: x[i:i + self.batch_size]})[0]
-        return out
+    def _run_forward(self, x: np.ndarray, output: str = "probs", dims: tuple[int, ...] | None = None) -> np.ndarray:
+        """One forward-graph ``output`` for ``x``, run ``batch_size`` rows at a time; ``dims`` is its per-row shape
+        (default: one value per label), used only for an empty ``x``."""
+        parts = [self._forward.run([output], {self._input_name: x[i:i + self.batch_size]})[0]
+                 for i in range(0, len(x), self.batch_size)]
+        if parts:
+            return np.concatenate(parts).astype(np.float32, copy=False)
+        return np.zeros((0, *(dims or (len(self.manifest.labels),))), np.float32)
 
     def _class_array(self, classes: ClassSpec, n: int) -> np.ndarray:
         """Class indices (or label names), one for all or one per image, as an int64 array of length n."""
