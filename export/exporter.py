@@ -144,7 +144,7 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     temperature on the PublicTest split of ``verify_data`` (a Kaggle CSV), with the variant's TTA,
     and records the fit in the variant's ``calibration``. Raises ExportError on any failure.
     """
-    from fer_export import convert, graphs, members as members_mod, twin, verify
+    from fer_export import convert, graphs, members as members_mod, share, twin, verify
 
     out = Path(out)
     if not _VARIANT_RE.match(variant):
@@ -187,6 +187,9 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     convert.order_outputs(sal_proto, graphs.SALIENCY_OUTPUTS)
     for p in (fwd_proto, sal_proto):
         _batch_dim_as_n(p)
+    saved = sum(share.share_weights(p) for p in (fwd_proto, sal_proto))
+    if saved:
+        log(f"stored transposed/flipped weights once: {saved / 1e6:.1f} MB saved")
 
     fwd_name, sal_name = file_names(variant)
     what = f"single model {members[0].name}" if len(members) == 1 else \

@@ -11,7 +11,8 @@ whose backward pass is written with ops that convert (Conv, Where, Mul, Reshape,
   spatially and its in/out channels swapped;
 * 2x2 max pooling: the gradient goes to the FIRST maximum of each window (row-major), as TF's
   MaxPoolGrad does; 2x2 average pooling spreads ``dy/4``;
-* batch norm (inference), rescaling and dense layers are affine maps folded into constants;
+* batch norm (inference), rescaling and dense layers are affine maps folded into constants; a batch
+  norm right after a linear convolution is folded into that convolution's kernel and bias;
 * flatten and global average pooling reshape/broadcast back to the static input shape.
 
 Weights are read once into numpy at planning time and enter the graph as constants, so the
@@ -296,7 +297,8 @@ def _plan_pool(layer: Any, in_shape: tuple, fn: TensorFn) -> TwinStep:
     return TwinStep(layer.name, "pool", fn)
 
 
-def _plan_batch_norm(layer: Any, in_shape: tuple) -> TwinStep:
+def _batch_norm_affine(layer: Any, in_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Inference-mode batch norm as per-channel ``(scale, offset)``; refuses non-channel axes."""
     axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
     if axis is None or axis not in (-1, len(in_shape) - 1):
         raise _refuse(layer, f"normalizes axis {layer.axis}", "the last (channel) axis only")
@@ -309,8 +311,26 @@ def _plan_batch_norm(layer: Any, in_shape: tuple) -> TwinStep:
     if layer.scale:
         inv = inv * tf.constant(_np(layer.gamma))
     offset = (tf.constant(_np(layer.beta)) if layer.center else tf.zeros_like(mean)) - mean * inv
-    a, c = inv.numpy(), offset.numpy()
+    return inv.numpy(), offset.numpy()
+
+
+def _plan_batch_norm(layer: Any, in_shape: tuple) -> TwinStep:
+    a, c = _batch_norm_affine(layer, in_shape)
     return TwinStep(layer.name, "batch_norm", lambda x: affine(x, a, c))
+
+
+def _plan_conv_bn(conv: Any, bn: Any, in_shape: tuple) -> TwinStep:
+    """A linear Conv2D followed by BatchNormalization as ONE convolution with the BN folded in.
+
+    tf2onnx folds the BN scale into the forward kernel anyway; folding it here too makes the
+    backward kernel an exact flip/transpose of the forward one, so :mod:`fer_export.share` can
+    store it once.
+    """
+    _plan_conv(conv, in_shape)  # the same refusals
+    a, c = _batch_norm_affine(bn, tuple(conv.output.shape))
+    k = _np(conv.kernel) * a  # HWIO: scale each output channel
+    b = (_np(conv.bias) * a + c) if conv.use_bias else c
+    return TwinStep(f"{conv.name}+{bn.name}", "conv", lambda x: conv2d_same(x, k.astype(np.float32), b.astype(np.float32)))
 
 
 def _plan_layer(layer: Any, in_shape: tuple) -> TwinStep | None:
@@ -416,15 +436,30 @@ def plan_model(model: Any) -> list[TwinStep]:
     if len(tail) != 1 or not _is_softmax(tail[0]):
         raise ExportError(f"model {model.name!r}: expected exactly one softmax Activation after {target.name!r}, "
                           f"found {[l.name for l in tail]}")
-    for l in layers[: layers.index(target) + 1]:
-        in_shape = tuple(l.input.shape)
+    chain = layers[: layers.index(target) + 1]
+    for l in chain:
         if l.compute_dtype != "float32":
             raise ExportError(f"layer {l.name!r} ({type(l).__name__}) computes in {l.compute_dtype}; load members "
                               "with fer_export.members.load_member (float32) first")
+    i = 0
+    while i < len(chain):
+        l, nxt = chain[i], chain[i + 1] if i + 1 < len(chain) else None
+        in_shape = tuple(l.input.shape)
+        if _foldable(l, nxt):
+            steps.append(_plan_conv_bn(l, nxt, in_shape))
+            i += 2
+            continue
         step = _plan_layer(l, in_shape)
         if step is not None:
             steps.append(step)
+        i += 1
     return steps
+
+
+def _foldable(layer: Any, nxt: Any) -> bool:
+    """A Conv2D with a linear activation directly followed by BatchNormalization."""
+    return (type(layer).__name__ == "Conv2D" and nxt is not None and type(nxt).__name__ == "BatchNormalization"
+            and getattr(layer.activation, "__name__", "") == "linear" and not getattr(layer, "quantization_mode", None))
 
 
 def check_model(model: Any) -> None:

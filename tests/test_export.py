@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -32,6 +33,7 @@ from fer_export import convert, graphs, twin  # noqa: E402
 from fer_export.cli import app  # noqa: E402
 from fer_export.errors import ExportError  # noqa: E402
 from fer_export.exporter import export_models  # noqa: E402
+from fer_export.share import share_weights  # noqa: E402
 from fer_export.members import load_member, recorded_accuracy  # noqa: E402
 from fer_export.verify import saliency_agreement, verify_export  # noqa: E402
 from fer_runtime.labels import LABELS  # noqa: E402
@@ -374,6 +376,14 @@ def test_ensemble_matches_mean_of_members(exported, name):
     assert np.abs(p0 - p_ref).max() > 1e-3
     rep = res.report
     assert rep.real_images == 30 and rep.forward_prob_max_abs <= 1e-4 and rep.saliency_min_cosine >= 0.999
+    # The backward kernels are computed from the forward ones, not stored twice.
+    sal_proto = onnx.load(str(res.saliency))
+    assert share_weights(sal_proto) == 0
+    assert _weight_bytes(sal_proto) < 1.1 * _weight_bytes(onnx.load(str(res.forward)))
+
+
+def _weight_bytes(model) -> int:
+    return sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
 
 
 def test_manifest_hashes_metadata_and_merge(exported):
