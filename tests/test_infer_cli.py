@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fer_runtime import LABELS, default_model_dir
+from fer_runtime import LABELS
 from fer_runtime.cli import app
-from fer_runtime.manifest import MANIFEST_NAME, read_manifest
+from fer_runtime.manifest import read_manifest
 from fer_runtime.overlay import FIGURE_SHAPE
 from fer_runtime.results import columns
 
@@ -25,14 +25,6 @@ EXAMPLES = ROOT / "examples" / "images"
 COLUMNS = ["path", "face", "x", "y", "w", "h", "source", "label", "confidence",
            *(f"p_{l.lower()}" for l in LABELS), "error"]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    d = default_model_dir()
-    if not (d / MANIFEST_NAME).exists():
-        pytest.skip(f"no exported models in {d} (run fer-export, or set FER_MODEL_DIR)")
-    return d
 
 
 def _png(path: Path, image: np.ndarray) -> None:

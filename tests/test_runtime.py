@@ -4,8 +4,6 @@ Never imports TensorFlow. Set FER_MODEL_DIR to test another exported model folde
 """
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 import os
 import shutil
@@ -14,43 +12,27 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
 from fer_runtime import (LABELS, Box, InvalidImageError, ModelIntegrityError, ModelNotFoundError, Predictor,
-                         ProviderUnavailableError, default_model_dir, detect_faces, read_image)
+                         ProviderUnavailableError, detect_faces, read_image)
 from fer_runtime import providers as prov
 from fer_runtime.images import as_image_list, preprocess, write_image
 from fer_runtime.manifest import MANIFEST_NAME, read_manifest, sha256_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "fer2013_small.csv.gz"
 EXAMPLES = ROOT / "examples" / "images"
 
 
-# -- fixtures ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def model_dir() -> Path:
-    d = default_model_dir()
-    if not (d / MANIFEST_NAME).exists():
-        pytest.skip(f"no exported models in {d} (run fer-export, or set FER_MODEL_DIR)")
-    return d
-
-
+# -- fixtures (model_dir, predictor, fer_rows: tests/conftest.py) ----------------------------------
 @pytest.fixture(scope="module")
-def predictor(model_dir: Path) -> Predictor:
-    return Predictor(model_dir, device="cpu", threads=1, batch_size=16)
-
-
-@pytest.fixture(scope="session")
-def fer_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(faces uint8 [N,48,48], labels [N], is_test [N]) from the real FER2013 fixture rows."""
-    with gzip.open(FIXTURE, "rt", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    faces = np.array([np.array(r["pixels"].split(), np.uint8).reshape(48, 48) for r in rows])
-    return faces, np.array([int(r["emotion"]) for r in rows]), np.array([r["Usage"] != "Training" for r in rows])
+def predictor_options() -> dict[str, Any]:
+    """This module's ``predictor`` batches 16 faces, so 37 faces span a partial batch."""
+    return {"batch_size": 16}
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ Videos are made here: real FER2013 crops (the committed fixture) or the example 
 from __future__ import annotations
 
 import csv
-import gzip
 import subprocess
 import sys
 from pathlib import Path
@@ -16,44 +15,22 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fer_runtime import Box, InvalidImageError, Predictor, default_model_dir, read_image
+from fer_runtime import Box, InvalidImageError, Predictor, read_image
 from fer_runtime.cli import app
 from fer_runtime.errors import InvalidVideoError
 from fer_runtime.frames import FrameAnalyzer
-from fer_runtime.manifest import MANIFEST_NAME
 from fer_runtime.results import video_columns
 from fer_runtime.tracking import IouTracker, ema, iou
 from fer_runtime.video import VideoReader, VideoWriter, is_video_file
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "fer2013_small.csv.gz"
 EXAMPLES = ROOT / "examples" / "images"
 W, H, FPS = 640, 480, 10.0
 SIDE = 140  # pasted face side, pixels
 runner = CliRunner()
 
 
-# -- fixtures and helpers ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    d = default_model_dir()
-    if not (d / MANIFEST_NAME).exists():
-        pytest.skip(f"no exported models in {d}")
-    return d
-
-
-@pytest.fixture(scope="module")
-def predictor(model_dir: Path) -> Predictor:
-    return Predictor(model_dir, device="cpu", threads=1)
-
-
-@pytest.fixture(scope="module")
-def faces() -> np.ndarray:
-    """Real FER2013 faces, uint8 [N, 48, 48]."""
-    with gzip.open(FIXTURE, "rt", encoding="utf-8") as f:
-        return np.array([np.array(r["pixels"].split(), np.uint8).reshape(48, 48) for r in csv.DictReader(f)])
-
-
+# -- helpers (fixtures model_dir, predictor, faces: tests/conftest.py) -----------------------------
 def background(seed: int = 0) -> np.ndarray:
     """A smooth colour gradient with a little noise, 640x480 BGR."""
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
