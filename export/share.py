@@ -69,6 +69,7 @@ def share_weights(model: Any, min_elements: int = MIN_ELEMENTS) -> int:
     graph_inputs = {i.name for i in graph.input}
     derivable: dict[tuple, tuple[str, Rule]] = {}
     replace: dict[str, tuple[str, Rule, tuple]] = {}
+    saved = 0
     for init in graph.initializer:
         if init.name in graph_inputs:
             continue  # an overridable initializer must stay a plain constant
@@ -79,13 +80,13 @@ def share_weights(model: Any, min_elements: int = MIN_ELEMENTS) -> int:
         if hit is not None:
             src_name, rule = hit
             replace[init.name] = (src_name, rule, a.shape)
+            saved += a.nbytes
             continue
         rule = RULES[a.ndim]
         derivable.setdefault(_key(rule.derive(a)), (init.name, rule))
     if not replace:
         return 0
     kept = [i for i in graph.initializer if i.name not in replace]
-    saved = sum(len(i.raw_data) or numpy_helper.to_array(i).nbytes for i in graph.initializer if i.name in replace)
     del graph.initializer[:]
     graph.initializer.extend(kept)
     new_nodes = []

@@ -269,7 +269,8 @@ def _check_channels_last(layer: Any) -> None:
         raise _refuse(layer, f"uses data_format {fmt!r}", "channels_last only")
 
 
-def _plan_conv(layer: Any, in_shape: tuple) -> TwinStep:
+def _check_conv(layer: Any) -> None:
+    """Refuse a Conv2D the twin cannot reproduce exactly (only stride-1 ``same`` odd kernels)."""
     _check_channels_last(layer)
     if tuple(layer.strides) != (1, 1):
         raise _refuse(layer, f"has strides {tuple(layer.strides)}", "stride 1 only")
@@ -281,6 +282,10 @@ def _plan_conv(layer: Any, in_shape: tuple) -> TwinStep:
         raise _refuse(layer, f"has an even kernel size {tuple(layer.kernel_size)}", "odd kernel sizes only")
     if getattr(layer, "groups", 1) != 1:
         raise _refuse(layer, f"has groups={layer.groups}", "groups=1 only")
+
+
+def _plan_conv(layer: Any, in_shape: tuple) -> TwinStep:
+    _check_conv(layer)
     k = _np(layer.kernel)
     b = _np(layer.bias) if layer.use_bias else None
     return TwinStep(layer.name, "conv", _with_activation(layer, lambda x: conv2d_same(x, k, b)))
@@ -326,11 +331,11 @@ def _plan_conv_bn(conv: Any, bn: Any, in_shape: tuple) -> TwinStep:
     backward kernel an exact flip/transpose of the forward one, so :mod:`fer_export.share` can
     store it once.
     """
-    _plan_conv(conv, in_shape)  # the same refusals
+    _check_conv(conv)
     a, c = _batch_norm_affine(bn, tuple(conv.output.shape))
-    k = _np(conv.kernel) * a  # HWIO: scale each output channel
+    k = _np(conv.kernel) * a  # HWIO: scale each output channel (float32 * float32)
     b = (_np(conv.bias) * a + c) if conv.use_bias else c
-    return TwinStep(f"{conv.name}+{bn.name}", "conv", lambda x: conv2d_same(x, k.astype(np.float32), b.astype(np.float32)))
+    return TwinStep(f"{conv.name}+{bn.name}", "conv", lambda x: conv2d_same(x, k, b))
 
 
 def _plan_layer(layer: Any, in_shape: tuple) -> TwinStep | None:
