@@ -102,6 +102,44 @@ def test_resume_after_sigkill(tmp_path):
     assert [int(x["epoch"]) for x in h] == list(range(1, done + 2))
 
 
+def test_resume_with_moved_data(tmp_path):
+    """A run resumed where its data lives elsewhere: --data says where, the row counts must match, config follows."""
+    import gzip
+    import shutil
+
+    first = tmp_path / "a" / "fer.csv.gz"
+    first.parent.mkdir()
+    shutil.copy(FIX, first)
+    run = tmp_path / "run"
+
+    def stop(epoch, step, steps):
+        if epoch == 1 and step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(run, TINY, _cfg(data=str(first), epochs=3), log=lambda s: None, progress=stop)
+    moved = tmp_path / "b" / "fer.csv.gz"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    runner = CliRunner()
+    r = runner.invoke(app, ["fit", "--resume", str(run)])
+    assert r.exit_code == 1 and "fer.csv.gz: file not found" in r.output
+    lines = gzip.open(moved, "rt").read().splitlines()
+    short = tmp_path / "short.csv"
+    training = [ln for ln in lines[1:] if ln.endswith("Training")]
+    others = [ln for ln in lines[1:] if not ln.endswith("Training")]
+    short.write_text("\n".join([lines[0], *training[5:], *others]) + "\n")  # 5 training rows fewer
+    r = runner.invoke(app, ["fit", "--resume", str(run), "--data", str(short)])
+    assert r.exit_code == 1 and "pass the same data with --data" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert len(runs.read_history(run)) == 1
+    r = runner.invoke(app, ["fit", "--resume", str(run), "--data", str(moved)])
+    assert r.exit_code == 0, r.output
+    assert [int(x["epoch"]) for x in runs.read_history(run)] == [1, 2, 3]
+    conf = json.loads((run / runs.CONFIG).read_text())
+    assert conf["train"]["data"] == conf["data"]["path"] == str(moved)
+
+
 def test_lr_schedules():
     c = _cfg(epochs=10, lr=1.0, schedule="cosine", warmup_epochs=1)
     lrs = [lr_at(c, e) for e in range(10)]

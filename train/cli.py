@@ -48,7 +48,8 @@ def _progress():
     return bar, console
 
 
-def _run_fit(run: Path, model_cfg, train_cfg, resume: bool, source=None, extra_train=None) -> dict:
+def _run_fit(run: Path, model_cfg, train_cfg, resume: bool, source=None, extra_train=None,
+             moved: dict[str, str] | None = None) -> dict:
     from fer_train.fit import fit
 
     bar, console = _progress()
@@ -61,7 +62,7 @@ def _run_fit(run: Path, model_cfg, train_cfg, resume: bool, source=None, extra_t
 
     with bar:
         return fit(run, model_cfg, train_cfg, resume=resume, source=source, extra_train=extra_train,
-                   log=lambda s: console.print(s, highlight=False, soft_wrap=True), progress=progress)
+                   log=lambda s: console.print(s, highlight=False, soft_wrap=True), progress=progress, moved=moved)
 
 
 def _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation, cnn_activation_alpha, pool,
@@ -100,7 +101,8 @@ def _target_params(spec: str) -> int:
 def fit(
     data: Path = typer.Option(None, "--data", help="fer2013.csv(.gz), course train.csv, or a folder of class folders."),
     out: Path = typer.Option(None, "--out", help="Run directory to create."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory; with it, "
+                                          "only --data, --ferplus and --teacher count: where the run's inputs are now."),
     arch: str = typer.Option("cnn", help="cnn | compact | dnn"),
     filters: int = typer.Option(32, help="Base filter count, doubled per block."),
     blocks: int = typer.Option(4),
@@ -146,7 +148,8 @@ def fit(
 
     try:
         if resume is not None:
-            result = _run_fit(resume, None, None, resume=True)
+            moved = {k: str(v) for k, v in (("data", data), ("ferplus", ferplus), ("teacher", teacher)) if v is not None}
+            result = _run_fit(resume, None, None, resume=True, moved=moved or None)
         else:
             if data is None or out is None:
                 _fail("--data and --out are required (or --resume RUN_DIR)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import platform
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -191,12 +191,23 @@ def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
     return targets.blend(train.y, parts)
 
 
+def _check_rows(run: Path, conf: dict[str, Any], train_rows: int, val_rows: int) -> None:
+    """Refuse to resume on data whose split sizes differ from the ones recorded when the run started."""
+    rec = conf.get("data", {})
+    if (rec.get("train_rows"), rec.get("val_rows")) not in ((train_rows, val_rows), (None, None)):
+        raise runs.RunError(f"{run}: the data has {train_rows} training / {val_rows} validation rows, but the run "
+                            f"started on {rec.get('train_rows')} / {rec.get('val_rows')}; pass the same data with --data")
+
+
 def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, *,
         resume: bool = False, source: DataSource | None = None, extra_train: tuple[np.ndarray, np.ndarray] | None = None,
-        log: Callable[[str], None] = print, progress: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+        log: Callable[[str], None] = print, progress: Callable[[int, int, int], None] | None = None,
+        moved: dict[str, str] | None = None) -> dict[str, Any]:
     """Train into ``run`` (new, or continued with ``resume=True``) and return the run's result dict.
 
     ``extra_train`` adds (images, soft targets) rows to training, used by self-training.
+    ``moved`` (resume only) gives new paths for the run's inputs (``data``, ``ferplus``, ``teacher``), for a run
+    resumed on another machine; the data must have the recorded row counts, and config.json is updated.
     ``progress(epoch, step, steps)`` is called per batch.
     """
     import keras
@@ -208,7 +219,11 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
         cfg = TrainConfig.from_dict(conf["train"])
         if not (run / runs.LAST).exists():
             raise runs.RunError(f"{run}: nothing to resume (no {runs.LAST}); start it again without --resume")
+        if moved:
+            cfg = replace(cfg, **moved)
     else:
+        if moved:
+            raise ValueError("new input paths apply only to a resumed run")
         assert model_cfg is not None and cfg is not None
         if (run / runs.HISTORY).exists():
             raise runs.RunError(f"{run}: already holds a run; use --resume or another --out")
@@ -221,6 +236,8 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
     hidden = hidden_label_mask(len(train), cfg.hide_labels, cfg.random_seed)
     train = train.subset(np.flatnonzero(~hidden))
 
+    if resume:
+        _check_rows(run, conf, len(train), len(val))
     strategy = _setup(cfg)
     history = runs.read_history(run) if resume else []
     run.mkdir(parents=True, exist_ok=True)
@@ -242,6 +259,11 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
     x_tr = train.x
     data_rows = 1 + max(int(s.ids.max()) for s in source.splits.values() if len(s))
     t_tr = training_targets(cfg, train, data_rows, log)
+    if moved:  # every moved input has been read: record where they are now
+        conf["train"] = cfg.to_dict()
+        conf["data"]["path"] = cfg.data
+        runs.write_json(run / runs.CONFIG, conf)
+        log(f"{run}: inputs now at {', '.join(f'{k}={v}' for k, v in moved.items())}")
     if extra_train is not None:
         x_tr = np.concatenate([x_tr, extra_train[0]])
         t_tr = np.concatenate([t_tr, extra_train[1].astype(np.float32)])
