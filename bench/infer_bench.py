@@ -2,12 +2,13 @@
 
 Usage (from the repo, with the ``train`` and ``cpu`` extras installed):
 
-    python bench/infer_bench.py RUN_OR_ENSEMBLE [--model-dir models] [--data ../shared/data/fer2013/fer2013.csv.gz]
+    python bench/infer_bench.py RUN_OR_ENSEMBLE... [--model-dir models] [--data ../shared/data/fer2013/fer2013.csv.gz]
 
 Prints one table: img/s at batch 1, 32 and 256 for (a) onnxruntime on the shipped forward graph,
 (b) Keras ``model.predict``, (c) a ``tf.function`` of the models; then seconds per image for a
 saliency map via the ONNX gradient graph, TF GradientTape, and finite differences (one forward
 pass per pixel, batched through onnxruntime). Each figure is the median of ``--repeats`` runs.
+The TF paths average the same views as the ONNX graph (the image and, with flip TTA, its mirror).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", help="run, ensemble dir or .keras files the ONNX model was exported from")
+    ap.add_argument("runs", nargs="+", help="runs, ensemble dirs or .keras files the ONNX model was exported from")
     ap.add_argument("--model-dir", default=None, help="exported model dir (default: the packaged models)")
     ap.add_argument("--data", default="../shared/data/fer2013/fer2013.csv.gz")
     ap.add_argument("--repeats", type=int, default=5)
@@ -56,11 +57,16 @@ def main() -> None:
     so = ort.SessionOptions()
     fwd = ort.InferenceSession(load_verified(model_dir, man, var.forward), so, providers=["CPUExecutionProvider"])
     sal = ort.InferenceSession(load_verified(model_dir, man, var.saliency), so, providers=["CPUExecutionProvider"])
-    models = load_members(args.run)
+    models = [m for run in args.runs for m in load_members(run)]
+    views = 2 if var.tta == "flip" else 1
     x_all = load_source(args.data)["PublicTest"].x.astype(np.float32)
 
     rows = []
-    tf_fn = tf.function(lambda a: tf.add_n([m(a, training=False) for m in models]) / len(models))
+    def tf_views(a):
+        return [a, tf.reverse(a, axis=[2])][:views]
+
+    tf_fn = tf.function(lambda a: tf.add_n([m(v, training=False) for m in models for v in tf_views(a)])
+                        / (len(models) * views))
     for bs in (1, 32, 256):
         x = x_all[:bs]
         n_iter = max(1, 256 // bs)  # same number of images per timing for every batch size
@@ -72,7 +78,8 @@ def main() -> None:
         def keras_predict():
             for _ in range(n_iter):
                 for m in models:
-                    m.predict(x, batch_size=bs, verbose=0)
+                    for v in (x, x[:, :, ::-1])[:views]:
+                        m.predict(v, batch_size=bs, verbose=0)
 
         xt = tf.constant(x)
 
@@ -87,7 +94,7 @@ def main() -> None:
     xs = x_all[:k]
     cls = fwd.run(["probs"], {"image": xs})[0].argmax(1).astype(np.int64)
     t_onnx = _median_time(lambda: sal.run(["saliency"], {"image": xs, "class": cls}), args.repeats) / k
-    t_tape = _median_time(lambda: tf_saliency(models, xs, cls), args.repeats) / k
+    t_tape = _median_time(lambda: tf_saliency(models, xs, cls, tta=var.tta), args.repeats) / k
 
     def finite_differences():
         # one forward pass per pixel (+1 grey level), batched: 2304 perturbed copies of one image
@@ -104,7 +111,7 @@ def main() -> None:
              ("saliency, per image", "TF GradientTape", t_tape * 1e3, "ms"),
              ("saliency, per image", "finite differences (2304 fwd)", t_fd * 1e3, "ms")]
 
-    print(f"model: {model_dir} variant {man.default_variant} ({len(models)} member(s)); "
+    print(f"model: {model_dir} variant {man.default_variant} ({len(models)} member(s), TTA {var.tta}); "
           f"onnxruntime {ort.__version__}, tensorflow {tf.__version__}; {os.cpu_count()} CPU; median of {args.repeats}")
     print(f"| {'what':<22} | {'engine':<31} | {'value':>10} | unit  |")
     print(f"|{'-' * 24}|{'-' * 33}|{'-' * 12}|-------|")
