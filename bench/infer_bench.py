@@ -45,7 +45,7 @@ def main() -> None:
     import onnxruntime as ort
     import tensorflow as tf
 
-    from fer_export.graphs import tf_saliency
+    from fer_export.graphs import tf_saliency, views_of
     from fer_runtime.manifest import load_verified, read_manifest
     from fer_runtime.predictor import default_model_dir
     from fer_train.data import load_source
@@ -58,7 +58,7 @@ def main() -> None:
     fwd = ort.InferenceSession(load_verified(model_dir, man, var.forward), so, providers=["CPUExecutionProvider"])
     sal = ort.InferenceSession(load_verified(model_dir, man, var.saliency), so, providers=["CPUExecutionProvider"])
     models = [m for run in args.runs for m in load_members(run)]
-    views = 2 if var.tta == "flip" else 1
+    views = views_of(var.tta)
     x_all = load_source(args.data)["PublicTest"].x.astype(np.float32)
 
     rows = []
