@@ -1,9 +1,18 @@
-"""Typed errors of the runtime. Each message is one line a user can act on."""
+"""Typed errors of the project. Each message is one line a user can act on.
+
+:class:`FerError` is the one base class: the runtime's errors below, and the training side's
+(``fer_train.runs.RunError``, ``fer_train.data.DataFormatError``) and the exporter's
+(``fer_export.errors.ExportError``) all derive from it, so a caller can catch every deliberate
+error of the toolkit with one ``except FerError``.
+"""
 from __future__ import annotations
 
 
-class FerRuntimeError(Exception):
-    """Base class of every error the runtime raises on purpose."""
+class FerError(Exception):
+    """Base class of every error the toolkit raises on purpose."""
+
+
+FerRuntimeError = FerError  # the runtime's earlier name for the base class
 
 
 class ModelNotFoundError(FerRuntimeError, FileNotFoundError):
@@ -32,3 +41,7 @@ class InvalidImageError(FerRuntimeError, ValueError):
 
 class InvalidVideoError(FerRuntimeError, ValueError):
     """A video file or camera cannot be opened, or yields no decodable frame."""
+
+
+class InferenceError(FerError):
+    """onnxruntime failed while running a model (the message names the model and ORT's reason)."""

@@ -19,9 +19,9 @@ class Recorder(keras.callbacks.Callback):
     """Records each epoch of a run and saves its checkpoints (see the module docstring)."""
 
     def __init__(self, run: Path, cfg: TrainConfig, history: list[dict[str, float]],
-                 on_batch: Callable[[int], None] | None, log: Callable[[str], None]):
+                 on_batch: Callable[[int], None] | None, log: Callable[[str], None], precision: str = "float32"):
         super().__init__()
-        self.run, self.cfg, self.history = run, cfg, history
+        self.run, self.cfg, self.history, self.precision = run, cfg, history, precision
         self.on_batch, self.log = on_batch, log
         self.t0 = 0.0
 
@@ -44,6 +44,7 @@ class Recorder(keras.callbacks.Callback):
             "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
             "lr": float(np.asarray(self.model.optimizer.learning_rate)),
             "seconds": time.time() - self.t0,
+            "precision": self.precision,
         }
         prev_best = runs.best_epoch(self.history)[1] if self.history else -1.0
         if row["val_accuracy"] > prev_best:

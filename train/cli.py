@@ -132,7 +132,9 @@ def fit(
     patience: int = typer.Option(15, help="Early stopping patience in epochs (on validation accuracy)."),
     validate: float = typer.Option(0.1, help="Validation fraction when the data has no Usage column."),
     random_seed: int = typer.Option(1234),
-    mixed_precision: bool = typer.Option(False, "--mixed-precision"),
+    precision: str = typer.Option("auto", help="auto | float32 | bfloat16 | mixed_float16 (auto: bfloat16 on a CPU "
+                                  "with AMX-BF16/AVX512-BF16, mixed_float16 on a CUDA GPU, else float32)."),
+    weight_decay: float = typer.Option(1e-4, help="Decoupled weight decay for --optimizer adamw and sgd."),
     strategy: str = typer.Option("default", help="default | mirrored"),
     limit_train: int = typer.Option(0, help="Use only the first N training rows (smoke tests)."),
     hide_labels: float = typer.Option(0.0, help="Withhold this fraction of Training labels (for self-train)."),
@@ -159,7 +161,8 @@ def fit(
             tcfg = TrainConfig(data=str(data), validate=validate, random_seed=random_seed, epochs=epochs,
                                batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
                                warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                               class_weights=class_weights, patience=patience, mixed_precision=mixed_precision,
+                               class_weights=class_weights, patience=patience, precision=precision,
+                               weight_decay=weight_decay,
                                strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment),
                                ferplus=str(ferplus or ""), ferplus_weight=ferplus_weight, teacher=str(teacher or ""),
                                distill_weight=distill_weight, distill_temperature=distill_temperature)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.errors import FerError
 from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES, label_index
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
@@ -22,7 +23,7 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 USAGES = ("Training", "PublicTest", "PrivateTest")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(FerError, ValueError):
     """A data file is malformed; the message names the file, the line and the reason."""
 
 

@@ -38,7 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: bool = False
     patience: int = 15
-    mixed_precision: bool = False
+    precision: str = "auto"  # auto | float32 | bfloat16 | mixed_float16 (fer_train.precision)
     strategy: str = "default"  # default | mirrored
     limit_train: int = 0  # use only the first N training rows (0 = all); for smoke tests
     hide_labels: float = 0.0  # fraction of Training withheld as unlabelled (self-training)
@@ -55,6 +55,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
+        legacy = d.pop("mixed_precision", None)  # runs from before --precision
+        if legacy is not None and "precision" not in d:
+            d["precision"] = "mixed_float16" if legacy else "float32"
         aug = AugmentConfig(**d.pop("augment", {}))
         return cls(**d, augment=aug)
 
@@ -63,6 +66,10 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        from fer_train.precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.strategy not in ("default", "mirrored"):
             raise ValueError(f"unknown strategy {self.strategy!r}; choose default or mirrored")
         if self.epochs < 1 or self.batch_size < 1:
@@ -106,7 +113,7 @@ def make_optimizer(cfg: TrainConfig):
     if cfg.optimizer == "adamw":
         return keras.optimizers.AdamW(cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(cfg.lr, momentum=0.9, nesterov=True)
+        return keras.optimizers.SGD(cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
     return keras.optimizers.RMSprop(cfg.lr)
 
 
@@ -161,11 +168,13 @@ def class_weight_vector(y: np.ndarray) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def _setup(cfg: TrainConfig):
+def _setup(cfg: TrainConfig, precision: str):
     import keras
     import tensorflow as tf
 
-    keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
+    from fer_train.precision import POLICY
+
+    keras.mixed_precision.set_global_policy(POLICY[precision])
     keras.utils.set_random_seed(cfg.random_seed)
     if cfg.strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
@@ -238,22 +247,33 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
 
     if resume:
         _check_rows(run, conf, len(train), len(val))
-    strategy = _setup(cfg)
+    from fer_train.precision import resolve
+
+    precision, why = resolve(cfg.precision)
+    log(f"precision {precision} ({why})")
+    strategy = _setup(cfg, precision)
     history = runs.read_history(run) if resume else []
     run.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if resume:
+        if conf.get("precision") != precision:
+            conf["precision"] = precision
+            runs.write_json(run / runs.CONFIG, conf)
+    else:
         runs.write_json(run / runs.CONFIG, {
             "model": model_cfg.to_dict(), "train": cfg.to_dict(), "labels": list(LABELS),
             "data": {"path": str(cfg.data), "layout": source.layout, "validation": source.validation,
                      "train_rows": len(train), "val_rows": len(val)},
+            "precision": precision,
             "environment": environment(),
         })
     with strategy.scope():
+        # Built under this machine's policy, then the checkpoint's weights and optimizer state are
+        # loaded into it: a run may continue in another precision than it started in.
+        model = build_model(model_cfg)
+        model.compile(make_optimizer(cfg), keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
         if resume:
-            model = keras.models.load_model(run / runs.LAST)
-        else:
-            model = build_model(model_cfg)
-            model.compile(make_optimizer(cfg), keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(run / runs.LAST)
     write_summary(model, run)
 
     x_tr = train.x
@@ -286,7 +306,7 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
 
         from fer_train.callbacks import Recorder
 
-        rec = Recorder(run, cfg, history, on_batch, log)
+        rec = Recorder(run, cfg, history, on_batch, log, precision)
 
         class _EpochTracker(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):

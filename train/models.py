@@ -87,7 +87,7 @@ def _activation(name: str, alpha: float, name_prefix: str, conv: bool):
 def _head(x):
     from keras import layers
 
-    x = layers.Dense(NUM_CLASSES, name="logits")(x)
+    x = layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(x)  # float32 under mixed precision too
     return layers.Activation("softmax", dtype="float32", name="probs")(x)
 
 

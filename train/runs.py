@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from fer_runtime.errors import FerError
+
 CONFIG = "config.json"
 HISTORY = "history.csv"
 BEST = "best.keras"
@@ -20,10 +22,11 @@ LAST = "last.keras"
 CURVES = "learning_curves.png"
 SUMMARY = "summary.txt"
 ENSEMBLE = "ensemble.json"
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "precision")
+TEXT_FIELDS = ("precision",)  # history columns that are not numbers
 
 
-class RunError(RuntimeError):
+class RunError(FerError):
     """A run or ensemble directory is missing, incomplete or inconsistent."""
 
 
@@ -60,19 +63,28 @@ def read_json(path: Path) -> Any:
         raise RunError(f"{path}: invalid JSON ({e})") from None
 
 
-def read_history(run: Path) -> list[dict[str, float]]:
+def read_history(run: Path) -> list[dict[str, Any]]:
+    """Rows of history.csv: numbers as floats, ``precision`` as text (absent in older runs)."""
     p = run / HISTORY
     if not p.exists():
         return []
     with p.open(newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: v if k in TEXT_FIELDS else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def write_history(run: Path, rows: Iterable[dict[str, float]]) -> None:
     lines = [",".join(HISTORY_FIELDS)]
     for r in rows:
-        lines.append(",".join(str(int(r["epoch"])) if k == "epoch" else f"{r[k]:.6g}" for k in HISTORY_FIELDS))
+        lines.append(",".join(_cell(k, r.get(k, "")) for k in HISTORY_FIELDS))
     atomic_write_text(run / HISTORY, "\n".join(lines) + "\n")
+
+
+def _cell(key: str, value: Any) -> str:
+    if key == "epoch":
+        return str(int(value))
+    if key in TEXT_FIELDS:
+        return str(value)
+    return f"{value:.6g}"
 
 
 def best_epoch(history: list[dict[str, float]]) -> tuple[int, float]:
