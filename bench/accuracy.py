@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 
 from fer_runtime import FerRuntimeError, MissingOutputError, Predictor
+from fer_runtime.atomic import atomic_write
 from fer_runtime.labels import LABELS
 from fer_runtime.manifest import Manifest, read_manifest
 from fer_runtime.predictor import default_model_dir
 from fer_train.data import DataFormatError, Split, load_kaggle_csv
 from fer_train.metrics import classification_report
 from fer_train.plots import plot_confusion
-from fer_train.runs import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
@@ -70,7 +70,7 @@ def settings(names: list[str], mp: np.ndarray) -> list[tuple[str, str, np.ndarra
 def score_variant(p: Predictor, data: dict[str, Split]) -> list[Scored]:
     """Score every setting of the variant on every split; the shipped one is what ``p.predict`` returns."""
     spec = p.manifest.variants[p.variant]
-    names = [str(m.get("name", f"member{i}")) for i, m in enumerate(spec.members)]
+    names = [m.name for m in spec.members]
     rows: dict[tuple[str, str], Scored] = {}
     for split in SPLITS:
         x, y = data[split].x, data[split].y
@@ -132,8 +132,8 @@ def calibration_table(manifest: Manifest, results: dict[str, list[Scored]]) -> s
         c = v.calibration
         ece = next(s for s in scored if s.shipped).reports["PrivateTest"]["ece"]
         if c:
-            rows.append([variant, f"{c['fitted_on']} (TTA {v.tta})", f"{v.temperature:.4f}", str(c["images"]),
-                         f"{c['nll_before']:.4f} → {c['nll_after']:.4f}", f"{c['ece_before']:.4f} → {c['ece_after']:.4f}",
+            rows.append([variant, f"{c.fitted_on} (TTA {v.tta})", f"{v.temperature:.4f}", str(c.images),
+                         f"{c.nll_before:.4f} → {c.nll_after:.4f}", f"{c.ece_before:.4f} → {c.ece_after:.4f}",
                          f"{ece:.4f}"])
         else:
             rows.append([variant, "not fitted (given)", f"{v.temperature:.4f}", "–", "–", "–", f"{ece:.4f}"])
@@ -176,7 +176,7 @@ def replace_block(card: Path, block: str) -> None:
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise BenchError(f"{card} must contain {BEGIN} and then {END}, once each")
     head, rest = text.split(BEGIN)
-    atomic_write_text(card, f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}")
+    atomic_write(card, f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}")
 
 
 def confusion_png(variant: str, scored: list[Scored], tta: str, out_dir: Path) -> Path:

@@ -5,7 +5,7 @@ Usage (from the repo, with the ``train`` extra installed):
     python bench/ensemble_subsets.py experiments/cnn_main experiments/cnn_fp ... [--data ../shared/data/fer2013/fer2013.csv.gz]
 
 Each run's softmax (T = 1) on the PublicTest rows is computed once without and once with flip TTA
-(``fer_train.evaluate.predict_probs``); every non-empty subset is then scored as the mean of its
+(``fer_train.inference.predict_probs``); every non-empty subset is then scored as the mean of its
 members' softmaxes. Prints one Markdown table, best flip-TTA accuracy first. PrivateTest is never
 read: member choice is a decision, and decisions are made on PublicTest.
 """
@@ -43,14 +43,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from fer_train.data import load_kaggle_csv
-    from fer_train.evaluate import load_members, predict_probs
+    from fer_train.inference import load_models, predict_probs
 
     public = load_kaggle_csv(args.data)["PublicTest"]
     probs: dict[str, dict[str, np.ndarray]] = {}
     for run in args.runs:
         p = Path(run)
         name = p.parent.name if p.suffix == ".keras" else p.name
-        models = load_members(p)
+        models = load_models(p)
         probs[name] = {t: predict_probs(models, public.x, tta=t) for t in TTAS}
     print(f"PublicTest ({len(public.y):,} images), mean member softmax at T = 1\n")
     print("| members | no TTA | flip TTA |\n|---|---:|---:|")

@@ -45,11 +45,10 @@ def main() -> None:
     import onnxruntime as ort
     import tensorflow as tf
 
-    from fer_export.graphs import tf_saliency, views_of
     from fer_runtime.manifest import load_verified, read_manifest
     from fer_runtime.predictor import default_model_dir
+    from fer_train import inference
     from fer_train.data import load_source
-    from fer_train.evaluate import load_members
 
     model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
     man = read_manifest(model_dir)
@@ -57,16 +56,12 @@ def main() -> None:
     so = ort.SessionOptions()
     fwd = ort.InferenceSession(load_verified(model_dir, man, var.forward), so, providers=["CPUExecutionProvider"])
     sal = ort.InferenceSession(load_verified(model_dir, man, var.saliency), so, providers=["CPUExecutionProvider"])
-    models = [m for run in args.runs for m in load_members(run)]
-    views = views_of(var.tta)
+    models = [m for run in args.runs for m in inference.load_models(run)]
+    views = inference.views_of(var.tta)
     x_all = load_source(args.data)["PublicTest"].x.astype(np.float32)
 
     rows = []
-    def tf_views(a):
-        return [a, tf.reverse(a, axis=[2])][:views]
-
-    tf_fn = tf.function(lambda a: tf.add_n([m(v, training=False) for m in models for v in tf_views(a)])
-                        / (len(models) * views))
+    logits_fn = inference.member_logits_fn(models, var.tta)  # one tf.function over every member and view
     for bs in (1, 32, 256):
         x = x_all[:bs]
         n_iter = max(1, 256 // bs)  # same number of images per timing for every batch size
@@ -85,7 +80,7 @@ def main() -> None:
 
         def tf_function():
             for _ in range(n_iter):
-                tf_fn(xt).numpy()
+                inference.probs_of(logits_fn(xt).numpy())
 
         for name, fn in (("onnxruntime", ort_run), ("keras predict", keras_predict), ("tf.function", tf_function)):
             rows.append((f"forward, batch {bs}", name, n_iter * bs / _median_time(fn, args.repeats), "img/s"))
@@ -94,7 +89,9 @@ def main() -> None:
     xs = x_all[:k]
     cls = fwd.run(["probs"], {"image": xs})[0].argmax(1).astype(np.int64)
     t_onnx = _median_time(lambda: sal.run(["saliency"], {"image": xs, "class": cls}), args.repeats) / k
-    t_tape = _median_time(lambda: tf_saliency(models, xs, cls, tta=var.tta), args.repeats) / k
+    reference = inference.reference_saliency_fn(models, var.tta)
+    xs_t, cls_t = tf.constant(xs), tf.constant(cls)
+    t_tape = _median_time(lambda: reference(xs_t, cls_t).numpy(), args.repeats) / k
 
     def finite_differences():
         # one forward pass per pixel (+1 grey level), batched: 2304 perturbed copies of one image

@@ -3,14 +3,18 @@
 Usage (from the repo, with the ``cpu`` extra installed; no TensorFlow is imported):
 
     python bench/runtime_bench.py [--model-dir models] [--variants accurate fast fast-int8] [--frames 60]
+                                  [--detectors blazeface blazeface:tiles=1 haar]
 
 Prints one Markdown table with a column per variant present in the manifest (the others are named in a note):
 
 - cold start: a fresh ``python`` process timing ``import fer_runtime`` plus ``Predictor(model=...)``
   (manifest read, SHA-256 check, session creation); median of ``--repeats``;
 - per-frame latency p50 / p95 of ``FrameAnalyzer.process`` (detection, tracking, one batch, smoothing) on a
-  synthetic 640x480 video with 1, 2 and 3 faces moving a few pixels per frame, for each ``--detect-every``;
-  frames are decoded outside the timer, so the figures exclude video decoding;
+  synthetic 640x480 video with 1, 2 and 3 faces moving a few pixels per frame, for each ``--detect-every`` and
+  each face detector (``blazeface``, FrameAnalyzer's default: the whole frame; ``blazeface:tiles=1``, also
+  one level of tiles, as for images; ``haar`` on a 320 px copy); frames are decoded outside the timer, so the
+  figures exclude video decoding;
+- the face detector alone on one 640x480 frame (p50 / p95 over the 1-face video's frames);
 - throughput on 48x48 crops at batch 1, 32 and 256 (``Predictor.predict``, preprocessing included);
   median of ``--repeats`` runs;
 - peak RSS of this process (``resource.getrusage``), which loads only the runtime.
@@ -62,15 +66,26 @@ def place(frame: np.ndarray, crop: np.ndarray, x: int, y: int) -> None:
     frame[y:y + SIDE, x:x + SIDE] = cv2.resize(crop, (SIDE, SIDE), interpolation=cv2.INTER_LINEAR)
 
 
-def face_crops() -> list[np.ndarray]:
-    """Three faces that the Haar cascade finds when pasted at 150 px: the photos' faces, then FER crops."""
+def detector(spec: str):
+    """``blazeface``, ``blazeface:tiles=1`` or ``haar`` -> an engine as FrameAnalyzer builds it by name."""
+    from fer_runtime.detectors import BlazeFaceDetector, HaarDetector
+    from fer_runtime.frames import VIDEO_DETECT_MAX_SIDE, VIDEO_TILES
+
+    name, _, opts = spec.partition(":")
+    if name == "haar":
+        return HaarDetector(max_side=VIDEO_DETECT_MAX_SIDE)
+    kw = {"tiles": VIDEO_TILES, **{k: int(v) for k, v in (o.split("=") for o in opts.split(",") if o)}}
+    return BlazeFaceDetector(**kw)
+
+
+def face_crops(engines: list) -> list[np.ndarray]:
+    """Three faces that every engine finds when pasted at 150 px: the photos' faces, then FER crops."""
     from fer_runtime import detect_faces, read_image
-    from fer_runtime.frames import VIDEO_DETECT_MAX_SIDE
 
     candidates = []
     for name in ("photo_one_face.jpg", "photo_two_faces.jpg"):
         im = read_image(EXAMPLES / name)
-        candidates += [b.crop(im).copy() for b in detect_faces(im, margin=0.05)]
+        candidates += [b.crop(im).copy() for b in detect_faces(im, "haar", margin=0.05)]
     candidates += [cv2.cvtColor(read_image(p), cv2.COLOR_GRAY2BGR) for p in sorted(EXAMPLES.glob("*_0.png"))]
     chosen = []
     for c in candidates:
@@ -78,7 +93,7 @@ def face_crops() -> list[np.ndarray]:
         for x in range(20, W - SIDE, 60):
             f = background()
             place(f, c, x, 150)
-            hits += len(detect_faces(f, max_side=VIDEO_DETECT_MAX_SIDE)) == 1
+            hits += all(len(e.detect(f)) == 1 for e in engines)
         if hits == len(range(20, W - SIDE, 60)):
             chosen.append(c)
         if len(chosen) == 3:
@@ -100,12 +115,12 @@ def scene_video(path: Path, crops: list[np.ndarray], n_faces: int, frames: int) 
     return path
 
 
-def frame_latency(predictor, video: Path, detect_every: int) -> tuple[float, float, float]:
+def frame_latency(predictor, video: Path, detect_every: int, engine) -> tuple[float, float, float]:
     """(p50 ms, p95 ms, mean faces per frame) of FrameAnalyzer.process, decoding outside the timer."""
     from fer_runtime.frames import FrameAnalyzer
     from fer_runtime.video import VideoReader
 
-    analyzer = FrameAnalyzer(predictor, detect_every=detect_every)
+    analyzer = FrameAnalyzer(predictor, detect_every=detect_every, detector=engine)
     times, faces = [], []
     for timed in (False, True):  # a warm-up pass, then the timed one
         analyzer.reset()
@@ -118,6 +133,23 @@ def frame_latency(predictor, video: Path, detect_every: int) -> tuple[float, flo
                     faces.append(len(res))
     p50, p95 = np.percentile(times, [50, 95])
     return float(p50), float(p95), float(np.mean(faces))
+
+
+def detector_latency(engine, video: Path) -> tuple[float, float]:
+    """(p50 ms, p95 ms) of ``engine.detect`` on the frames of ``video``, after one warm-up pass."""
+    from fer_runtime.video import VideoReader
+
+    with VideoReader(video) as reader:
+        frames = [f.image for f in reader]
+    for f in frames[:5]:
+        engine.detect(f)
+    times = []
+    for f in frames:
+        t = time.perf_counter()
+        engine.detect(f)
+        times.append((time.perf_counter() - t) * 1000)
+    p50, p95 = np.percentile(times, [50, 95])
+    return float(p50), float(p95)
 
 
 def throughput(predictor, crops48: np.ndarray, batch: int, repeats: int) -> float:
@@ -142,6 +174,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60, help="timed frames per video")
     ap.add_argument("--detect-every", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--detectors", nargs="+", default=["blazeface", "blazeface:tiles=1", "haar"],
+                    help="face detectors for the per-frame rows: blazeface[:tiles=N] or haar")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -156,7 +190,8 @@ def main() -> None:
     missing = [v for v in args.variants if v not in present]
     if not variants:
         raise SystemExit(f"none of {', '.join(args.variants)} is in {model_dir}")
-    crops = face_crops()
+    engines = {d: detector(d) for d in args.detectors}
+    crops = face_crops(list(engines.values()))
     crops48 = np.stack([preprocess(read_image(p)) for p in sorted(EXAMPLES.glob("*_0.png"))]).astype(np.uint8)
 
     rows: dict[str, list[str]] = {}
@@ -170,13 +205,16 @@ def main() -> None:
         for v in variants:
             put("cold start: import + session (ms)", f"{cold_start(model_dir, v, args.repeats) * 1000:.0f}")
             predictor = Predictor(model_dir, model=v, device="cpu")
-            for k in args.detect_every:
-                for n, video in videos.items():
-                    p50, p95, seen = frame_latency(predictor, video, k)
-                    if abs(seen - n) > 0.05:
-                        notes.append(f"{v}, {n} face(s), detect every {k}: {seen:.2f} faces found per frame")
-                    put(f"per frame, {n} face{'s' if n > 1 else ''}, detect every {k}: p50 / p95 (ms)",
-                        f"{p50:.1f} / {p95:.1f}")
+            for d, engine in engines.items():
+                for k in args.detect_every:
+                    for n, video in videos.items():
+                        p50, p95, seen = frame_latency(predictor, video, k, engine)
+                        if abs(seen - n) > 0.05:
+                            notes.append(f"{v}, {d}, {n} face(s), detect every {k}: {seen:.2f} faces found per frame")
+                        put(f"per frame, {d}, {n} face{'s' if n > 1 else ''}, detect every {k}: p50 / p95 (ms)",
+                            f"{p50:.1f} / {p95:.1f}")
+                p50, p95 = detector_latency(engine, videos[1])
+                put(f"{d} alone, one 640x480 frame: p50 / p95 (ms)", f"{p50:.1f} / {p95:.1f}")
             for b in (1, 32, 256):
                 put(f"48x48 crops, batch {b} (img/s)", f"{throughput(predictor, crops48, b, args.repeats):.0f}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

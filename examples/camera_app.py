@@ -14,9 +14,11 @@ import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
+
+from fer_runtime.choices import DETECTORS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -38,6 +40,8 @@ def main(
     model: Optional[str] = typer.Option(None, "--model", help="Model variant (default: the manifest's default)."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Exported model folder."),
     detect_every: int = typer.Option(1, "--detect-every", min=1, help="Run face detection on every Nth frame."),
+    detector: Literal[DETECTORS] = typer.Option(DETECTORS[0], "--detector",  # type: ignore[valid-type]
+                                                help="Face detector: blazeface (ONNX) or haar (OpenCV)."),
     smoothing: float = typer.Option(0.7, "--smoothing", min=0.0, max=0.99, help="EMA weight of the past, 0 = off."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
     headless: bool = typer.Option(False, "--headless", help="Never open a window (automatic without a display)."),
@@ -56,7 +60,7 @@ def main(
         typer.echo("note: no window and no --out; only a per-frame summary is printed", err=True)
     try:
         analyzer = FrameAnalyzer(Predictor(model_dir=model_dir, model=model), detect_every=detect_every,
-                                 smoothing=smoothing)
+                                 smoothing=smoothing, detector=detector)
         with ExitStack() as stack:
             reader = stack.enter_context(VideoReader(int(source) if source.isdigit() else source))
             writer = stack.enter_context(VideoWriter(out, reader.fps)) if out is not None else None

@@ -5,8 +5,8 @@ Modules (TensorFlow is imported by the modules that need it, never by this packa
 * :mod:`fer_export.twin` - gradient twins of each supported Keras layer; ``logits_fn(model)``,
   ``check_model(model)`` (ExportError naming an unsupported layer).
 * :mod:`fer_export.graphs` - ensemble ``tf.function``s: ``make_forward_fn``, ``make_saliency_fn``
-  (what is exported), ``make_reference_saliency_fn`` / ``tf_saliency`` (TF's own gradients of the
-  original models), ``keras_outputs``, ``keras_member_logits``.
+  (what is exported). TF's own reference (member logits, probabilities, gradients of the original
+  models) is :mod:`fer_train.inference`.
 * :mod:`fer_export.calibrate` - temperature scaling (numpy only): ``fit_temperature``, ``calibration_record``.
 * :mod:`fer_export.convert` - tf2onnx conversion, ONNX metadata, checker + onnxruntime load.
 * :mod:`fer_export.verify` - numeric comparison of the ONNX graphs with Keras/TF.

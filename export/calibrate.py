@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fer_export.errors import ExportError
+from fer_runtime.numeric import log_softmax
 from fer_train.metrics import expected_calibration_error
 
 __all__ = ["T_MIN", "T_MAX", "ensemble_log_probs", "ensemble_probs", "ensemble_nll", "fit_temperature",
@@ -41,9 +42,7 @@ def _stack(member_logits: Sequence[np.ndarray], y: np.ndarray | None = None) -> 
 
 def _log_probs(z: np.ndarray, temperature: float) -> np.ndarray:
     """log of the mean over axis 0 of softmax(z / T): [N, C], computed with log-sum-exp."""
-    s = z / temperature
-    log_sm = s - np.logaddexp.reduce(s, axis=2, keepdims=True)
-    return np.logaddexp.reduce(log_sm, axis=0) - math.log(len(z))
+    return np.logaddexp.reduce(log_softmax(z, temperature, axis=2), axis=0) - math.log(len(z))
 
 
 def ensemble_log_probs(member_logits: Sequence[np.ndarray], temperature: float = 1.0) -> np.ndarray:

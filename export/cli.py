@@ -4,19 +4,15 @@ TensorFlow is imported inside the command, so ``fer-export --help`` stays fast.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+from fer_runtime.exitcodes import cli_errors, run_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Export Keras FER2013 models (a run, an ensemble, or .keras files) to verified ONNX graphs.")
-
-
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(1)
 
 
 def _temperature(text: str) -> float | str:
@@ -45,27 +41,22 @@ def export(
                                                          "Kaggle CSV); default: the repo's test fixture."),
     verify_count: int = typer.Option(200, help="At most this many real images for the numeric verification."),
     description: str = typer.Option("", help="Variant description for the manifest (default: generated)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show TensorFlow's own start-up messages."),
 ) -> None:
     """Export RUN_OR_ENSEMBLE... as one ensemble into --out, verify it, and print the checks."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.console import Console
     from rich.table import Table
 
-    from fer_export.errors import ExportError
-
     console = Console(stderr=True)
-    try:
-        import tensorflow as tf
+    with cli_errors():
+        from fer_train.tf_env import import_tensorflow
 
-        tf.get_logger().setLevel("ERROR")
+        import_tensorflow(verbose).get_logger().setLevel("ERROR")
         from fer_export.exporter import export_models
 
         res = export_models(sources, out, variant=variant, opset=opset, temperature=_temperature(temperature), tta=tta,
                             verify_data=verify_data, verify_count=verify_count, description=description,
                             log=lambda s: console.print(f"[dim]{s}[/dim]"))
-    except ExportError as e:
-        _fail(str(e))
-        return
     rep = res.report
     table = Table(title=f"verification: {rep.source} ({rep.images} images)")
     table.add_column("check")
@@ -77,19 +68,19 @@ def export(
     v = res.manifest.variants[res.variant]
     if v.calibration:
         c = v.calibration
-        typer.echo(f"temperature {c['temperature']:.4f} fitted on {c['fitted_on']} ({c['images']} images, TTA {v.tta}): "
-                   f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+        typer.echo(f"temperature {c.temperature:.4f} fitted on {c.fitted_on} ({c.images} images, TTA {v.tta}): "
+                   f"NLL {c.nll_before:.4f} -> {c.nll_after:.4f}, ECE {c.ece_before:.4f} -> {c.ece_after:.4f}")
     for m in v.members:
-        acc = m["public_test_accuracy"]
-        typer.echo(f"member {m['name']}: {m['params']} params, PublicTest accuracy "
-                   f"{'unknown' if acc is None else f'{acc:.4f}'} ({m['accuracy_from']})")
+        acc = m.public_test_accuracy
+        typer.echo(f"member {m.name}: {m.params} params, PublicTest accuracy "
+                   f"{'unknown' if acc is None else f'{acc:.4f}'} ({m.accuracy_from})")
     for p in (res.forward, res.saliency, res.manifest_path):
         typer.echo(f"wrote {p}")
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    run_app(app, "fer-export")
 
 
 if __name__ == "__main__":

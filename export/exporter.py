@@ -1,15 +1,13 @@
 """The export itself: Keras members -> verified ONNX forward + saliency graphs and ``manifest.json``.
 
-Everything is built and verified in memory, then written to a temporary directory beside
-``out`` and moved in with ``os.replace`` (ONNX files first, the manifest last). On any failure an
-:class:`ExportError` is raised and ``out`` is left as it was.
+Everything is built and verified in memory, then written into a staged copy of ``out`` that is
+exchanged with ``out`` in one step (:func:`fer_runtime.atomic.atomic_dir`): the manifest and the files
+it hashes change together or not at all, even if the process is killed. On any failure an
+:class:`ExportError` (or the ``OSError`` of a full disk) is raised and ``out`` is left as it was.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +15,17 @@ from typing import Any, Callable, Sequence
 
 from fer_export.errors import ExportError
 from fer_export.verify import VerifyReport
+from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.errors import FerRuntimeError
 from fer_runtime.labels import IMAGE_SIZE, LABELS
-from fer_runtime.manifest import (MANIFEST_NAME, FileEntry, Manifest, Variant, read_manifest, sha256_bytes,
-                                  write_manifest)
+from fer_runtime.manifest import (DEFAULT_VARIANT, MANIFEST_NAME, Calibration, FileEntry, InputSpec, Manifest,
+                                  Variant, read_manifest, sha256_bytes, variant_file_names, write_manifest)
 
-DEFAULT_VARIANT = "accurate"
 AUTO_TEMPERATURE = "auto"  # fit the temperature on PublicTest (fer_export.calibrate)
 CALIBRATION_SPLIT = "PublicTest"
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fer2013_small.csv.gz"
 _VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
-INPUT_SPEC = {"name": "image", "shape": [None, IMAGE_SIZE, IMAGE_SIZE, 1], "dtype": "float32",
-              "color": "gray", "range": [0, 255]}
 
 
 @dataclass
@@ -46,10 +42,8 @@ class ExportResult:
 
 
 def file_names(variant: str) -> tuple[str, str]:
-    """(forward, saliency) file names: ``fer_ensemble.onnx``/``fer_saliency.onnx`` for ``accurate``."""
-    if variant == DEFAULT_VARIANT:
-        return "fer_ensemble.onnx", "fer_saliency.onnx"
-    return f"fer_{variant}.onnx", f"fer_{variant}_saliency.onnx"
+    """(forward, saliency) file names of a variant (the rule is :func:`fer_runtime.manifest.variant_file_names`)."""
+    return variant_file_names(variant)
 
 
 def producer_versions(opset: int) -> dict[str, Any]:
@@ -104,28 +98,15 @@ def _batch_dim_as_n(model: Any) -> None:
             dims[0].dim_param = "N"
 
 
-def _move_in(tmp: Path, out: Path, names: Sequence[str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        os.replace(tmp / n, out / n)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(path, 0o644)
-
-
 def _fit_temperature(models: Sequence[Any], data: Any, tta: str) -> tuple[float, dict[str, Any]]:
     """Fit T on the PublicTest split of ``data`` with the variant's TTA; (T, the manifest's calibration dict)."""
-    from fer_export import calibrate, graphs
+    from fer_export import calibrate
+    from fer_train import inference
 
     split = data[CALIBRATION_SPLIT]
     if len(split) == 0 or (split.y < 0).any():
         raise ExportError(f"--temperature auto: the {CALIBRATION_SPLIT} rows of {data.path} must be labelled and non-empty")
-    z = graphs.keras_member_logits(models, split.x, tta)  # [N, members, views, 7]
+    z = inference.member_logits(models, split.x, tta)  # [N, members, views, 7]
     terms = [z[:, k, v] for k in range(z.shape[1]) for v in range(z.shape[2])]
     t = calibrate.fit_temperature(terms, split.y)
     return t, calibrate.calibration_record(terms, split.y, t, CALIBRATION_SPLIT)
@@ -196,12 +177,12 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
         f"{len(members)}-member ensemble ({', '.join(m.name for m in members)})"
     fitted = f" (fitted on {CALIBRATION_SPLIT})" if auto else ""
     desc = description or f"{what}; temperature {temperature:.4g}{fitted}, TTA {tta}"
-    manifest = existing or Manifest(labels=list(LABELS), input={}, variants={}, files={})
-    manifest.input = {**INPUT_SPEC, "preprocessing_in_graph": preprocessing_text(models)}
+    manifest = existing or Manifest(labels=list(LABELS), input=InputSpec(), variants={}, files={})
+    manifest.input = InputSpec(preprocessing_in_graph=preprocessing_text(models))
     manifest.variants[variant] = Variant(forward=fwd_name, saliency=sal_name,
                                          members=[m.manifest_entry() for m in members],
                                          temperature=temperature, tta=tta, description=desc,
-                                         calibration=calibration)
+                                         calibration=Calibration(**calibration) if calibration else None)
     manifest.producer = producer_versions(opset)
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest.default_variant = DEFAULT_VARIANT if DEFAULT_VARIANT in manifest.variants else (
@@ -218,7 +199,7 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
         sessions[name] = convert.check_onnx_bytes(blobs[name], name, ins, outs)
         manifest.files[name] = FileEntry(sha256_bytes(blobs[name]), len(blobs[name]),
                                          convert.tensor_specs(proto.graph.input), convert.tensor_specs(proto.graph.output))
-    used = {f for v in manifest.variants.values() for f in (v.forward, v.saliency) if f}
+    used = manifest.referenced_files()  # keeps the face detector's entry too
     manifest.files = {k: v for k, v in manifest.files.items() if k in used}
     Manifest.from_dict(manifest.to_dict())  # the runtime's own validation must accept it
 
@@ -227,14 +208,11 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     report = verify.verify_export(sessions[fwd_name], sessions[sal_name], models, images, real, source,
                                   temperature, tta)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
-    try:
+    # The manifest and the files it hashes change together: a staged copy of `out` is exchanged with it in one
+    # step, so a kill or a full disk at any point leaves the previous folder as it was.
+    with atomic_dir(out) as stage:
         for name, data_bytes in blobs.items():
-            _write_file(tmp / name, data_bytes)
-        write_manifest(tmp, manifest)
-        _move_in(tmp, out, [*blobs, MANIFEST_NAME])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            atomic_write(stage / name, data_bytes)
+        write_manifest(stage, manifest)
     log(f"done in {time.time() - t0:.1f}s")
     return ExportResult(out, variant, out / fwd_name, out / sal_name, out / MANIFEST_NAME, manifest, report)

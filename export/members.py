@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from fer_export.errors import ExportError
-from fer_train import runs
+from fer_runtime.manifest import MemberEntry
+from fer_train import inference, runs
 
 METRICS = "metrics.json"
 
@@ -30,10 +31,11 @@ class Member:
     public_test_accuracy: float | None = None
     accuracy_from: str = "unknown"  # metrics.json | history.csv | computed | unknown
 
-    def manifest_entry(self) -> dict[str, Any]:
+    def manifest_entry(self) -> MemberEntry:
+        """The member's record in the manifest."""
         acc = None if self.public_test_accuracy is None else round(float(self.public_test_accuracy), 6)
-        return {"name": self.name, "params": self.params, "public_test_accuracy": acc,
-                "accuracy_from": self.accuracy_from}
+        return MemberEntry(name=self.name, params=self.params, public_test_accuracy=acc,
+                           accuracy_from=self.accuracy_from)
 
 
 def member_paths(sources: Sequence[str | Path]) -> list[Path]:
@@ -61,22 +63,11 @@ def member_name(path: Path) -> str:
 
 
 def load_member(path: str | Path) -> Any:
-    """Load a ``.keras`` file for inference (no optimizer) with every layer computing in float32.
-
-    Mixed-precision members are switched to float32 so the export (which is float32) and the
-    Keras reference it is verified against compute the same thing.
-    """
-    import keras
-
-    path = Path(path)
+    """Load a ``.keras`` file by :func:`fer_train.inference.load_model` (no optimizer, float32); ExportError if unreadable."""
     try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as e:  # keras raises many types for corrupt or foreign files
-        raise ExportError(f"{path}: cannot load the Keras model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
-    if any(l.compute_dtype != "float32" for l in model.layers):
-        for l in model.layers:
-            l.dtype_policy = "float32"
-    return model
+        return inference.load_model(path)
+    except inference.KerasInferenceError as e:
+        raise ExportError(str(e)) from None
 
 
 def recorded_accuracy(path: Path) -> tuple[float | None, str]:
@@ -107,9 +98,7 @@ def recorded_accuracy(path: Path) -> tuple[float | None, str]:
 
 def public_test_accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy of one Keras model on raw 0..255 images ``x`` with labels ``y``."""
-    from fer_train.evaluate import predict_probs
-
-    return float((predict_probs([model], x, batch_size=batch_size).argmax(1) == y).mean())
+    return float((inference.predict_probs([model], x, batch_size=batch_size).argmax(1) == y).mean())
 
 
 def load_members(sources: Sequence[str | Path], data: Any | None = None) -> list[Member]:

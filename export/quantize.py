@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from fer_export.errors import ExportError
-from fer_runtime.manifest import FileEntry, load_verified, read_manifest, sha256_bytes, write_manifest
+from fer_runtime.atomic import atomic_dir, atomic_write
+from fer_runtime.manifest import FileEntry, Quantization, load_verified, read_manifest, sha256_bytes, write_manifest
 
 MIN_AGREEMENT = 0.99  # argmax agreement with the float graph
 MAX_ACCURACY_LOSS = 0.005  # accuracy points (fraction) the int8 graph may lose
@@ -57,12 +58,13 @@ class QuantizeReport:
                 ("accuracy int8", f"{self.accuracy_int8:.4f}", ""),
                 ("accuracy loss", f"{self.accuracy_loss:+.4f}", f"<= {self.max_accuracy_loss:g}")]
 
-    def manifest_entry(self) -> dict[str, Any]:
+    def manifest_entry(self) -> Quantization:
         """The ``quantization`` record stored on the variant."""
-        return {"source": self.source, "method": "onnxruntime quantize_static, QDQ, int8 weights per channel, "
-                f"int8 activations ({CALIBRATE_METHODS[self.calibrate_method]}), float softmax", "calibration_images": self.calibration_images,
-                "eval_images": self.eval_images, "agreement": round(self.agreement, 6),
-                "accuracy_fp32": round(self.accuracy_fp32, 6), "accuracy_int8": round(self.accuracy_int8, 6)}
+        return Quantization(source=self.source, method="onnxruntime quantize_static, QDQ, int8 weights per channel, "
+                            f"int8 activations ({CALIBRATE_METHODS[self.calibrate_method]}), float softmax",
+                            calibration_images=self.calibration_images, eval_images=self.eval_images,
+                            agreement=round(self.agreement, 6), accuracy_fp32=round(self.accuracy_fp32, 6),
+                            accuracy_int8=round(self.accuracy_int8, 6))
 
 
 class QuantizationRefusedError(ExportError):
@@ -152,7 +154,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     if len(labels) != len(evalx):
         raise ExportError(f"{len(evalx)} evaluation images but {len(labels)} labels")
     src = manifest.variants[source]
-    input_name = str(manifest.input.get("name", "image"))
+    input_name = manifest.input.name
     fp32_bytes = load_verified(model_dir, manifest, src.forward)
 
     with tempfile.TemporaryDirectory(prefix="fer-quantize-") as tmp:
@@ -196,27 +198,14 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
         report.reason = "; ".join(problems)
         raise QuantizationRefusedError(f"{target} not shipped: {report.reason} on {len(evalx)} images", report)
 
-    variant.quantization = report.manifest_entry()
+    manifest.variants[target] = dataclasses.replace(variant, quantization=report.manifest_entry())
     manifest.files[fwd_name] = FileEntry(sha256_bytes(data), len(data), convert.tensor_specs(proto.graph.input),
                                          convert.tensor_specs(proto.graph.output))
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     type(manifest).from_dict(manifest.to_dict())  # the runtime's own validation must accept it
-    _write_atomic(model_dir / fwd_name, data)
-    write_manifest(model_dir, manifest)
+    with atomic_dir(model_dir) as stage:  # the file and the manifest that hashes it change together
+        atomic_write(stage / fwd_name, data)
+        write_manifest(stage, manifest)
     report.shipped, report.reason, report.forward = True, "passed", model_dir / fwd_name
     log(f"wrote {model_dir / fwd_name} and added variant {target!r}")
     return report
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

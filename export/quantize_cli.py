@@ -8,10 +8,13 @@ from pathlib import Path
 
 import typer
 
+from fer_runtime.exitcodes import PARTIAL, cli_errors, fatal, run_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 @app.command()
+@cli_errors()
 def quantize(
     data: Path = typer.Option(..., "--data", help="Kaggle fer2013.csv(.gz): Training for calibration, PublicTest for the gate."),
     model_dir: Path = typer.Option(Path("models"), "--model-dir", help="Exported model folder with manifest.json."),
@@ -30,9 +33,7 @@ def quantize(
     from rich.console import Console
     from rich.table import Table
 
-    from fer_export.errors import ExportError
     from fer_export.quantize import QuantizationRefusedError, quantize_variant
-    from fer_runtime.errors import FerRuntimeError
     from fer_train.data import DataFormatError, load_source
 
     console = Console(stderr=True)
@@ -40,19 +41,16 @@ def quantize(
         splits = load_source(data)
         train, test = splits["Training"], splits["PublicTest"]
     except (DataFormatError, KeyError, OSError) as e:
-        typer.echo(f"error: {data}: {' '.join(str(e).split())} (a Kaggle CSV with Training and PublicTest is needed)", err=True)
-        raise typer.Exit(2) from None
+        where = "" if str(data) in str(e) else f"{data}: "
+        raise fatal(f"{where}{e} (a Kaggle CSV with Training and PublicTest is needed)") from None
     pick = np.random.default_rng(seed).choice(len(train.x), min(calibration_count, len(train.x)), replace=False)
     report, error = None, None
     try:
         report = quantize_variant(model_dir, train.x[np.sort(pick)], test.x, test.y, source=source, target=target,
                                   min_agreement=min_agreement, max_accuracy_loss=max_accuracy_loss,
                                   calibrate_method=method, log=lambda s: console.print(f"[dim]{s}[/dim]"))
-    except QuantizationRefusedError as e:
+    except QuantizationRefusedError as e:  # a gate refusal: the table, then exit 1 (other errors: cli_errors, exit 2)
         report, error = e.report, str(e)
-    except (ExportError, FerRuntimeError) as e:
-        typer.echo(f"error: {' '.join(str(e).split())}", err=True)
-        raise typer.Exit(2) from None
     table = Table(title=f"{source} -> {target}: {report.eval_images} PublicTest images, "
                         f"{report.calibration_images} calibration images")
     for col in ("check", "value", "limit"):
@@ -62,13 +60,13 @@ def quantize(
     Console().print(table)
     if error is not None:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(PARTIAL)
     typer.echo(f"wrote {report.forward}; variant {target!r} added to {model_dir / 'manifest.json'}")
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="fer-quantize")
+    """Console-script entry point (exit codes: :mod:`fer_runtime.exitcodes`)."""
+    run_app(app, "fer-quantize")
 
 
 if __name__ == "__main__":  # pragma: no cover

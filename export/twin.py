@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from fer_export.errors import ExportError
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
+from fer_train import inference
 
 TensorFn = Callable[[tf.Tensor], tf.Tensor]
 
@@ -390,18 +391,12 @@ def _plan_layer(layer: Any, in_shape: tuple) -> TwinStep | None:
                       "Activation, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dropout")
 
 
-def _is_softmax(layer: Any) -> bool:
-    return type(layer).__name__ == "Activation" and getattr(layer.activation, "__name__", "") == "softmax"
-
-
 def logits_layer(model: Any) -> Any:
-    """The layer whose output is the model's logits: the one named ``logits``, else the input of a final softmax."""
-    names = [l.name for l in model.layers]
-    if "logits" in names:
-        return model.get_layer("logits")
-    if model.layers and _is_softmax(model.layers[-1]) and len(model.layers) >= 2:
-        return model.layers[-2]
-    raise ExportError(f"model {model.name!r} has no layer named 'logits' and does not end in a softmax Activation")
+    """The model's logits layer by :func:`fer_train.inference.logits_layer`; ExportError if it has none."""
+    try:
+        return inference.logits_layer(model)
+    except inference.KerasInferenceError as e:
+        raise ExportError(str(e)) from None
 
 
 def _chain(model: Any) -> list[Any]:
@@ -438,14 +433,14 @@ def plan_model(model: Any) -> list[TwinStep]:
     layers = _chain(model)
     steps: list[TwinStep] = []
     tail = layers[layers.index(target) + 1:]
-    if len(tail) != 1 or not _is_softmax(tail[0]):
+    if len(tail) != 1 or not inference.is_softmax(tail[0]):
         raise ExportError(f"model {model.name!r}: expected exactly one softmax Activation after {target.name!r}, "
                           f"found {[l.name for l in tail]}")
     chain = layers[: layers.index(target) + 1]
     for l in chain:
         if l.compute_dtype != "float32":
             raise ExportError(f"layer {l.name!r} ({type(l).__name__}) computes in {l.compute_dtype}; load members "
-                              "with fer_export.members.load_member (float32) first")
+                              "with fer_train.inference.load_model (float32) first")
     i = 0
     while i < len(chain):
         l, nxt = chain[i], chain[i + 1] if i + 1 < len(chain) else None

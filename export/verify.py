@@ -25,6 +25,8 @@ import numpy as np
 
 from fer_export.errors import ExportError
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
+from fer_runtime.numeric import cosine_similarity
+from fer_train import inference
 
 PROB_TOL = 1e-4
 REL_TOL = 1e-3
@@ -121,11 +123,7 @@ def saliency_agreement(got: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np
     scale = np.abs(r).max(axis=1, keepdims=True)
     floor = np.maximum(scale * 1e-6, np.finfo(np.float64).tiny)
     rel = np.median(np.abs(g - r) / np.maximum(np.abs(r), floor), axis=1)
-    ng, nr = np.linalg.norm(g, axis=1), np.linalg.norm(r, axis=1)
-    both_zero = (ng == 0) & (nr == 0)
-    cos = np.where(both_zero, 1.0, (g * r).sum(axis=1) / np.maximum(ng * nr, np.finfo(np.float64).tiny))
-    rel = np.where(both_zero, 0.0, rel)
-    return rel, cos
+    return rel, cosine_similarity(g, r)
 
 
 def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
@@ -146,12 +144,15 @@ def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[
     Image ``i`` asks for the saliency of class ``i % 7``. Returns the report, or raises
     ExportError quoting the failing number and image index.
     """
-    from fer_export.graphs import FORWARD_OUTPUTS, SALIENCY_OUTPUTS, keras_outputs, tf_saliency
+    from fer_export.graphs import FORWARD_OUTPUTS, SALIENCY_OUTPUTS, check_options
 
+    check_options(temperature, tta)
     x = np.asarray(images, np.float32)
     classes = (np.arange(len(x)) % NUM_CLASSES).astype(np.int64)
-    ref_p, ref_z, ref_mp = keras_outputs(models, x, temperature, tta)
-    ref_g = tf_saliency(models, x, classes, tta, method="reference")
+    z = inference.member_logits(models, x, tta)
+    ref_mp = inference.member_probs(z, temperature).astype(np.float32)
+    ref_p, ref_z = inference.probs_of(z, temperature), z.mean((1, 2)).astype(np.float32)
+    ref_g = inference.reference_saliency(models, x, classes, tta)
     fp, fz, fmp = _run(forward_session, list(FORWARD_OUTPUTS), {"image": x})
     sp, sg = _run(saliency_session, list(SALIENCY_OUTPUTS), {"image": x, "class": classes})
     if fmp.shape != ref_mp.shape:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from fer_runtime.errors import (FerRuntimeError, InvalidImageError, MissingOutputError, ModelIntegrityError,
-                                ModelNotFoundError, ProviderUnavailableError)
+from fer_runtime.errors import (FerRuntimeError, ImageTooLargeError, InvalidImageError, MissingOutputError,
+                                ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError)
 from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES
 
 __version__ = "0.1.0"
@@ -26,6 +26,8 @@ _LAZY = {
     "default_model_dir": "fer_runtime.predictor",
     "Box": "fer_runtime.faces",
     "detect_faces": "fer_runtime.faces",
+    "BlazeFaceDetector": "fer_runtime.detectors",
+    "HaarDetector": "fer_runtime.detectors",
     "read_image": "fer_runtime.images",
     "preprocess": "fer_runtime.images",
     "saliency_figure": "fer_runtime.overlay",
@@ -35,10 +37,11 @@ _LAZY = {
     "VideoReader": "fer_runtime.video",
 }
 
-__all__ = ["FerRuntimeError", "InvalidImageError", "MissingOutputError", "ModelIntegrityError", "ModelNotFoundError",
+__all__ = ["FerRuntimeError", "ImageTooLargeError", "InvalidImageError", "MissingOutputError", "ModelIntegrityError", "ModelNotFoundError",
            "ProviderUnavailableError", "IMAGE_SIZE", "LABELS", "NUM_CLASSES", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fer_runtime.detectors import BlazeFaceDetector, HaarDetector
     from fer_runtime.faces import Box, detect_faces
     from fer_runtime.frames import FaceResult, FrameAnalyzer
     from fer_runtime.images import preprocess, read_image

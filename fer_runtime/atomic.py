@@ -9,17 +9,24 @@ untouched.
 - :func:`atomic_write` for bytes or text in memory;
 - :func:`atomic_open` for a stream (``with atomic_open(p, "w") as f: ...``);
 - :func:`atomic_path` for libraries that write to a path themselves (Keras ``save``, matplotlib
-  ``savefig``, OpenCV ``VideoWriter``): it yields a temporary path with the same suffix.
+  ``savefig``, OpenCV ``VideoWriter``): it yields a temporary path with the same suffix;
+- :func:`atomic_replace` for a file built up over several runs (``fer-infer --resume``'s partial
+  file): it is moved into place the same way once complete;
+- :func:`atomic_dir` for a folder whose files must change together (``models/``: the manifest and
+  the ONNX files it hashes): a staged copy is exchanged with the folder in one step.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_write", "atomic_open", "atomic_path", "file_mode"]
+__all__ = ["atomic_write", "atomic_open", "atomic_path", "atomic_replace", "atomic_dir", "file_mode"]
 
 
 def _umask() -> int:
@@ -108,3 +115,85 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     with atomic_open(path, "wb") as f:
         f.write(raw)
+
+
+def atomic_replace(src: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Move the finished file ``src`` (in the same folder) to ``path``: fsync, permissions, rename, fsync the folder."""
+    src, path = Path(src), Path(path)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _commit(src, path)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):  # this filesystem cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a staged copy of the folder ``path`` (a new empty one if it does not exist); on success the stage
+    replaces ``path`` in one step, so readers see the old folder or the new one, never a mix.
+
+    Write files into the stage as new files (``atomic_write``, ``shutil.copy``); the copies of the old files
+    are real copies, so nothing written there can reach the old folder. On Linux the two folders are exchanged
+    with ``renameat2(RENAME_EXCHANGE)``; elsewhere (or on a filesystem without it) the old folder is renamed
+    away and the stage renamed in, with a moment in between in which ``path`` does not exist. If the block
+    raises, ``path`` is untouched and the stage is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.stage-"))
+    try:
+        if path.is_dir():
+            shutil.copytree(path, stage, symlinks=True, dirs_exist_ok=True)
+            os.chmod(stage, path.stat().st_mode & 0o7777)
+        else:
+            os.chmod(stage, 0o777 & ~_umask())
+        yield stage
+        _fsync_tree(stage)
+        if not path.exists():
+            os.rename(stage, path)
+        elif not _exchange(stage, path):
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            os.rename(path, old / path.name)
+            os.rename(stage, path)
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # the stage, or after an exchange the old folder
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, names in os.walk(folder):
+        for name in names:
+            p = Path(root) / name
+            if p.is_symlink():
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))

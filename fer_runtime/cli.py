@@ -5,55 +5,47 @@ onnxruntime and rich's progress bar are imported inside the command.
 """
 from __future__ import annotations
 
+import os
 import sys
-from enum import Enum
 from itertools import chain
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Literal, Optional
 
 import typer
+
+from fer_runtime.choices import DETECTORS, DEVICES, FACE_MODES, FORMATS
+from fer_runtime.exitcodes import cli_errors, fatal, run_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
-class Faces(str, Enum):
-    auto = "auto"
-    detect = "detect"
-    crop = "crop"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Format(str, Enum):
-    csv = "csv"
-    jsonl = "jsonl"
-
-
-def _fatal(message: str) -> typer.Exit:
-    """Print one ``error: ...`` line on stderr; the caller raises the returned Exit(2)."""
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(code=2)
+# Option types built from the choice tuples (typer checks the value and lists them in --help).
+Faces = Literal[FACE_MODES]  # type: ignore[valid-type]
+Device = Literal[DEVICES]  # type: ignore[valid-type]
+Format = Literal[FORMATS]  # type: ignore[valid-type]
+Detector = Literal[DETECTORS]  # type: ignore[valid-type]
 
 
 @app.command(no_args_is_help=True)
+@cli_errors()
 def infer(
     paths: list[str] = typer.Argument(..., show_default=False, metavar="PATH",
                                       help="Image files, folders (searched recursively) or globs."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", dir_okay=False,
-                                       help="Output file, written atomically. Default: stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Output file, written atomically. Default: stdout. With --ray, a folder "
+                                            "X.parquet/ gets a Parquet dataset written by the workers."),
     fmt: Optional[Format] = typer.Option(None, "--format", "-f",
                                          help="Output format. Default: jsonl for .jsonl/.json outputs, else csv."),
-    faces: Faces = typer.Option(Faces.auto, "--faces",
-                                help="auto: detect faces, else use the whole image; detect: only detected faces; "
+    faces: Faces = typer.Option("auto", "--faces",
+                                help="auto: an image up to 128 px is one face, in a larger one the detected faces (none found: "
+                                     "a row with source 'none' and no label); detect: only detected faces; "
                                      "crop: the whole image is one face."),
+    detector: Detector = typer.Option(DETECTORS[0], "--detector",
+                                      help="Face detector: blazeface (ONNX, in the model folder) or haar (OpenCV)."),
     saliency_dir: Optional[Path] = typer.Option(None, "--saliency-dir", file_okay=False,
                                                 help="Write a PNG per face: original | saliency | focus."),
-    device: Device = typer.Option(Device.auto, "--device", help="auto: CUDA if usable, else CPU."),
+    device: Device = typer.Option("auto", "--device", help="auto: CUDA if usable, else CPU."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", file_okay=False,
                                              help="Exported model folder. Default: the packaged models "
                                                   "($FER_MODEL_DIR overrides)."),
@@ -61,86 +53,116 @@ def infer(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per inference batch."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Let OpenCV and the image codecs (libpng, libjpeg) print their own messages."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue an interrupted run with the same inputs and --out after its last "
+                                     "complete row (a killed run leaves OUT.partial and OUT.progress.json)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=0,
+                                             help="Refuse images whose header declares more pixels, before decoding "
+                                                  "them. Default: Pillow's decompression-bomb limit, 178956970 "
+                                                  "(about 179 MP); 0: no limit."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS",
+                                              help="Run on Ray Data: local (start Ray on this machine), auto (the "
+                                                   "cluster running here) or a cluster address (ray://host:10001). "
+                                                   "Inputs may then also be pyarrow URIs (s3://, gs://). Needs the "
+                                                   "ray extra."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="With --ray: inference actors (one CPU each). Default: the cluster's "
+                                               "CPUs."),
     every: int = typer.Option(1, "--every", min=1, help="Video: process every Nth frame."),
     detect_every: int = typer.Option(1, "--detect-every", min=1,
                                      help="Video: detect faces on every Nth processed frame; track them in between."),
 ) -> None:
     """Classify the facial expression of every face in PATH... and write one row per face.
 
-    Columns: path, face, x, y, w, h (the face crop), source (detected | whole), label, confidence, p_<class> per class, error.
+    Columns: path, face, x, y, w, h (the face crop), source (detected | whole | none), score (detection), label,
+    confidence, p_<class> per class, error.
 
     A single video file (.mp4 .avi .mov .mkv .webm .m4v, or anything OpenCV opens as a video) gives one row per face
     per processed frame, with the columns frame, timestamp_ms, track in front (source: detected | tracked).
 
-    Exit status: 0 ok, 1 if any file could not be read, 2 on a fatal error (model missing or corrupt, no inputs).
+    Exit status: 0 ok, 1 if any file could not be read, 2 on a fatal error (model missing or corrupt, no inputs),
+    130 interrupted, 141 stdout closed by its reader.
     """
     from fer_runtime.errors import FerRuntimeError
     from fer_runtime.images import IMAGE_EXTENSIONS
-    from fer_runtime.inputs import collect_inputs
-    from fer_runtime.results import RowWriter, columns, format_for
+    from fer_runtime.inputs import collect_inputs, exclude_under
+    from fer_runtime.results import format_for
     from fer_runtime.video import is_video_file
 
     videos = [p for p in paths if is_video_file(p)]
     if videos:
         if len(paths) > 1:
-            raise _fatal(f"give one video at a time (got {len(paths)} inputs, {len(videos)} of them video)")
-        if saliency_dir is not None or faces == Faces.crop:
-            raise _fatal("--saliency-dir and --faces crop are for images, not video")
+            raise fatal(f"give one video at a time (got {len(paths)} inputs, {len(videos)} of them video)")
+        if saliency_dir is not None or faces == "crop":
+            raise fatal("--saliency-dir and --faces crop are for images, not video")
+        if resume:
+            raise fatal("--resume is for image runs with --out, not video")
         _infer_video(Path(videos[0]), out, fmt, device, model_dir, model, batch_size, threads, quiet, every,
-                     detect_every)
+                     detect_every, detector)
         return
+    if ray_address is not None:
+        if saliency_dir is not None:
+            raise fatal("--saliency-dir is not supported with --ray")
+        _infer_ray(paths, out, fmt, ray_address, workers, resume, quiet,
+                   dict(model_dir=model_dir, model=model, batch_size=batch_size),
+                   dict(device=device, threads=threads, faces=faces, max_pixels=_pixel_limit(max_pixels),
+                        detector=detector))
+        return
+    if workers is not None:
+        raise fatal("--workers needs --ray")
 
     files, missing = collect_inputs(paths)
     if saliency_dir is not None:  # never feed our own figures back in on a re-run
-        sal_root = saliency_dir.resolve()
-        files = [f for f in files if not f.resolve().is_relative_to(sal_root)]
+        files = exclude_under(files, saliency_dir)
     if not files:
         if missing:
-            raise _fatal(f"no such file or directory: {', '.join(missing)}")
-        raise _fatal(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(paths)}")
+            raise fatal(f"no such file or directory: {', '.join(missing)}")
+        raise fatal(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(paths)}")
     if out is not None and not out.parent.is_dir():
-        raise _fatal(f"output folder {out.parent} does not exist")
+        raise fatal(f"output folder {out.parent} does not exist")
     if out is not None and out.is_dir():
-        raise _fatal(f"--out {out} is a folder")
+        raise fatal(f"--out {out} is a folder")
+    if resume and out is None:
+        raise fatal("--resume needs --out FILE (stdout cannot be continued)")
     if saliency_dir is not None:
         try:
             saliency_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _fatal(f"cannot create --saliency-dir {saliency_dir}: {e.strerror or e}") from None
+            raise fatal(f"cannot create --saliency-dir {saliency_dir}: {e.strerror or e}") from None
 
-    from fer_runtime.pipeline import Row, error_row, infer_files
     from fer_runtime.predictor import Predictor
 
     try:
-        predictor = Predictor(model_dir=model_dir, model=model, device=device.value, batch_size=batch_size,
+        predictor = Predictor(model_dir=model_dir, model=model, device=device, batch_size=batch_size,
                               threads=threads)
         if saliency_dir is not None:
             predictor.load_saliency()
+        if faces != "crop":  # verify and load the detector before any output exists
+            from fer_runtime.detectors import get_detector
+
+            get_detector(detector, predictor.model_dir)
     except (FerRuntimeError, ValueError) as e:
-        raise _fatal(str(e)) from None
+        raise fatal(str(e)) from None
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    n_rows = n_faces = n_failed = 0
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, disable=quiet, transient=False)
-    missing_rows: list[Row] = [error_row(m, "no such file or directory") for m in missing]
+    limit = _pixel_limit(max_pixels)
     try:
-        with progress, RowWriter(out, format_for(out, fmt.value if fmt else None), columns(predictor.labels)) as w:
+        with progress:
             task = progress.add_task("fer-infer", total=len(files))
-            results = infer_files(predictor, files, faces=faces.value, saliency_dir=saliency_dir,
-                                  on_file=lambda _: progress.advance(task))
-            for row in chain(missing_rows, results):
-                w.write(row.fields)
-                n_rows += 1
-                n_failed += row.failed
-                n_faces += row.fields.get("label") is not None
+            n_rows, n_faces, n_failed = _write_image_rows(
+                out, format_for(out, fmt), predictor, files, missing, resume, lambda n: progress.advance(task, n),
+                faces=faces, saliency_dir=saliency_dir, max_pixels=limit, quiet=not verbose, detector=detector)
+    except BrokenPipeError:
+        raise  # cli_errors: exit 141, quietly
     except OSError as e:
-        raise _fatal(f"cannot write {out}: {e.strerror or e}") from None
-    except KeyboardInterrupt:
-        raise typer.Exit(code=130) from None
+        raise fatal(f"cannot write {out}: {e.strerror or e}") from None
     if not quiet:
         where = out if out is not None else "stdout"
         console.print(f"{n_faces} face(s) from {len(files)} file(s), {n_failed} failed "
@@ -149,9 +171,140 @@ def infer(
         raise typer.Exit(code=1)
 
 
+def _pixel_limit(max_pixels: int | None) -> int | None:
+    """The --max-pixels value as read_image's ``max_pixels`` (0: none of ours); lets Pillow's header check size
+    images up to it (this process is ours, so Pillow's global limit may follow the option)."""
+    from fer_runtime.images import DEFAULT_MAX_PIXELS
+
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
+    if limit is None or limit > DEFAULT_MAX_PIXELS:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None if limit is None else limit // 2 + 1
+    return limit
+
+
+def _write_image_rows(out: Optional[Path], fmt: str, predictor: Any, files: list[Path], missing: list[str],
+                      resume: bool, advance: Callable[[int], None], chunks: Optional[Callable[..., Any]] = None,
+                      **options: Any) -> tuple[int, int, int]:
+    """Write the rows of ``missing`` then ``files``; return (rows, faces, failed files), earlier runs included.
+
+    stdout gets a plain stream; a file is written through :class:`fer_runtime.resume.ResumableWriter`, committed
+    after each chunk of complete files, so a killed run can be continued with ``--resume``. ``chunks`` computes
+    the rows (default :func:`fer_runtime.pipeline.infer_chunks`; ``--ray`` passes
+    :func:`fer_runtime.distributed.ray_chunks`).
+    """
+    from fer_runtime.pipeline import error_row, infer_chunks
+    from fer_runtime.results import RowWriter, columns
+    from fer_runtime.resume import ResumableWriter
+
+    chunks = chunks or infer_chunks
+    cols = columns(predictor.labels)
+    missing_rows = [error_row(m, "no such file or directory") for m in missing]
+    if out is None:
+        n_rows = n_faces = n_failed = 0
+        with RowWriter(None, fmt, cols) as w:
+            computed = (row for rows, _ in chunks(predictor, files, on_file=lambda _: advance(1), **options)
+                        for row in rows)
+            for row in chain(missing_rows, computed):
+                w.write(row.fields)
+                n_rows, n_faces, n_failed = n_rows + 1, n_faces + (row.fields.get("label") is not None), n_failed + row.failed
+        return n_rows, n_faces, n_failed
+
+    spec = predictor.manifest.variants[predictor.variant]
+    settings = {"faces": options.get("faces"), "model": predictor.variant,
+                "model_sha256": predictor.manifest.files[spec.forward].sha256,
+                "saliency_dir": None if options.get("saliency_dir") is None else str(options["saliency_dir"])}
+    with ResumableWriter(out, fmt, cols, [*missing, *map(str, files)], settings, resume=resume) as w:
+        skip = w.inputs_done
+        for row in missing_rows[skip:]:
+            w.write(row.fields, row.failed)
+        if skip < len(missing):
+            w.commit(len(missing))
+        base = max(skip, len(missing))
+        advance(base - len(missing))
+        for rows, done in chunks(predictor, files[base - len(missing):], on_file=lambda _: advance(1), **options):
+            for row in rows:
+                w.write(row.fields, row.failed)
+            w.commit(base + done)
+    return w.state.rows, w.state.faces, w.state.failed
+
+
+def _infer_ray(paths: list[str], out: Optional[Path], fmt: Optional[str], address: str, workers: Optional[int],
+               resume: bool, quiet: bool, model_options: dict[str, Any], run_options: dict[str, Any]) -> None:
+    """The ``--ray`` branch of :func:`infer`: the same rows, computed by Ray Data actors
+    (:mod:`fer_runtime.distributed`); CSV/JSONL/stdout are streamed to this process in input order, a Parquet
+    folder is written by the workers."""
+    from functools import partial
+
+    from fer_runtime import distributed as dist
+    from fer_runtime.images import IMAGE_EXTENSIONS
+    from fer_runtime.predictor import Predictor
+    from fer_runtime.results import format_for
+
+    files, missing = dist.expand_inputs(paths)
+    if not files:
+        if missing:
+            raise fatal(f"no such file or directory: {', '.join(missing)}")
+        raise fatal(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(paths)}")
+    parquet = out is not None and dist.is_parquet_out(out)
+    if out is not None and not out.parent.is_dir():
+        raise fatal(f"output folder {out.parent} does not exist")
+    if out is not None and not parquet and out.is_dir():
+        raise fatal(f"--out {out} is a folder (a Parquet output folder is named X.parquet)")
+    if resume and out is None:
+        raise fatal("--resume needs --out FILE (stdout cannot be continued)")
+    # The driver's predictor verifies the model before Ray starts and names it; each worker builds its own.
+    predictor = Predictor(**model_options, device="cpu", threads=1)
+    if run_options["faces"] != "crop":
+        from fer_runtime.detectors import get_detector
+
+        get_detector(run_options["detector"], predictor.model_dir)
+    # A local Ray gets one logical CPU more than the workers hold, for Ray Data's own tasks (the Parquet writes).
+    local_workers = workers or os.cpu_count() or 1
+    started = dist.connect(address, num_cpus=local_workers + 1 if address == "local" else None)
+    try:
+        import ray
+
+        n = local_workers if address == "local" else workers or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = Console(stderr=True)
+        progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TimeRemainingColumn(), console=console, disable=quiet)
+        if parquet:
+            assert out is not None
+            if not quiet:
+                console.print(f"fer-infer: {len(files)} file(s) on {n} Ray worker(s) -> {out}/", highlight=False)
+            dist.predict_to_parquet(predictor, [str(f) for f in files], missing, out, resume, workers=n,
+                                    **run_options)
+            n_rows, n_faces, n_failed = dist.parquet_counts(out)
+        else:
+            with progress:
+                task = progress.add_task(f"fer-infer on {n} Ray worker(s)", total=len(files))
+                chunks = partial(dist.ray_chunks, workers=n, device=run_options["device"],
+                                 threads=run_options["threads"])
+                n_rows, n_faces, n_failed = _write_image_rows(
+                    out, format_for(out, fmt), predictor, files, missing, resume,
+                    lambda k: progress.advance(task, k), chunks=chunks, faces=run_options["faces"],
+                    max_pixels=run_options["max_pixels"], detector=run_options["detector"])
+    except BrokenPipeError:
+        raise  # cli_errors: exit 141, quietly
+    finally:
+        if started:
+            ray.shutdown()
+    if not quiet:
+        console.print(f"{n_faces} face(s) from {len(files)} file(s), {n_failed} failed -> "
+                      f"{out if out is not None else 'stdout'} ({n_rows} rows, Ray, {n} worker(s))",
+                      highlight=False, soft_wrap=True)
+    if n_failed:
+        raise typer.Exit(code=1)
+
+
 def _infer_video(path: Path, out: Optional[Path], fmt: Optional[Format], device: Device, model_dir: Optional[Path],
                  model: Optional[str], batch_size: int, threads: Optional[int], quiet: bool, every: int,
-                 detect_every: int) -> None:
+                 detect_every: int, detector: str = DETECTORS[0]) -> None:
     """The video branch of :func:`infer`: one row per face per processed frame."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -164,21 +317,21 @@ def _infer_video(path: Path, out: Optional[Path], fmt: Optional[Format], device:
     from fer_runtime.video import VideoReader
 
     if out is not None and (not out.parent.is_dir() or out.is_dir()):
-        raise _fatal(f"--out {out}: {'is a folder' if out.is_dir() else f'folder {out.parent} does not exist'}")
+        raise fatal(f"--out {out}: {'is a folder' if out.is_dir() else f'folder {out.parent} does not exist'}")
     try:
-        predictor = Predictor(model_dir=model_dir, model=model, device=device.value, batch_size=batch_size,
+        predictor = Predictor(model_dir=model_dir, model=model, device=device, batch_size=batch_size,
                               threads=threads)
         with VideoReader(path) as probe:  # fail before the output exists, and size the progress bar
             total = probe.frame_count
-        analyzer = FrameAnalyzer(predictor, detect_every=detect_every)
+        analyzer = FrameAnalyzer(predictor, detect_every=detect_every, detector=detector)
     except (FerRuntimeError, ValueError) as e:
-        raise _fatal(str(e)) from None
+        raise fatal(str(e)) from None
     console = Console(stderr=True)
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, disable=quiet, transient=False)
     n_rows = n_frames = 0
     try:
-        with progress, RowWriter(out, format_for(out, fmt.value if fmt else None), video_columns(predictor.labels)) as w:
+        with progress, RowWriter(out, format_for(out, fmt), video_columns(predictor.labels)) as w:
             task = progress.add_task(f"fer-infer {path.name}", total=total)
             for row in infer_video(analyzer, path, every=every,
                                    on_frame=lambda f: progress.update(task, completed=min(f.index + 1, total or f.index + 1))):
@@ -187,11 +340,11 @@ def _infer_video(path: Path, out: Optional[Path], fmt: Optional[Format], device:
             n_frames = analyzer.frames_processed
             progress.update(task, completed=total or n_frames)
     except FerRuntimeError as e:
-        raise _fatal(str(e)) from None
+        raise fatal(str(e)) from None
+    except BrokenPipeError:
+        raise  # cli_errors: exit 141, quietly
     except OSError as e:
-        raise _fatal(f"cannot write {out}: {e.strerror or e}") from None
-    except KeyboardInterrupt:
-        raise typer.Exit(code=130) from None
+        raise fatal(f"cannot write {out}: {e.strerror or e}") from None
     if not quiet:
         console.print(f"{n_rows} face row(s) from {n_frames} processed frame(s) of {path} -> "
                       f"{out if out is not None else 'stdout'} ({', '.join(predictor.providers)})",
@@ -199,8 +352,8 @@ def _infer_video(path: Path, out: Optional[Path], fmt: Optional[Format], device:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="fer-infer")
+    """Console-script entry point (exit codes: :mod:`fer_runtime.exitcodes`)."""
+    run_app(app, "fer-infer")
 
 
 if __name__ == "__main__":  # pragma: no cover

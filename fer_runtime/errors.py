@@ -27,6 +27,10 @@ class ModelIntegrityError(FerRuntimeError):
         self.path, self.expected, self.actual = path, expected, actual
 
 
+class ManifestVersionError(ModelIntegrityError):
+    """The manifest's ``format_version`` has a major version this fer-toolkit cannot read."""
+
+
 class ProviderUnavailableError(FerRuntimeError):
     """An execution provider was asked for but is not available, or onnxruntime dropped it."""
 
@@ -37,6 +41,10 @@ class MissingOutputError(FerRuntimeError):
 
 class InvalidImageError(FerRuntimeError, ValueError):
     """An input image is unreadable, empty, or of an unsupported shape or dtype."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """An image file's header declares more pixels than the limit; it was refused before decoding."""
 
 
 class InvalidVideoError(FerRuntimeError, ValueError):

@@ -1,4 +1,4 @@
-"""The exit codes and the error wrapper shared by all four commands (fer-infer, fer-train, fer-export, fer-quantize).
+"""The exit codes and the error wrapper shared by every command (fer-infer, fer-train, fer-export, fer-quantize, fer-analyze).
 
 | code | meaning |
 |---|---|
@@ -43,27 +43,42 @@ def fatal(message: object) -> typer.Exit:
 def cli_errors(*user_errors: type[BaseException]) -> Iterator[None]:
     """Turn the toolkit's typed errors (and ``user_errors``) into one line and exit 2; Ctrl-C into 130.
 
-    ``OSError`` counts as the user's (a missing file, a full disk, a read-only folder). Anything
-    else is a bug and keeps its traceback.
+    ``OSError`` counts as the user's (a missing file, a full disk, a read-only folder). A closed stdout
+    pipe exits 141 without a word. Anything else is a bug and keeps its traceback.
     """
     try:
         yield
+    except BrokenPipeError:  # the reader of stdout went away: nothing left to say to anyone
+        _quiet_stdout()
+        raise typer.Exit(code=PIPE_CLOSED) from None
     except (FerError, OSError, *user_errors) as e:
-        if isinstance(e, BrokenPipeError):
-            raise
-        msg = e.strerror if isinstance(e, OSError) and e.strerror and not isinstance(e, FerError) else e
-        if isinstance(e, OSError) and getattr(e, "filename", None) and not isinstance(e, FerError):
-            msg = f"{e.filename}: {msg}"
-        raise fatal(str(msg).strip("'\"")) from None
+        raise fatal(_message(e)) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(code=INTERRUPTED) from None
 
 
+def _message(e: BaseException) -> str:
+    """What a user needs from ``e``: an OSError's file and reason, a KeyError's key without repr quotes."""
+    if isinstance(e, OSError) and not isinstance(e, FerError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if getattr(e, "filename", None) else e.strerror
+    if isinstance(e, KeyError) and not isinstance(e, FerError) and len(e.args) == 1:
+        return str(e.args[0])
+    return str(e)
+
+
 def run_app(app: Callable[..., object], prog_name: str) -> None:
-    """Run a typer app as a console script; a closed stdout pipe ends it quietly with exit code 141."""
+    """Run a typer app as a console script; a closed stdout pipe ends it quietly with exit code 141.
+
+    Inside a command :func:`cli_errors` turns the pipe error into exit 141. Output still buffered when the
+    command ends (``--help | head -c1``) is flushed here, so that the interpreter's own flush at exit
+    cannot fail with "Exception ignored ... BrokenPipeError" and exit code 120.
+    """
     try:
-        app(prog_name=prog_name)
+        try:
+            app(prog_name=prog_name)  # a typer app in standalone mode always ends in SystemExit
+        finally:
+            sys.stdout.flush()
     except BrokenPipeError:
         _quiet_stdout()
         sys.exit(PIPE_CLOSED)

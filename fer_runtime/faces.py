@@ -1,75 +1,99 @@
-"""Face detection with OpenCV's frontal-face Haar cascade, and cropping with a margin."""
+"""Finding the faces in an image and cropping each the way FER2013's 48x48 frames were cropped.
+
+The engines live in :mod:`fer_runtime.detectors`; this module turns their boxes into the crops the
+classifier sees. For BlazeFace boxes that is :data:`FER_CROP`, measured by ``bench/crop_geometry.py``:
+on FER2013's PublicTest faces the detector's box is 0.847 of the frame side wide (median) and its centre
+lies 0.090 of a side below the frame centre, so a crop is a square 1.18 box widths wide, centred 0.09 of
+its side above the box centre. Haar boxes keep the older rule, a 15% margin on every side.
+"""
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-import cv2
 import numpy as np
 
-from fer_runtime.images import to_uint8
+from fer_runtime.boxes import Box
+from fer_runtime.detectors import DEFAULT_DETECTOR, HAAR_MAX_SIDE, FaceDetector, HaarDetector, get_detector
 
-CASCADE_FILE = "haarcascade_frontalface_default.xml"
-DETECT_MAX_SIDE = 1024  # detection runs on a copy no larger than this; boxes are mapped back
-_cascade: cv2.CascadeClassifier | None = None
-_lock = threading.Lock()  # CascadeClassifier is not documented as thread-safe
+__all__ = ["Box", "CropRule", "FER_CROP", "HAAR_MARGIN", "FACE_CROP_MAX_SIDE", "detect_faces", "detect_faces_batch",
+           "fer_crop", "is_face_crop"]
+
+DETECT_MAX_SIDE = HAAR_MAX_SIDE  # the earlier name
+HAAR_MARGIN = 0.15  # Haar boxes are grown by this fraction of their size on every side
+# An image whose longer side is at most the detector's input size (128 px) is taken to be a face crop
+# (FER2013's are 48x48): `--faces auto` classifies it whole instead of looking for faces in it.
+FACE_CROP_MAX_SIDE = 128
 
 
 @dataclass(frozen=True)
-class Box:
-    """A face box in pixel coordinates of the original image (x, y = top-left corner)."""
+class CropRule:
+    """A square crop from a detector box: side = ``scale`` x box width, centre = box centre + (dx, dy) x side."""
 
-    x: int
-    y: int
-    w: int
-    h: int
+    scale: float
+    dx: float
+    dy: float
 
-    def crop(self, image: np.ndarray) -> np.ndarray:
-        """The box's region of ``image`` (a view)."""
-        return image[self.y:self.y + self.h, self.x:self.x + self.w]
-
-    def expand(self, margin: float, width: int, height: int) -> "Box":
-        """Grow by ``margin`` of the box size on every side, clipped to a width x height image."""
-        dx, dy = int(round(self.w * margin)), int(round(self.h * margin))
-        x0, y0 = max(0, self.x - dx), max(0, self.y - dy)
-        x1, y1 = min(width, self.x + self.w + dx), min(height, self.y + self.h + dy)
-        return Box(x0, y0, x1 - x0, y1 - y0)
+    def apply(self, box: Box) -> Box:
+        side = max(1, int(round(self.scale * box.w)))
+        cx = box.x + box.w / 2 + self.dx * side
+        cy = box.y + box.h / 2 + self.dy * side
+        return replace(box, x=int(round(cx - side / 2)), y=int(round(cy - side / 2)), w=side, h=side)
 
 
-def _get_cascade() -> cv2.CascadeClassifier:
-    global _cascade
-    if _cascade is None:
-        path = cv2.data.haarcascades + CASCADE_FILE
-        c = cv2.CascadeClassifier(path)
-        if c.empty():
-            raise RuntimeError(f"cannot load the OpenCV Haar cascade {path}")
-        _cascade = c
-    return _cascade
+# measured with `python bench/crop_geometry.py --data ../shared/data/fer2013/fer2013.csv.gz` (README, "Crops")
+FER_CROP = CropRule(scale=1.18, dx=0.0, dy=-0.09)
 
 
-def detect_faces(image: np.ndarray, margin: float = 0.15, min_face: float = 0.04,
-                 max_side: int = DETECT_MAX_SIDE, scale_factor: float = 1.1) -> list[Box]:
-    """Find frontal faces in ``image`` (gray, BGR or BGRA, any dtype).
+def fer_crop(box: Box, rule: CropRule = FER_CROP) -> Box:
+    """The FER2013-framed crop around a BlazeFace box (it may extend past the image: :meth:`Box.crop` pads)."""
+    return rule.apply(box)
 
-    Returns boxes in original-image pixels, each grown by ``margin`` (fraction of the face size per side)
-    and clipped to the image, ordered left to right. ``min_face`` is the smallest face side as a fraction
-    of the image's shorter side (but at least the cascade's 24 px). Large images are searched on a copy
-    downscaled to ``max_side`` pixels. ``scale_factor`` is the cascade's pyramid step (larger: faster, and
-    more faces between two scales are missed).
+
+def is_face_crop(image: np.ndarray) -> bool:
+    """True for an image small enough to be a face crop itself (longer side <= :data:`FACE_CROP_MAX_SIDE`)."""
+    return max(image.shape[:2]) <= FACE_CROP_MAX_SIDE
+
+
+def _crops(image: np.ndarray, boxes: list[Box], engine: FaceDetector, margin: float | None) -> list[Box]:
+    """Detector boxes -> classifier crops: the FER rule for BlazeFace, a margin (clipped to the image) otherwise."""
+    h, w = image.shape[:2]
+    if margin is None and engine.name != "haar":
+        return [fer_crop(b) for b in boxes]
+    m = HAAR_MARGIN if margin is None else margin
+    return [b.expand(m, w, h) for b in boxes]
+
+
+def _engine(detector: str | FaceDetector, model_dir: str | os.PathLike[str] | None, min_face: float | None,
+            max_side: int | None, scale_factor: float | None) -> FaceDetector:
+    haar_opts = {k: v for k, v in (("min_face", min_face), ("max_side", max_side), ("scale_factor", scale_factor))
+                 if v is not None}
+    if haar_opts:
+        if detector != "haar":
+            raise ValueError(f"min_face, max_side and scale_factor are options of detector='haar', not {detector!r}")
+        return HaarDetector(**haar_opts)
+    return get_detector(detector, model_dir)
+
+
+def detect_faces(image: np.ndarray, detector: str | FaceDetector = DEFAULT_DETECTOR, *, margin: float | None = None,
+                 model_dir: str | os.PathLike[str] | None = None, min_face: float | None = None,
+                 max_side: int | None = None, scale_factor: float | None = None) -> list[Box]:
+    """The faces in ``image`` (gray, BGR or BGRA, any dtype) as crops for the classifier, left to right.
+
+    ``detector``: ``"blazeface"`` (default; the ONNX detector listed in ``model_dir``'s manifest, default the
+    packaged models), ``"haar"``, or an engine object (:mod:`fer_runtime.detectors`). Each box carries the
+    detector's ``score`` (None for Haar) and ``keypoints``. BlazeFace boxes are cropped by :data:`FER_CROP`
+    (square, and possibly reaching past the image edge); Haar boxes grow by :data:`HAAR_MARGIN` and are clipped.
+    ``margin`` replaces either rule by that margin. ``min_face``, ``max_side`` and ``scale_factor`` configure
+    the Haar cascade (see :class:`fer_runtime.detectors.HaarDetector`).
     """
-    img = to_uint8(np.asarray(image))
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    height, width = img.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    small = cv2.resize(img, (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1.0 else img
-    small = cv2.equalizeHist(small)
-    side = max(24, int(min(small.shape[:2]) * min_face))
-    if min(small.shape[:2]) < side:
-        return []
-    with _lock:
-        found = _get_cascade().detectMultiScale(small, scaleFactor=scale_factor, minNeighbors=5, minSize=(side, side))
-    boxes = [Box(int(round(x / scale)), int(round(y / scale)), int(round(w / scale)), int(round(h / scale)))
-             .expand(margin, width, height) for (x, y, w, h) in (found if len(found) else [])]
-    return sorted(boxes, key=lambda b: (b.x, b.y))
+    engine = _engine(detector, model_dir, min_face, max_side, scale_factor)
+    return _crops(image, engine.detect(image), engine, margin)
+
+
+def detect_faces_batch(images: Sequence[np.ndarray], detector: str | FaceDetector = DEFAULT_DETECTOR, *,
+                       margin: float | None = None, model_dir: str | os.PathLike[str] | None = None) -> list[list[Box]]:
+    """:func:`detect_faces` for many images at once (BlazeFace runs them through its graph in batches)."""
+    engine = get_detector(detector, model_dir)
+    return [_crops(im, boxes, engine, margin) for im, boxes in zip(images, engine.detect_batch(images))]

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from fer_runtime.detectors import DEFAULT_DETECTOR, FaceDetector, HaarDetector, get_detector
 from fer_runtime.errors import InvalidImageError
 from fer_runtime.faces import Box, detect_faces
 from fer_runtime.images import to_uint8
@@ -15,7 +16,10 @@ from fer_runtime.results import prob_column
 from fer_runtime.tracking import IouTracker, ema
 
 Detector = Callable[[np.ndarray], list[Box]]
-VIDEO_DETECT_MAX_SIDE = 320  # video frames are searched at this size: ~4x faster than full 640x480, same boxes
+VIDEO_DETECT_MAX_SIDE = 320  # Haar searches video frames at this size: ~4x faster than full 640x480, same boxes
+# BlazeFace looks at whole video frames only: webcam faces are near the camera, and the tiles that find small
+# faces in photos cost about 5x the time (README, "Face detection and crops")
+VIDEO_TILES = 0
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,15 @@ class FaceResult:
     def to_row(self, labels: list[str], path: str = "", face: int = 0) -> dict[str, Any]:
         """An output row (see :func:`fer_runtime.results.video_columns`) with the raw label and probabilities.
 
-        ``face`` is the face's position within its frame; ``source`` is ``detected`` or ``tracked``.
+        ``face`` is the face's position within its frame; ``source`` is ``detected`` or ``tracked``; ``score``
+        is the detection score of the box (for a tracked box, that of the detection it was carried over from).
         """
         k = self.raw_index
         row: dict[str, Any] = {"frame": self.frame, "timestamp_ms": self.timestamp_ms, "track": self.track,
                                "path": path, "face": face, "x": self.box.x, "y": self.box.y, "w": self.box.w,
                                "h": self.box.h, "source": "detected" if self.detected else "tracked",
-                               "label": labels[k], "confidence": float(self.probs[k]), "error": None}
+                               "score": self.box.score, "label": labels[k], "confidence": float(self.probs[k]),
+                               "error": None}
         row.update({prob_column(l): float(v) for l, v in zip(labels, self.probs)})
         return row
 
@@ -81,16 +87,22 @@ class FrameAnalyzer:
             last detection are re-classified in their last boxes.
         smoothing: EMA weight of the past, in [0, 1): 0 = no smoothing, 0.7 = a new frame counts 30%.
         iou_threshold, max_missed: tracker settings (see :class:`fer_runtime.tracking.IouTracker`).
-        detector: ``frame -> list[Box]``; default OpenCV's Haar cascade on a copy at most 320 px wide.
-        scale_factor: the default detector's pyramid step; 1.2 instead of 1.1 makes detection about 2.5x
-            faster but misses more faces (see the README's runtime benchmark).
+        detector: an engine name (``"blazeface"``, the default, or ``"haar"``), an engine object
+            (:mod:`fer_runtime.detectors`), or any callable ``frame -> list[Box]`` (its boxes are used as they
+            are). Engines' boxes are cropped as :func:`fer_runtime.faces.detect_faces` does; BlazeFace comes from
+            the predictor's model folder if its manifest lists one, else from the packaged models, and by name
+            it looks at the whole frame only (``BlazeFaceDetector()`` adds the tiles that find small faces).
+        margin: replaces the engine's crop rule by this margin (see :func:`fer_runtime.faces.detect_faces`).
+        scale_factor: the Haar cascade's pyramid step (``detector="haar"``, which searches a copy at most 320 px
+            wide); 1.2 instead of 1.1 makes it about 2.5x faster but misses more faces.
 
     All frames must have the same size; call :meth:`reset` before switching to another source.
     """
 
     def __init__(self, predictor: Predictor, detect_every: int = 1, smoothing: float = 0.7, *,
-                 iou_threshold: float = 0.3, max_missed: int = 2, detector: Detector | None = None,
-                 margin: float = 0.15, scale_factor: float = 1.1) -> None:
+                 iou_threshold: float = 0.3, max_missed: int = 2,
+                 detector: str | FaceDetector | Detector | None = None, margin: float | None = None,
+                 scale_factor: float = 1.1) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if scale_factor <= 1.0:
@@ -99,8 +111,19 @@ class FrameAnalyzer:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         self.predictor = predictor
         self.detect_every, self.smoothing = int(detect_every), float(smoothing)
-        self.detector: Detector = detector if detector is not None else (
-            lambda im: detect_faces(im, margin=margin, max_side=VIDEO_DETECT_MAX_SIDE, scale_factor=scale_factor))
+        if detector is None:
+            detector = DEFAULT_DETECTOR
+        if detector == "haar":
+            detector = HaarDetector(max_side=VIDEO_DETECT_MAX_SIDE, scale_factor=scale_factor)
+        elif isinstance(detector, str):
+            detector = get_detector(detector, predictor.model_dir, tiles=VIDEO_TILES)
+        if hasattr(detector, "detect_batch"):  # an engine: crop its boxes the runtime's way
+            engine: FaceDetector = detector  # type: ignore[assignment]
+            self.detector: Detector = lambda im: detect_faces(im, engine, margin=margin)
+        elif callable(detector):
+            self.detector = detector
+        else:
+            raise ValueError(f"detector must be an engine name, an engine or a callable, got {detector!r}")
         self.tracker = IouTracker(iou_threshold, max_missed)
         self.labels = predictor.labels
         self._count = 0

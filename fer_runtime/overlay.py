@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 
 from fer_runtime.images import resize, to_uint8
+from fer_runtime.numeric import normalise_saliency
 
 PANEL = 160  # side of each square panel, pixels
 CAPTION = 24  # height of the caption bar above the panels
@@ -34,11 +35,7 @@ def _fit(image: np.ndarray, side: int = PANEL) -> np.ndarray:
 
 def smooth_map(saliency: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian-blur a saliency map (sigma in pixels) and rescale it to max 1 again."""
-    m = np.asarray(saliency, np.float32)
-    if sigma > 0:
-        m = cv2.GaussianBlur(m, (0, 0), sigma)
-    peak = float(m.max(initial=0.0))
-    return m / peak if peak > 0 else m
+    return normalise_saliency(np.asarray(saliency, np.float32)[None], sigma)[0]
 
 
 def saliency_figure(face: np.ndarray, saliency: np.ndarray, caption: str, threshold: float = THRESHOLD,

@@ -7,19 +7,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from fer_runtime.choices import FACE_MODES
 from fer_runtime.errors import InvalidImageError
-from fer_runtime.faces import Box, detect_faces
+from fer_runtime.detectors import DEFAULT_DETECTOR, FaceDetector, get_detector
+from fer_runtime.faces import Box, detect_faces, is_face_crop
 from fer_runtime.frames import FrameAnalyzer
-from fer_runtime.images import preprocess, read_image, resize, write_image
+from fer_runtime.images import DEFAULT_MAX_PIXELS, preprocess, read_image, resize, write_image
 from fer_runtime.overlay import PANEL, saliency_figure
 from fer_runtime.predictor import Predictor
 from fer_runtime.results import prob_column
 from fer_runtime.video import VideoFrame, VideoReader
 
-FACE_MODES = ("auto", "detect", "crop")
 NO_FACE = "no face detected"
+NONE = "none"  # the source of an `auto` row for an image in which no face was found (no label, not an error)
 
 
 @dataclass
@@ -49,13 +52,23 @@ def error_row(path: str, message: str, failed: bool = True) -> Row:
     return Row({"path": path, "error": message}, failed=failed)
 
 
-def _face_boxes(image: np.ndarray, mode: str, margin: float) -> list[tuple[Box, str]]:
+def _one_line(e: BaseException) -> str:
+    """An expected error as one line for the error column (the class name if it has no message)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = " ".join(str(e).split())
+    return text or e.__class__.__name__
+
+
+def _face_boxes(image: np.ndarray, mode: str, margin: float | None,
+                detector: FaceDetector | None) -> list[tuple[Box, str]]:
+    """The crops to classify: the whole image (``crop``, or ``auto`` on an image small enough to be a face
+    crop itself, :func:`fer_runtime.faces.is_face_crop`), else the detected faces (possibly none)."""
     h, w = image.shape[:2]
-    whole = [(Box(0, 0, w, h), "whole")]
-    if mode == "crop":
-        return whole
-    found = [(b, "detected") for b in detect_faces(image, margin=margin)]
-    return found or (whole if mode == "auto" else [])
+    if mode == "crop" or (mode == "auto" and is_face_crop(image)):
+        return [(Box(0, 0, w, h), "whole")]
+    assert detector is not None
+    return [(b, "detected") for b in detect_faces(image, detector, margin=margin)]
 
 
 class _FigureNames:
@@ -72,53 +85,96 @@ class _FigureNames:
         return self.folder / name
 
 
-def infer_files(predictor: Predictor, files: Iterable[Path], faces: str = "auto", margin: float = 0.15,
-                saliency_dir: Path | None = None, on_file: Callable[[Path], None] | None = None) -> Iterator[Row]:
+@dataclass(frozen=True)
+class Source:
+    """An image that is not a local file (bytes, an array, a remote object): ``name`` goes in the path column and
+    ``load()`` returns the decoded image or raises :class:`InvalidImageError` as :func:`read_image` does.
+    :func:`infer_files` takes these wherever it takes a path (:mod:`fer_runtime.distributed` uses them)."""
+
+    name: str
+    load: Callable[[], np.ndarray]
+
+
+def infer_files(predictor: Predictor, files: Iterable[Path | Source], faces: str = "auto",
+                margin: float | None = None, saliency_dir: Path | None = None,
+                on_file: Callable[[Path], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                quiet: bool = True, *, detector: str | FaceDetector = DEFAULT_DETECTOR) -> Iterator[Row]:
     """Yield result rows for ``files`` in order: one per face, or one error row per unreadable file.
 
     ``faces``: ``crop`` (the whole image is the face), ``detect`` (only detected faces; an image without one
-    gets a row with error "no face detected" that does not count as failed) or ``auto`` (detect, fall back to
-    the whole image). Faces are predicted ``predictor.batch_size`` at a time. With ``saliency_dir`` a figure is
-    written per face. ``on_file`` is called after each file is read.
+    gets a row with error "no face detected" that does not count as failed) or ``auto``: an image whose longer
+    side is at most 128 px is taken to be a face crop and classified whole (source ``whole``); in a larger one
+    the detected faces are classified, and if there is none the file gets one row with source ``none``, no
+    label, no probabilities and no error. ``detector`` (an engine name or object, :mod:`fer_runtime.detectors`)
+    finds the faces; ``margin`` replaces its crop rule (:func:`fer_runtime.faces.detect_faces`).
+    Faces are predicted ``predictor.batch_size`` at a time. With ``saliency_dir`` a figure is
+    written per face. ``on_file`` is called after each file is read. Files whose header declares more than
+    ``max_pixels`` pixels get an error row without being decoded; ``quiet`` keeps the codecs' messages off
+    stderr (:func:`fer_runtime.images.read_image`).
+    """
+    for rows, _ in infer_chunks(predictor, files, faces, margin, saliency_dir, on_file, max_pixels, quiet,
+                                detector=detector):
+        yield from rows
+
+
+def infer_chunks(predictor: Predictor, files: Iterable[Path | Source], faces: str = "auto",
+                 margin: float | None = None, saliency_dir: Path | None = None,
+                 on_file: Callable[[Path], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 quiet: bool = True, *,
+                 detector: str | FaceDetector = DEFAULT_DETECTOR) -> Iterator[tuple[list[Row], int]]:
+    """:func:`infer_files` in chunks: ``(rows, files_done)`` after each batch.
+
+    All rows of a file are in one chunk, so ``files_done`` (counted from the start of ``files``) is the
+    number of files whose rows have all been yielded: the point a resumed run continues from.
     """
     if faces not in FACE_MODES:
         raise ValueError(f"faces must be one of {', '.join(FACE_MODES)}, got {faces!r}")
     names = _FigureNames(saliency_dir) if saliency_dir is not None else None
     labels = predictor.labels
+    # the engine is loaded (and its file verified) before the first file is read
+    engine = get_detector(detector, predictor.model_dir) if faces != "crop" else None
     batch = _Batch()
+    done = 0
     for path in files:
-        _read_faces(path, faces, margin, names, batch)
+        _read_faces(path, faces, margin, names, batch, max_pixels, quiet, engine)
+        done += 1
         if on_file is not None:
             on_file(path)
-        if len(batch.faces) >= predictor.batch_size:
-            yield from _flush(predictor, labels, batch)
-    yield from _flush(predictor, labels, batch)
+        if len(batch.faces) >= predictor.batch_size or len(batch.rows) >= predictor.batch_size:
+            yield list(_flush(predictor, labels, batch)), done
+    yield list(_flush(predictor, labels, batch)), done
 
 
-def _read_faces(path: Path, mode: str, margin: float, names: _FigureNames | None, batch: _Batch) -> None:
-    """Decode one file and queue its faces (or an error row)."""
-    p = str(path)
+def _read_faces(item: Path | Source, mode: str, margin: float | None, names: _FigureNames | None, batch: _Batch,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, quiet: bool = True,
+                detector: FaceDetector | None = None) -> None:
+    """Decode one file (or :class:`Source`) and queue its faces (or an error row)."""
+    p = item.name if isinstance(item, Source) else str(item)
+    path = Path(p)
     try:
-        image = read_image(path)
-        boxes = _face_boxes(image, mode, margin)
+        image = item.load() if isinstance(item, Source) else read_image(item, max_pixels=max_pixels, quiet=quiet)
+    except (InvalidImageError, OSError, cv2.error) as e:  # read_image types its own; the others in case
+        batch.rows.append(error_row(p, _one_line(e)))
+        return
+    try:
+        boxes = _face_boxes(image, mode, margin, detector)
         if not boxes:
-            batch.rows.append(error_row(p, NO_FACE, failed=False))
+            batch.rows.append(Row({"path": p, "source": NONE, "error": None}) if mode == "auto"
+                              else error_row(p, NO_FACE, failed=False))
             return
         queued = []
         for k, (box, source) in enumerate(boxes):
             crop = box.crop(image)
-            row = Row({"path": p, "face": k, "x": box.x, "y": box.y, "w": box.w, "h": box.h, "source": source})
+            row = Row({"path": p, "face": k, "x": box.x, "y": box.y, "w": box.w, "h": box.h, "source": source,
+                       "score": box.score})
             face = _Face(row, preprocess(crop))
             if names is not None:  # keep only a figure-sized copy, never the full-size crop
                 s = min(1.0, PANEL / max(crop.shape[:2]))
                 face.display = resize(crop, max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))).copy()
                 face.figure = names(path, k)
             queued.append(face)
-    except InvalidImageError as e:
-        batch.rows.append(error_row(p, str(e)))
-        return
-    except Exception as e:  # never let one bad file end the run (cv2.error, MemoryError, ...)
-        batch.rows.append(error_row(p, f"{e.__class__.__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"))
+    except InvalidImageError as e:  # a decodable file whose content we cannot use; anything else is a bug
+        batch.rows.append(error_row(p, _one_line(e)))
         return
     for face in queued:
         batch.rows.append(face.row)
@@ -141,8 +197,8 @@ def _flush(predictor: Predictor, labels: list[str], batch: _Batch) -> Iterator[R
                 caption = f"{labels[b]} {f.row.fields['confidence']:.0%}  ({f.row.fields['source']})"
                 try:
                     write_image(f.figure, saliency_figure(f.display, m, caption))
-                except Exception as e:
-                    f.row.fields["error"] = f"saliency figure not written: {e}"
+                except (OSError, InvalidImageError) as e:
+                    f.row.fields["error"] = f"saliency figure not written: {_one_line(e)}"
                     f.row.failed = True
     rows, batch.rows, batch.faces = batch.rows, [], []
     yield from rows

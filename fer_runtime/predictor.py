@@ -12,15 +12,33 @@ import numpy as np
 
 from fer_runtime import images as imgs
 from fer_runtime import providers as prov
-from fer_runtime.errors import (FerRuntimeError, MissingOutputError, ModelIntegrityError, ModelNotFoundError,
-                                ProviderUnavailableError)
+from fer_runtime.errors import (FerRuntimeError, InferenceError, MissingOutputError, ModelIntegrityError,
+                                ModelNotFoundError, ProviderUnavailableError)
 from fer_runtime.labels import IMAGE_SIZE
 from fer_runtime.manifest import Manifest, load_verified, read_manifest
+from fer_runtime.numeric import normalise_saliency
 
 MODEL_DIR_ENV = "FER_MODEL_DIR"
 MEMBER_PROBS = "member_probs"
 
 ClassSpec = int | str | Sequence[int | str] | np.ndarray | None
+
+
+def _ort_errors() -> tuple[type[Exception], ...]:
+    """The exception types onnxruntime's core raises (``Fail``, ``EPFail``, ``InvalidArgument``, ...).
+
+    They are pybind11 classes that derive only from ``Exception``; a bug of ours (TypeError, ...) is not among them.
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+    found = tuple(v for v in vars(C).values() if isinstance(v, type) and issubclass(v, Exception))
+    return (*found, RuntimeError)
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of onnxruntime's message (its full text repeats the whole call stack)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
 
 
 def default_model_dir() -> Path:
@@ -47,7 +65,8 @@ class Predictor:
     One instance may be shared between threads.
 
     Raises:
-        ModelNotFoundError, ModelIntegrityError, ProviderUnavailableError.
+        ModelNotFoundError, ModelIntegrityError, ProviderUnavailableError; :class:`InferenceError` from the
+        inference methods when onnxruntime fails while running a model.
     """
 
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, model: str | None = None,
@@ -68,9 +87,10 @@ class Predictor:
         self.device = device
         self._requested = prov.requested_providers(device, providers)
         self._cuda_optional = providers is None and device == "auto"
-        self._input_name = str(self.manifest.input.get("name", "image"))
+        self._input_name = self.manifest.input.name
 
         spec = self.manifest.variants[self.variant]
+        self._forward_file = spec.forward
         self._forward = self._session(spec.forward, inputs=[self._input_name], outputs=["probs"])
         self._saliency_file = spec.saliency
         self._saliency_sess: Any = None
@@ -131,12 +151,12 @@ class Predictor:
         cls = (np.argmax(self._run_forward(x), axis=1).astype(np.int64) if classes is None
                else self._class_array(classes, len(ims)))
         sess = self.load_saliency()
-        grads = [sess.run(["saliency"], {self._input_name: x[i:i + self.batch_size], "class": cls[i:i + self.batch_size]})[0]
+        assert self._saliency_file is not None  # load_saliency() raised otherwise
+        grads = [self._run(sess, self._saliency_file, "saliency",
+                           {self._input_name: x[i:i + self.batch_size], "class": cls[i:i + self.batch_size]})
                  for i in range(0, len(x), self.batch_size)]
-        g = np.abs(np.concatenate(grads, axis=0).reshape(len(x), IMAGE_SIZE, IMAGE_SIZE)) if grads else \
-            np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32)
-        peak = g.reshape(len(g), -1).max(axis=1, initial=0.0)
-        g = np.divide(g, peak[:, None, None], out=np.zeros_like(g, dtype=np.float32), where=peak[:, None, None] > 0)
+        g = normalise_saliency(np.concatenate(grads, axis=0).reshape(len(x), IMAGE_SIZE, IMAGE_SIZE) if grads else
+                               np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32))
         maps = [np.clip(imgs.resize(m.astype(np.float32), im.shape[1], im.shape[0]), 0.0, 1.0) for m, im in zip(g, ims)]
         if len({m.shape for m in maps}) <= 1:
             return np.stack(maps) if maps else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32)
@@ -158,17 +178,23 @@ class Predictor:
         """Verify ``filename`` against the manifest and build an InferenceSession from those same bytes."""
         import onnxruntime as ort
 
+        from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
         data = load_verified(self.model_dir, self.manifest, filename)
         so = ort.SessionOptions()
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
         try:
             sess = ort.InferenceSession(data, sess_options=so, providers=self._requested)
-        except Exception as e:  # onnxruntime raises its own pybind exception types
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-            if e.__class__.__name__ == "EPFail":
-                raise ProviderUnavailableError(f"{filename}: execution provider failed: {msg}") from None
-            raise ModelIntegrityError(f"{self.model_dir / filename}: onnxruntime cannot load it ({msg})",
+        except EPFail as e:  # an execution provider failed to initialise
+            if not (self._cuda_optional and prov.CUDA in prov.provider_names(self._requested)):
+                raise ProviderUnavailableError(f"{self.model_dir / filename}: execution provider failed "
+                                               f"({_reason(e)}); use device='cpu'") from None
+            # device='auto' means CUDA if usable, else CPU: this and every later session of this Predictor use CPU
+            self._requested = [prov.CPU]
+            return self._session(filename, inputs, outputs)
+        except _ort_errors() as e:
+            raise ModelIntegrityError(f"{self.model_dir / filename}: onnxruntime cannot load it ({_reason(e)})",
                                       str(self.model_dir / filename)) from None
         prov.check_session_providers(self._requested, sess, cuda_optional=self._cuda_optional)
         have_in = {i.name for i in sess.get_inputs()}
@@ -204,11 +230,19 @@ class Predictor:
     def _run_forward(self, x: np.ndarray, output: str = "probs", dims: tuple[int, ...] | None = None) -> np.ndarray:
         """One forward-graph ``output`` for ``x``, run ``batch_size`` rows at a time; ``dims`` is its per-row shape
         (default: one value per label), used only for an empty ``x``."""
-        parts = [self._forward.run([output], {self._input_name: x[i:i + self.batch_size]})[0]
+        parts = [self._run(self._forward, self._forward_file, output, {self._input_name: x[i:i + self.batch_size]})
                  for i in range(0, len(x), self.batch_size)]
         if parts:
             return np.concatenate(parts).astype(np.float32, copy=False)
         return np.zeros((0, *(dims or (len(self.manifest.labels),))), np.float32)
+
+    def _run(self, sess: Any, filename: str, output: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """``sess.run([output], feed)[0]``; an onnxruntime failure becomes :class:`InferenceError`."""
+        try:
+            return sess.run([output], feed)[0]
+        except _ort_errors() as e:
+            raise InferenceError(f"{self.model_dir / filename}: onnxruntime failed to run it on "
+                                 f"{', '.join(sess.get_providers())} ({_reason(e)})") from None
 
     def _class_array(self, classes: ClassSpec, n: int) -> np.ndarray:
         """Class indices (or label names), one for all or one per image, as an int64 array of length n."""

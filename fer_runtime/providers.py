@@ -8,17 +8,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fer_runtime.choices import DEVICES
 from fer_runtime.errors import ProviderUnavailableError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
 
 def _name(p: ProviderSpec) -> str:
     return p if isinstance(p, str) else p[0]
+
+
+def provider_names(specs: Sequence[ProviderSpec]) -> list[str]:
+    """The provider names of ``specs`` (names or ``(name, options)`` pairs)."""
+    return [_name(p) for p in specs]
 
 
 def available_providers() -> list[str]:

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-FORMATS = ("csv", "jsonl")
-BASE_COLUMNS = ("path", "face", "x", "y", "w", "h", "source", "label", "confidence")
+from fer_runtime.atomic import atomic_open
+from fer_runtime.choices import FORMATS
+
+# score: the face detector's confidence in [0, 1] (empty for Haar boxes and whole-image rows)
+BASE_COLUMNS = ("path", "face", "x", "y", "w", "h", "source", "score", "label", "confidence")
 VIDEO_COLUMNS = ("frame", "timestamp_ms", "track")  # put in front of the image columns for video input
 
 
@@ -23,7 +26,7 @@ def prob_column(label: str) -> str:
 
 
 def columns(labels: Sequence[str]) -> list[str]:
-    """``path, face, x, y, w, h, source, label, confidence, p_<label>..., error``."""
+    """``path, face, x, y, w, h, source, score, label, confidence, p_<label>..., error``."""
     return [*BASE_COLUMNS, *(prob_column(l) for l in labels), "error"]
 
 
@@ -44,58 +47,53 @@ def format_for(out: Path | None, fmt: str | None) -> str:
 
 
 class RowWriter:
-    """Write rows to ``out`` (atomically: a temp file in the same folder, then ``os.replace``) or to stdout.
+    """Write rows to ``out`` atomically (:func:`fer_runtime.atomic.atomic_open`) or, for ``out=None``, to stdout.
 
-    Use as a context manager; if the block raises, the temp file is removed and ``out`` is untouched.
+    Use as a context manager; if the block raises, ``out`` is left as it was.
     """
 
     def __init__(self, out: Path | None, fmt: str, cols: Sequence[str]) -> None:
         self.out, self.fmt, self.cols = out, fmt, list(cols)
-        self._tmp: str | None = None
+        self._stack = ExitStack()
         self._fh: IO[str] | None = None
-        self._csv: Any = None
 
     def __enter__(self) -> "RowWriter":
         if self.out is None:
             self._fh = sys.stdout
         else:
-            fd, self._tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
-            self._fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
-        if self.fmt == "csv":
-            self._csv = csv.DictWriter(self._fh, fieldnames=self.cols, extrasaction="ignore", lineterminator="\n")
-            self._csv.writeheader()
+            self._fh = self._stack.enter_context(atomic_open(self.out, "w", encoding="utf-8", newline=""))
+        self._fh.write(encode_header(self.fmt, self.cols))
         return self
 
     def write(self, row: dict[str, Any]) -> None:
+        """Write one row (keys are column names; missing ones are empty)."""
         assert self._fh is not None, "use RowWriter as a context manager"
-        if self.fmt == "csv":
-            self._csv.writerow({k: _csv_cell(row.get(k)) for k in self.cols})
-        else:
-            self._fh.write(json.dumps({k: _json_cell(row.get(k)) for k in self.cols}, ensure_ascii=False) + "\n")
+        self._fh.write(encode_row(self.fmt, self.cols, row))
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        if self._tmp is None:
-            if self._fh is not None:
-                self._fh.flush()
+        if self.out is None:
+            if et is None and self._fh is not None:
+                self._fh.flush()  # a closed pipe shows here, inside the caller's error handling
             return
-        try:
-            assert self._fh is not None
-            if et is None:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-            self._fh.close()
-            if et is None:
-                os.chmod(self._tmp, 0o666 & ~_umask())
-                os.replace(self._tmp, self.out)  # type: ignore[arg-type]
-        finally:
-            if os.path.exists(self._tmp):
-                os.unlink(self._tmp)
+        self._stack.__exit__(et, ev, tb)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def encode_header(fmt: str, cols: Sequence[str]) -> str:
+    """The text a file of ``fmt`` starts with: the CSV header line, nothing for JSON lines."""
+    return _csv_line(cols) if fmt == "csv" else ""
+
+
+def encode_row(fmt: str, cols: Sequence[str], row: dict[str, Any]) -> str:
+    """One row as the text of one CSV record or one JSON line (keys are column names; missing ones are empty)."""
+    if fmt == "csv":
+        return _csv_line([_csv_cell(row.get(k)) for k in cols])
+    return json.dumps({k: _json_cell(row.get(k)) for k in cols}, ensure_ascii=False) + "\n"
+
+
+def _csv_line(cells: Sequence[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    return buf.getvalue()
 
 
 def _csv_cell(v: Any) -> Any:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -13,6 +13,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 
+from fer_runtime.atomic import atomic_path
 from fer_runtime.errors import InvalidVideoError
 from fer_runtime.images import is_image_path
 
@@ -118,7 +119,7 @@ class VideoReader:
 
 
 class VideoWriter:
-    """Write BGR frames to ``path`` atomically: a temp file in the same folder, renamed on a clean exit.
+    """Write BGR frames to ``path`` atomically (:func:`fer_runtime.atomic.atomic_path`): renamed into place on a clean exit.
 
     The codec follows the suffix (:data:`FOURCC`); the frame size is taken from the first frame and
     every later frame must match it. Use as a context manager.
@@ -135,16 +136,18 @@ class VideoWriter:
         self._fourcc = cv2.VideoWriter_fourcc(*FOURCC[suffix])
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=suffix)
-        os.close(fd)
+        self._stack = ExitStack()
+        self._tmp: Path | None = None
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
         """Append one BGR uint8 frame."""
+        if self._tmp is None:
+            raise RuntimeError("use VideoWriter as a context manager (with VideoWriter(...) as w)")
         h, w = frame.shape[:2]
         if self._writer is None:
             self._size = (w, h)
-            self._writer = cv2.VideoWriter(self._tmp, self._fourcc, self.fps, (w, h))
+            self._writer = cv2.VideoWriter(str(self._tmp), self._fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
                 raise InvalidVideoError(f"OpenCV cannot encode {self.path.suffix} video here")
         elif (w, h) != self._size:
@@ -153,17 +156,14 @@ class VideoWriter:
         self.frames += 1
 
     def __enter__(self) -> "VideoWriter":
+        self._tmp = self._stack.enter_context(atomic_path(self.path))
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         if self._writer is not None:
             self._writer.release()
-        try:
-            if et is None:
-                if self.frames == 0:
-                    raise InvalidVideoError(f"no frames were written to {self.path}")
-                os.chmod(self._tmp, 0o644)
-                os.replace(self._tmp, self.path)
-        finally:
-            if os.path.exists(self._tmp):
-                os.unlink(self._tmp)
+        if et is None and self.frames == 0:
+            err = InvalidVideoError(f"no frames were written to {self.path}")
+            self._stack.__exit__(InvalidVideoError, err, None)  # removes the temporary file
+            raise err
+        self._stack.__exit__(et, ev, tb)

@@ -1,4 +1,4 @@
-"""``fer-train analyze``: gradients do what they claim, TF and ONNX saliency agree, every subcommand draws, errors are one line."""
+"""``fer-analyze`` (fer_analysis): gradients do what they claim, TF and ONNX saliency agree, every subcommand draws, errors are one line."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,11 @@ pytestmark = pytest.mark.tf
 
 from typer.testing import CliRunner  # noqa: E402
 
+from fer_analysis.cli import app  # noqa: E402
+from fer_analysis.confusion import top_confused_pairs  # noqa: E402
+from fer_analysis.figures import DPI, grid_pixels  # noqa: E402
+from fer_runtime.exitcodes import FATAL  # noqa: E402
 from fer_train import runs  # noqa: E402
-from fer_train.analysis import top_confused_pairs  # noqa: E402
-from fer_train.analysis_figures import DPI, grid_pixels  # noqa: E402
-from fer_train.analysis_gradients import cosine, saliency_maps  # noqa: E402
-from fer_train.cli import app  # noqa: E402
 from fer_train.fit import TrainConfig, fit  # noqa: E402
 from fer_train.models import ModelConfig  # noqa: E402
 from fer_train.pipeline import AugmentConfig  # noqa: E402
@@ -69,7 +69,7 @@ def _assert_size(path: Path, nominal: tuple[int, int]) -> None:
 
 
 def _invoke(*args: str):
-    return CliRunner().invoke(app, ["analyze", *map(str, args)])
+    return CliRunner().invoke(app, [*map(str, args)])
 
 
 # ---- plain numpy helpers -------------------------------------------------------------------------
@@ -84,22 +84,13 @@ def test_top_confused_pairs_are_row_normalised():
     assert pairs[0]["rate"] == pytest.approx(0.5) and pairs[1]["count"] == 10 and pairs[1]["support"] == 100
 
 
-def test_saliency_maps_and_cosine():
-    g = np.zeros((2, 48, 48, 1), np.float32)
-    g[0, 10, 20] = -3.0
-    m = saliency_maps(g, smooth=0)
-    assert m.shape == (2, 48, 48) and m[0, 10, 20] == 1.0 and m[1].max() == 0
-    assert m[0].sum() == 1.0 and saliency_maps(g, smooth=1.0)[0].max() == pytest.approx(1.0)
-    assert cosine(g, 2 * g).tolist() == pytest.approx([1.0, 1.0]) and cosine(g, -g)[0] == pytest.approx(-1.0)
-
-
 # ---- gradients -----------------------------------------------------------------------------------
 
 def test_gradient_ascent_raises_the_target_filters_activation(run):
-    from fer_train.analysis_gradients import filter_ascent
-    from fer_train.evaluate import load_members
+    from fer_analysis.filters import filter_ascent
+    from fer_train.inference import load_models
 
-    model = load_members(run)[0]
+    model = load_models(run)[0]
     for layer in ("b1c1_conv", "b2c1_conv"):
         imgs, first, last = filter_ascent(model, layer, steps=30, seed=1)
         assert imgs.shape == (len(first), 48, 48) and 0 <= imgs.min() and imgs.max() <= 255
@@ -108,11 +99,11 @@ def test_gradient_ascent_raises_the_target_filters_activation(run):
 
 
 def test_fgsm_lowers_accuracy_of_a_trained_model(fitted):
-    from fer_train.analysis_gradients import fgsm, ifgsm, loss_gradient_fn
+    from fer_analysis.adversarial import fgsm, ifgsm, loss_gradient_fn
     from fer_train.data import load_source
-    from fer_train.evaluate import load_members, predict_probs
+    from fer_train.inference import load_models, predict_probs
 
-    models = load_members(fitted / runs.LAST)  # fitted to Training, so it has accuracy to lose there
+    models = load_models(fitted / runs.LAST)  # fitted to Training, so it has accuracy to lose there
     tr = load_source(FIX)["Training"]
     x, y = tr.x[:160].astype(np.float32), tr.y[:160]
     acc = lambda xs: float((predict_probs(models, xs).argmax(1) == y).mean())  # noqa: E731
@@ -129,23 +120,22 @@ def test_fgsm_lowers_accuracy_of_a_trained_model(fitted):
 
 
 def test_onnx_and_tf_saliency_agree(run, tmp_path):
+    from fer_analysis.onnx_saliency import exported_saliency
     from fer_export.exporter import export_models
-
-    from fer_train.analysis_gradients import saliency_tf
-    from fer_train.analysis_onnx import exported_saliency
+    from fer_runtime.numeric import cosine_similarity
     from fer_train.data import load_source
-    from fer_train.evaluate import load_members
+    from fer_train.inference import load_models, reference_saliency
 
     model_dir = tmp_path / "model"
     export_models([run], model_dir, verify_count=8)
     pub = load_source(FIX)["PublicTest"]
     x = np.concatenate([pub.x[:21].astype(np.float32), np.full((1, 48, 48, 1), 128.0, np.float32)])
     cls = np.arange(len(x)) % 7
-    ref = saliency_tf(load_members(run), x, cls)
+    ref = reference_saliency(load_models(run), x, cls)
     with exported_saliency(run, model_dir) as sal:
         got, probs = sal(x, cls)
     assert got.shape == ref.shape == (22, 48, 48, 1) and np.abs(ref).max() > 0
-    assert cosine(got, ref).min() >= 0.999
+    assert cosine_similarity(got, ref).min() >= 0.999
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
 
     # The same check through the CLI, which records the agreement it measured.
@@ -239,7 +229,7 @@ def test_report_is_one_self_contained_html_file(run, dnn, tmp_path):
 ])
 def test_bad_arguments_give_one_line_errors(run, dnn, tmp_path, args, expect):
     r = _invoke(*[a.format(run=run, dnn=dnn, tmp=tmp_path) for a in args])
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == FATAL, r.output
     err = r.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and expect in err, err
     assert "Traceback" not in r.output

@@ -5,6 +5,7 @@ TF's own GradientTape), so a wrong twin, graph or verifier makes these tests fai
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -397,7 +398,7 @@ def test_manifest_hashes_metadata_and_merge(exported):
     assert (cal.forward, cal.saliency) == ("fer_calibrated.onnx", "fer_calibrated_saliency.onnx")
     assert (cal.temperature, cal.tta, acc.temperature, acc.tta) == (2.0, "flip", 1.0, "none")
     assert man.labels == list(LABELS)
-    assert "x/255" in man.input["preprocessing_in_graph"] and man.input["shape"] == [None, 48, 48, 1]
+    assert "x/255" in man.input.preprocessing_in_graph and man.input.shape == [None, 48, 48, 1]
     assert {"tensorflow", "keras", "tf2onnx", "onnx", "opset"} <= set(man.producer) and man.producer["opset"] == 17
     assert raw["created"].endswith("Z")
     assert sorted(man.files) == sorted(["fer_ensemble.onnx", "fer_saliency.onnx", "fer_calibrated.onnx",
@@ -412,15 +413,16 @@ def test_manifest_hashes_metadata_and_merge(exported):
     assert [(t.name, t.shape) for t in man.files["fer_ensemble.onnx"].outputs] == [
         ("probs", [None, 7]), ("logits", [None, 7]), ("member_probs", [None, 2, 1, 7])]  # 2 members, 1 view
     assert man.files["fer_calibrated.onnx"].outputs[2].shape == [None, 3, 2, 7]  # 3 members, 2 views (flip)
-    assert acc.calibration == {} and cal.calibration == {}  # temperatures given by hand
+    assert acc.calibration is None and cal.calibration is None  # temperatures given by hand
+    assert raw["variants"]["accurate"]["calibration"] == {}  # stored as {} as before
     # Members: names, params, accuracy computed on the PublicTest rows of --verify-data.
     res, models, _ = result["2-members"]
     test = load_kaggle_csv(FIX)["PublicTest"]
     for entry, m in zip(acc.members, models):
-        assert entry["params"] == m.count_params()
+        assert entry.params == m.count_params()
         want = float((m.predict(test.x.astype(np.float32), verbose=0).argmax(1) == test.y).mean())
-        assert entry["accuracy_from"] == "computed" and entry["public_test_accuracy"] == pytest.approx(want, abs=1e-6)
-    assert [e["name"] for e in acc.members] == ["member0", "member1"]
+        assert entry.accuracy_from == "computed" and entry.public_test_accuracy == pytest.approx(want, abs=1e-6)
+    assert [e.name for e in acc.members] == ["member0", "member1"]
     # metadata_props in each file equal the manifest's view of its variant; created/producer are those
     # of the file's own export, which for the earlier variant predates the merged manifest's.
     for variant, v in man.variants.items():
@@ -434,7 +436,7 @@ def test_manifest_hashes_metadata_and_merge(exported):
             for k, val in want.items():
                 assert props[k] == val, (fname, k)
             assert json.loads(props["fer.labels"]) == list(LABELS)
-            assert json.loads(props["fer.members"]) == v.members
+            assert json.loads(props["fer.members"]) == raw["variants"][variant]["members"]
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -472,7 +474,7 @@ def test_cli_exports_run_dirs_and_reports(tmp_path):
     for word in ("forward probs: max |onnx - keras|", "cosine, worst", "fer_ensemble.onnx", "fer_saliency.onnx", "manifest.json"):
         assert word in res.output
     man = read_manifest(out)
-    assert [(m["name"], m["public_test_accuracy"], m["accuracy_from"]) for m in man.variants["accurate"].members] == [
+    assert [(m.name, m.public_test_accuracy, m.accuracy_from) for m in man.variants["accurate"].members] == [
         ("cnn_a", 0.375, "history.csv"), ("cnn_b", 0.4, "metrics.json")]
     for fname, entry in man.files.items():
         assert entry.sha256 == sha(out / fname)
@@ -494,7 +496,7 @@ def test_cli_bad_input_is_one_line_error(tmp_path, args, message):
     (run / "best.keras").write_bytes(b"not a keras file")
     argv = [a.format(tmp=tmp_path, run=run) for a in args]
     res = CliRunner().invoke(app, argv)
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output
     lines = [l for l in res.output.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], res.output
     assert not (tmp_path / "m").exists()
@@ -505,7 +507,7 @@ def test_cli_corrupt_keras_file_is_one_line_error(tmp_path):
     run.mkdir()
     (run / "best.keras").write_bytes(b"not a keras file")
     res = CliRunner().invoke(app, [str(run), "--out", str(tmp_path / "m")])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "cannot load the Keras model" in res.output and not (tmp_path / "m").exists()
 
 
@@ -549,7 +551,8 @@ def test_old_forward_graph_without_member_probs(exported, tmp_path):
     (old / "fer_ensemble.onnx").write_bytes(data)
     man = read_manifest(old)
     entry = man.files["fer_ensemble.onnx"]
-    entry.sha256, entry.bytes, entry.outputs = hashlib.sha256(data).hexdigest(), len(data), entry.outputs[:2]
+    man.files["fer_ensemble.onnx"] = dataclasses.replace(entry, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
+                                                         outputs=entry.outputs[:2])
     write_manifest(old, man)
     p = Predictor(old, device="cpu")
     x = images(4)
@@ -574,11 +577,11 @@ def test_temperature_auto_is_fitted_on_public_test(tmp_path):
     cal = read_manifest(tmp_path / "models").variants["fast"]
     assert cal.temperature == pytest.approx(t, rel=1e-3) and cal.temperature != 1.0
     c = cal.calibration
-    assert c["fitted_on"] == "PublicTest" and c["images"] == len(test) and c["temperature"] == cal.temperature
-    assert c["nll_after"] <= c["nll_before"]
-    assert c["nll_before"] == pytest.approx(ensemble_nll(terms, test.y, 1.0), rel=1e-4)
-    assert c["nll_after"] == pytest.approx(ensemble_nll(terms, test.y, t), rel=1e-4)
-    assert 0 <= c["ece_after"] <= 1 and 0 <= c["ece_before"] <= 1
+    assert c.fitted_on == "PublicTest" and c.images == len(test) and c.temperature == cal.temperature
+    assert c.nll_after <= c.nll_before
+    assert c.nll_before == pytest.approx(ensemble_nll(terms, test.y, 1.0), rel=1e-4)
+    assert c.nll_after == pytest.approx(ensemble_nll(terms, test.y, t), rel=1e-4)
+    assert 0 <= c.ece_after <= 1 and 0 <= c.ece_before <= 1
     assert "fitted on PublicTest" in cal.description
     fs = ort.InferenceSession(str(res.forward), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(fs.run(["probs"], {"image": x})[0], ref_outputs(models, x, cal.temperature, True)[0],
@@ -614,6 +617,21 @@ def _bench():
     return mod
 
 
+def _accuracy_rows(printed: str) -> dict[str, list[list[str]]]:
+    """The accuracy table's rows (cells) by variant, from the bench's printed Markdown."""
+    rows: dict[str, list[list[str]]] = {}
+    inside = False
+    for line in printed.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[:3] == ["variant", "model", "TTA"]:
+            inside = True
+        elif not line.startswith("|"):
+            inside = False
+        elif inside and not cells[0].startswith("-"):
+            rows.setdefault(cells[0], []).append(cells)
+    return rows
+
+
 def test_accuracy_bench_recomputes_the_card_from_the_files(exported, tmp_path, capsys):
     """The bench's numbers equal an independent Keras computation; --card gets exactly the printed block."""
     bench = _bench()
@@ -629,11 +647,17 @@ def test_accuracy_bench_recomputes_the_card_from_the_files(exported, tmp_path, c
     data = load_kaggle_csv(FIX)
     _, models, opts = result["3-members-flip-T2"]
     _, models2, _ = result["2-members"]
-    for split in ("PublicTest", "PrivateTest"):
+    table = _accuracy_rows(printed)
+    member_rows = [r for r in table["calibrated"] if r[1].startswith("member ")]
+    member1_flip = member_rows[2 * 1 + 1]  # members in order, each without then with flip TTA
+    ensemble2 = next(r for r in table["accurate"] if r[1] == "**ensemble of 2** (shipped)" and r[2] == "none")
+    assert member1_flip[2] == "flip"
+    for i, split in enumerate(bench.SPLITS):
         x, y = data[split].x.astype(np.float32), data[split].y
         acc1 = (ref_outputs(models[1:2], x, 2.0, True)[0].argmax(1) == y).mean()
         acc_ens = (ref_outputs(models2, x)[0].argmax(1) == y).mean()
-        assert f"{acc1:.4f}" in text and f"{acc_ens:.4f}" in text
+        assert float(member1_flip[3 + 3 * i]) == pytest.approx(acc1, abs=5e-5), split
+        assert float(ensemble2[3 + 3 * i]) == pytest.approx(acc_ens, abs=5e-5), split
     rows = [l for l in printed.splitlines() if l.startswith("| calibrated |")]
     assert len([r for r in rows if "member " in r]) == 3 * 2 and sum("(shipped)" in r for r in rows) == 1
     assert any("**ensemble of 3** (shipped) | flip" in r for r in rows)

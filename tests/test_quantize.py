@@ -70,7 +70,10 @@ def test_refused_variant_writes_nothing(models: Path, data) -> None:
                          max_accuracy_loss=-1.0)  # it would have to gain 100 points
     rep = e.value.report
     assert not rep.shipped and "accuracy loss" in rep.reason and rep.eval_images == len(data["PublicTest"].x)
-    assert 0.0 <= rep.agreement <= 1.0
+    test = data["PublicTest"]
+    p32 = Predictor(models, model="fast", device="cpu").predict(test.x)
+    assert rep.accuracy_fp32 == pytest.approx(np.mean(p32.argmax(1) == test.y))  # measured, not made up
+    assert rep.accuracy_loss == pytest.approx(rep.accuracy_fp32 - rep.accuracy_int8) and rep.accuracy_loss > -1.0
     assert _snapshot(models) == before
 
 
@@ -82,8 +85,8 @@ def test_accepted_variant_is_int8_verified_and_selectable(models: Path, data) ->
     v, src = m.variants["fast-int8"], m.variants["fast"]
     assert v.forward == "fer_fast-int8.onnx" and v.saliency == src.saliency and m.default_variant == "fast"
     assert m.files[v.forward].sha256 == sha256_file(models / v.forward)
-    assert v.quantization["source"] == "fast" and v.quantization["calibration_images"] == 120
-    assert v.quantization["agreement"] == pytest.approx(rep.agreement, abs=1e-6)
+    assert v.quantization.source == "fast" and v.quantization.calibration_images == 120
+    assert v.quantization.agreement == pytest.approx(rep.agreement, abs=1e-6)
 
     graph = onnx.load(str(models / v.forward)).graph
     ops = {n.op_type for n in graph.node}
@@ -136,7 +139,7 @@ def test_histogram_calibration_methods(models: Path, data, method: str) -> None:
                            min_agreement=0.0, max_accuracy_loss=1.0, calibrate_method=method)
     assert rep.shipped and rep.calibration_images == 120 and rep.eval_images == len(data["PublicTest"].x)
     v = read_manifest(models).variants["fast-int8"]
-    assert v.quantization["method"].endswith(f"({method.capitalize()}), float softmax")
+    assert v.quantization.method.endswith(f"({method.capitalize()}), float softmax")
     assert Predictor(models, model="fast-int8").predict(data["PublicTest"].x[:3]).shape == (3, 7)
     with pytest.raises(ExportError, match="unknown calibration method 'kl'"):
         quantize_variant(models, data["Training"].x[:40], data["PublicTest"].x, data["PublicTest"].y,

@@ -119,7 +119,7 @@ def test_soften_keeps_order_and_flattens():
 
 @pytest.mark.tf
 def test_fit_blends_ferplus_and_teacher_targets(tmp_path):
-    from fer_train.evaluate import load_members, predict_probs
+    from fer_train.inference import load_models, predict_probs
     from fer_train.fit import TrainConfig, fit, training_targets
     from fer_train.models import ModelConfig
     from fer_train.pipeline import AugmentConfig
@@ -134,13 +134,13 @@ def test_fit_blends_ferplus_and_teacher_targets(tmp_path):
                       distill_weight=0.5, distill_temperature=2.0)
     train = src["Training"]
     t = training_targets(cfg, train, len(usage), log=lambda s: None)
-    teacher = soften(predict_probs(load_members(tmp_path / "teacher"), train.x, tta="flip"), 2.0)
+    teacher = soften(predict_probs(load_models(tmp_path / "teacher"), train.x, tta="flip"), 2.0)
     dist, _ = ferplus_targets(votes, train, len(usage))
     want = 0.3 * np.eye(7)[train.y] + 0.2 * dist + 0.5 * teacher
     np.testing.assert_allclose(t, want, atol=1e-5)
     res = fit(tmp_path / "student", tiny, cfg, log=lambda s: None)  # the whole fit path accepts the targets
     assert res["epochs_done"] == 1
     with pytest.raises(ValueError, match="must not exceed 1"):
-        TrainConfig(**base, ferplus=str(votes), ferplus_weight=0.6, teacher="t", distill_weight=0.6).validate_choices()
+        TrainConfig(**base, ferplus=str(votes), ferplus_weight=0.6, teacher="t", distill_weight=0.6).validate()
     with pytest.raises(ValueError, match="needs --teacher"):
-        TrainConfig(**base, distill_weight=0.5).validate_choices()
+        TrainConfig(**base, distill_weight=0.5).validate()

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fer_runtime import Box, InvalidImageError, Predictor, read_image
+from fer_runtime.annotate import track_color
 from fer_runtime.cli import app
 from fer_runtime.errors import InvalidVideoError
 from fer_runtime.frames import FrameAnalyzer
@@ -77,7 +78,7 @@ def box_detector(boxes: list[list[Box]], jitter: int = 4, miss: dict[int, int] |
 
 
 def photo_frames(name: str, n: int, step: int = 4) -> list[np.ndarray]:
-    """An example photo at 640x480, shifted right by ``step`` px per frame (Haar finds its faces)."""
+    """An example photo at 640x480, shifted right by ``step`` px per frame (both detectors find its faces)."""
     im = cv2.resize(read_image(EXAMPLES / name), (W, H))
     return [np.roll(im, step * t, axis=1) for t in range(n)]
 
@@ -184,17 +185,22 @@ def test_smoothing_reduces_label_flips(predictor: Predictor, faces: np.ndarray) 
     assert smooth0 == raw0  # no smoothing: smoothed is the raw output
 
 
-@pytest.mark.parametrize("scale_factor", [1.1, 1.2])
-def test_haar_end_to_end_on_example_photos(tmp_path: Path, predictor: Predictor, scale_factor: float) -> None:
+@pytest.mark.parametrize("detector, scale_factor", [("blazeface", 1.1), ("haar", 1.1), ("haar", 1.2)])
+def test_detectors_end_to_end_on_example_photos(tmp_path: Path, predictor: Predictor, detector: str,
+                                                scale_factor: float) -> None:
     for name, n_faces in (("photo_one_face.jpg", 1), ("photo_two_faces.jpg", 2)):
         video = write_video(tmp_path / f"{name}.avi", photo_frames(name, 12))
-        analyzer = FrameAnalyzer(predictor, scale_factor=scale_factor)
+        analyzer = FrameAnalyzer(predictor, detector=detector, scale_factor=scale_factor)
         seen = []
         with VideoReader(video) as reader:
             for frame in reader:
                 results = analyzer.process(frame.image)
                 assert len(results) == n_faces, f"{name} frame {frame.index}"
                 seen.append(tuple(r.track for r in results))
+                # BlazeFace boxes carry their detection score, also when tracked; Haar boxes have none
+                rows = [r.to_row(predictor.labels) for r in results]
+                assert all((0.5 <= row["score"] <= 1.0) if detector == "blazeface" else row["score"] is None
+                           for row in rows)
         assert set(seen) == {tuple(range(n_faces))}
 
 
@@ -320,7 +326,11 @@ def test_camera_app_writes_annotated_video_headless(tmp_path: Path, model_dir: P
         frames = list(r)
     assert len(frames) == 8 and frames[0].image.shape == (H, W, 3)
     src = cv2.resize(read_image(EXAMPLES / "photo_one_face.jpg"), (W, H))
-    assert np.abs(frames[0].image.astype(int) - src).mean() > 1  # something was drawn
+    # the box outline and bars in track 0's colour: hundreds of pixels near it that the source frame lacks
+    # (codec noise alone does not paint this colour)
+    near = lambda img: (np.abs(img.astype(int) - np.array(track_color(0))).max(axis=2) < 40)  # noqa: E731
+    painted = near(frames[0].image) & ~near(src)
+    assert painted.sum() > 400, painted.sum()
     bad = subprocess.run([sys.executable, str(ROOT / "examples" / "camera_app.py"), str(tmp_path / "nope.mp4"),
                           "--headless"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2

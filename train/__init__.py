@@ -1,1 +1,1 @@
-"""fer_train: the training side (Keras models, fitting, evaluation, analysis). Installed from ``train/``."""
+"""fer_train: the training side (Keras models, fitting, evaluation, ensembles, inference). Installed from ``train/``."""

@@ -1,34 +1,42 @@
 """The Keras callback of a run: history.csv, best/last checkpoints, early stopping, curves, progress.
 
 Kept apart from :mod:`fer_train.fit` because it subclasses a Keras class: importing it imports Keras.
+It knows nothing of the training configuration beyond what it is given.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
 
 from fer_train import runs
-from fer_train.fit import TrainConfig, lr_at, plot_curves, save_model
+from fer_train.plots import plot_run_curves
 
 
 class Recorder(keras.callbacks.Callback):
-    """Records each epoch of a run and saves its checkpoints (see the module docstring)."""
+    """Records each epoch of a run and saves its checkpoints (see the module docstring).
 
-    def __init__(self, run: Path, cfg: TrainConfig, history: list[dict[str, float]],
-                 on_batch: Callable[[int], None] | None, log: Callable[[str], None], precision: str = "float32"):
+    ``lr_for_epoch(epoch)`` gives the rate to set at the start of a 0-based epoch, or None to leave it
+    (a plateau schedule after warm-up). Training stops after ``patience`` epochs without a gain.
+    """
+
+    def __init__(self, run: Path, history: list[dict[str, Any]], *, epochs: int, patience: int,
+                 lr_for_epoch: Callable[[int], float | None], precision: str = "float32",
+                 on_batch: Callable[[int], None] | None = None, log: Callable[[str], None] = print):
         super().__init__()
-        self.run, self.cfg, self.history, self.precision = run, cfg, history, precision
+        self.run, self.history, self.epochs, self.patience = run, history, epochs, patience
+        self.lr_for_epoch, self.precision = lr_for_epoch, precision
         self.on_batch, self.log = on_batch, log
         self.t0 = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.time()
-        if self.cfg.schedule != "plateau" or epoch < self.cfg.warmup_epochs:
-            self.model.optimizer.learning_rate.assign(lr_at(self.cfg, epoch))
+        lr = self.lr_for_epoch(epoch)
+        if lr is not None:
+            self.model.optimizer.learning_rate.assign(lr)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.on_batch:
@@ -48,15 +56,15 @@ class Recorder(keras.callbacks.Callback):
         }
         prev_best = runs.best_epoch(self.history)[1] if self.history else -1.0
         if row["val_accuracy"] > prev_best:
-            save_model(self.model, self.run / runs.BEST, include_optimizer=False)
-        save_model(self.model, self.run / runs.LAST, include_optimizer=True)
+            runs.save_keras(self.model, self.run / runs.BEST, include_optimizer=False)
+        runs.save_keras(self.model, self.run / runs.LAST, include_optimizer=True)
         self.history.append(row)
         runs.write_history(self.run, self.history)
-        plot_curves(self.run)
+        plot_run_curves(self.run)
         be, bv = runs.best_epoch(self.history)
-        self.log(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+        self.log(f"epoch {epoch + 1}/{self.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
                  f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['lr']:.2e}  "
                  f"{row['seconds']:.0f}s  (best {bv:.4f} @ {be})")
-        if epoch + 1 - be >= self.cfg.patience:
-            self.log(f"early stop: no val_accuracy gain for {self.cfg.patience} epochs")
+        if epoch + 1 - be >= self.patience:
+            self.log(f"early stop: no val_accuracy gain for {self.patience} epochs")
             self.model.stop_training = True

@@ -1,68 +1,68 @@
-"""``fer-train``: fit, ensemble, self-train, evaluate and predict (TensorFlow is imported lazily)."""
+"""``fer-train``: fit, ensemble, self-train, evaluate and predict (TensorFlow is imported once a command runs, quietly)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the CLI
+from fer_runtime.exitcodes import cli_errors, fatal, run_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Train and evaluate FER2013 Keras models (CNN family, DNN baseline, ensembles).")
 
 
 @app.callback()
-def _root() -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="Show TensorFlow's own start-up and device messages.")) -> None:
     """Train and evaluate FER2013 Keras models."""
+    from fer_train.tf_env import import_tensorflow
 
-
-from fer_train.analyze_cli import analyze_app  # noqa: E402
-app.add_typer(analyze_app, name="analyze")
+    import_tensorflow(verbose)
 
 
 def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(1)
+    raise fatal(msg)
 
 
 def _errors():
-    """Exceptions that are the user's input being wrong: one line, non-zero exit."""
-    from fer_train.data import DataFormatError
-    from fer_train.runs import RunError
-
-    return (DataFormatError, RunError, ValueError, KeyError, FileNotFoundError)
-
-
-def _progress():
-    """A rich progress bar over epochs x steps, plus a printer that keeps per-epoch lines visible."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-                   disable=not console.is_terminal)
-    return bar, console
+    """Exceptions that are the user's input being wrong (besides FerError and OSError): one line, exit 2."""
+    return (ValueError, KeyError)
 
 
 def _run_fit(run: Path, model_cfg, train_cfg, resume: bool, source=None, extra_train=None,
              moved: dict[str, str] | None = None) -> dict:
+    """fit() with one live progress bar (on a terminal) and one printed line per epoch."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     from fer_train.fit import fit
 
-    bar, console = _progress()
-    tasks: dict[int, int] = {}
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                   disable=not console.is_terminal)
+    task = bar.add_task("starting", total=None)
+    shown = {"epoch": -1}
 
     def progress(epoch: int, step: int, steps: int) -> None:
-        if epoch not in tasks:
-            tasks[epoch] = bar.add_task(f"epoch {epoch + 1}", total=steps)
-        bar.update(tasks[epoch], completed=step)
+        if epoch != shown["epoch"]:
+            shown["epoch"] = epoch
+            bar.reset(task, total=steps, description=f"epoch {epoch + 1}")
+        bar.update(task, completed=step)
 
     with bar:
         return fit(run, model_cfg, train_cfg, resume=resume, source=source, extra_train=extra_train,
                    log=lambda s: console.print(s, highlight=False, soft_wrap=True), progress=progress, moved=moved)
+
+
+def _fit_summary(result: dict) -> str:
+    """The human end-of-run summary of a fit() result."""
+    mins = result.get("minutes_per_epoch")
+    return (f"{result['run']}: {result['epochs_done']} epoch(s) done, best val_accuracy "
+            f"{result['best_val_accuracy']:.4f} at epoch {result['best_epoch']} "
+            f"({result['params']:,} params{f', {mins:.2f} min/epoch' if mins else ''})")
 
 
 def _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation, cnn_activation_alpha, pool,
@@ -130,12 +130,14 @@ def fit(
     class_weights: bool = typer.Option(False, "--class-weights/--no-class-weights"),
     augment: bool = typer.Option(True, "--augment/--no-augment"),
     patience: int = typer.Option(15, help="Early stopping patience in epochs (on validation accuracy)."),
-    validate: float = typer.Option(0.1, help="Validation fraction when the data has no Usage column."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", "--validate",
+                                       help="Validation fraction when the data has no Usage column."),
     random_seed: int = typer.Option(1234),
     precision: str = typer.Option("auto", help="auto | float32 | bfloat16 | mixed_float16 (auto: bfloat16 on a CPU "
                                   "with AMX-BF16/AVX512-BF16, mixed_float16 on a CUDA GPU, else float32)."),
     weight_decay: float = typer.Option(1e-4, help="Decoupled weight decay for --optimizer adamw and sgd."),
-    strategy: str = typer.Option("default", help="default | mirrored"),
+    strategy: str = typer.Option("default", help="default | mirrored (local GPUs) | multiworker "
+                                 "(MultiWorkerMirroredStrategy; one process per worker, configured by TF_CONFIG)."),
     limit_train: int = typer.Option(0, help="Use only the first N training rows (smoke tests)."),
     hide_labels: float = typer.Option(0.0, help="Withhold this fraction of Training labels (for self-train)."),
     ferplus: Optional[Path] = typer.Option(None, help="ferplus_votes.csv (FER2013 row order): soft targets from crowd votes."),
@@ -143,12 +145,13 @@ def fit(
     teacher: Optional[Path] = typer.Option(None, help="Run or ensemble to distil from (its flip-TTA probabilities)."),
     distill_weight: float = typer.Option(0.0, help="Weight of the teacher's probabilities in the targets (0..1)."),
     distill_temperature: float = typer.Option(2.0, help="Soften the teacher's probabilities by this temperature."),
+    as_json: bool = typer.Option(False, "--json", help="End with the result as one JSON line instead of a summary."),
 ) -> None:
     """Fit one model into a run directory (resumable with --resume RUN_DIR)."""
     from fer_train.fit import TrainConfig
     from fer_train.pipeline import AugmentConfig
 
-    try:
+    with cli_errors(*_errors()):
         if resume is not None:
             moved = {k: str(v) for k, v in (("data", data), ("ferplus", ferplus), ("teacher", teacher)) if v is not None}
             result = _run_fit(resume, None, None, resume=True, moved=moved or None)
@@ -158,7 +161,7 @@ def fit(
             mcfg = _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation,
                                  cnn_activation_alpha, pool, conv_dropout, units, dense_layers, dnn_activation,
                                  dnn_activation_alpha, dense_dropout, batch_norm, head, match_params)
-            tcfg = TrainConfig(data=str(data), validate=validate, random_seed=random_seed, epochs=epochs,
+            tcfg = TrainConfig(data=str(data), val_fraction=val_fraction, random_seed=random_seed, epochs=epochs,
                                batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
                                warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                                class_weights=class_weights, patience=patience, precision=precision,
@@ -166,11 +169,9 @@ def fit(
                                strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment),
                                ferplus=str(ferplus or ""), ferplus_weight=ferplus_weight, teacher=str(teacher or ""),
                                distill_weight=distill_weight, distill_temperature=distill_temperature)
-            tcfg.validate_choices()
+            tcfg.validate()
             result = _run_fit(out, mcfg, tcfg, resume=False)
-    except _errors() as e:
-        _fail(str(e).strip("'\""))
-    typer.echo(json.dumps(result))
+    typer.echo(json.dumps(result) if as_json else _fit_summary(result))
 
 
 @app.command()
@@ -184,7 +185,7 @@ def ensemble(
     """Train N members (configs x seeds, resumable) or gather existing runs into an ensemble."""
     from fer_train.ensemble import train_ensemble, write_ensemble
 
-    try:
+    with cli_errors(*_errors()):
         if like:
             results = train_ensemble(out, list(like), list(seeds or [1, 2, 3]), epochs,
                                      run_fit=_run_fit)
@@ -193,8 +194,6 @@ def ensemble(
             typer.echo(str(write_ensemble(out, list(members))))
         else:
             _fail("give member runs to gather, or --like RUN to train members")
-    except _errors() as e:
-        _fail(str(e).strip("'\""))
 
 
 @app.command("self-train")
@@ -206,13 +205,10 @@ def self_train_cmd(
     epochs: Optional[int] = typer.Option(None, help="Override the teacher's epoch count for the student."),
 ) -> None:
     """Semi-supervised self-training: pseudo-label, retrain, compare with the supervised run."""
-    from fer_train.ensemble import self_train
+    from fer_train.selftrain import self_train
 
-    try:
-        info = self_train(teacher, out, threshold, unlabelled, epochs,
-                          run_fit=_run_fit)
-    except _errors() as e:
-        _fail(str(e).strip("'\""))
+    with cli_errors(*_errors()):
+        info = self_train(teacher, out, threshold, unlabelled, epochs, run_fit=_run_fit)
     typer.echo(json.dumps(info, indent=1))
 
 
@@ -227,10 +223,8 @@ def evaluate(
     """Accuracy, balanced accuracy, per-class P/R/F1 and the confusion matrix (CSV + PNG)."""
     from fer_train.evaluate import evaluate as _evaluate, format_report
 
-    try:
+    with cli_errors(*_errors()):
         rep = _evaluate(run, split, tta, str(data) if data else None, out)
-    except _errors() as e:
-        _fail(str(e).strip("'\""))
     typer.echo(format_report(rep))
     typer.echo("wrote " + ", ".join(rep["outputs"]))
 
@@ -246,14 +240,12 @@ def predict(
     from fer_train.data import load_course_test
     from fer_train.evaluate import write_submission
 
-    try:
+    with cli_errors(*_errors()):
         typer.echo(str(write_submission(run, load_course_test(test_csv), out, tta)))
-    except _errors() as e:
-        _fail(str(e).strip("'\""))
 
 
 def main() -> None:
-    app()
+    run_app(app, "fer-train")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from fer_runtime.errors import FerError
 from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES, label_index
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 USAGES = ("Training", "PublicTest", "PrivateTest")
 
 
@@ -208,15 +207,14 @@ def load_course_test(path: str | Path) -> Split:
 
 
 def _read_gray48(p: Path) -> np.ndarray:
-    import cv2
+    """The 48x48 uint8 face of an image file, exactly as the runtime's Predictor sees the same file."""
+    from fer_runtime.errors import InvalidImageError
+    from fer_runtime.images import face_pixels, read_image  # OpenCV only when folders are read
 
-    data = np.fromfile(p, np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if img is None:
-        raise DataFormatError(f"{p}: not a readable image")
-    if img.shape != (IMAGE_SIZE, IMAGE_SIZE):
-        img = cv2.resize(img, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
-    return img
+    try:
+        return face_pixels(read_image(p))
+    except InvalidImageError as e:
+        raise DataFormatError(f"{p}: {e}") from None
 
 
 def load_image_folders(root: str | Path, validate: float = 0.1, seed: int = 1234) -> DataSource:
@@ -238,6 +236,8 @@ def load_image_folders(root: str | Path, validate: float = 0.1, seed: int = 1234
 
 
 def _read_class_dirs(root: Path) -> Split:
+    from fer_runtime.images import is_image_path  # the runtime's list of image suffixes
+
     xs, ys = [], []
     dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not dirs:
@@ -248,7 +248,7 @@ def _read_class_dirs(root: Path) -> Split:
         except KeyError as e:
             raise DataFormatError(f"{d}: {e.args[0]}") from None
         for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_EXTS:
+            if f.is_file() and is_image_path(f):
                 xs.append(_read_gray48(f))
                 ys.append(c)
     if not xs:

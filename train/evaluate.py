@@ -1,44 +1,22 @@
-"""Evaluating a run or an ensemble on a split, and predicting for a course test.csv."""
+"""Evaluating a run or an ensemble on a split, and predicting for a course test.csv (inference: :mod:`fer_train.inference`)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fer_runtime.atomic import atomic_write
 from fer_runtime.labels import LABELS
 from fer_train import runs
 from fer_train.data import DataSource, Split, load_source
+from fer_train.inference import load_models, predict_probs
 from fer_train.metrics import classification_report
 from fer_train.plots import plot_confusion
 
 METRICS = "metrics.json"
-
-
-def load_members(path: str | Path) -> list:
-    """Load the Keras models of a run, ensemble or .keras file (inference only, no optimizer)."""
-    import keras
-
-    return [keras.models.load_model(p, compile=False) for p in runs.member_models(path)]
-
-
-def predict_probs(models: list, x: np.ndarray, tta: str = "none", batch_size: int = 256) -> np.ndarray:
-    """Mean member softmax on raw 0..255 images; ``tta="flip"`` also averages the mirrored image."""
-    import tensorflow as tf
-
-    if tta not in ("none", "flip"):
-        raise ValueError(f"unknown TTA {tta!r}; choose none or flip")
-    xs = [x.astype(np.float32)]
-    if tta == "flip":
-        xs.append(xs[0][:, :, ::-1, :])
-    total = np.zeros((len(x), len(LABELS)), np.float64)
-    for m in models:
-        fn = tf.function(lambda a, m=m: m(a, training=False), reduce_retracing=True)
-        for xi in xs:
-            for i in range(0, len(xi), batch_size):
-                total[i:i + batch_size] += fn(tf.constant(xi[i:i + batch_size])).numpy()
-    return (total / (len(models) * len(xs))).astype(np.float32)
 
 
 def data_path_of(path: str | Path) -> str:
@@ -47,11 +25,13 @@ def data_path_of(path: str | Path) -> str:
     if (p / runs.ENSEMBLE).exists():
         spec = runs.read_json(p / runs.ENSEMBLE)
         if spec.get("data"):
-            return spec["data"]
+            return str(p / spec["data"])  # relative to the ensemble folder (an absolute path stays as it is)
         return data_path_of(p / spec["members"][0]["path"])
     if p.is_file():
         p = p.parent
-    return runs.read_json(p / runs.CONFIG)["train"]["data"]
+    from fer_train.config import read_run_config
+
+    return read_run_config(p)[2].data
 
 
 def split_of(source: DataSource, name: str) -> Split:
@@ -65,19 +45,25 @@ def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", dat
     path = Path(path)
     runs.member_models(path)  # fail early, naming the path, if it is not a run
     out = Path(out) if out else (path if path.is_dir() else path.parent)
-    source = source or load_source(data or data_path_of(path))
+    if source is None:
+        data = data or data_path_of(path)
+        if not Path(data).exists():
+            raise runs.RunError(f"{path}: its data is not at {data}; pass --data PATH to say where it is on this machine")
+        source = load_source(data)
     s = split_of(source, split)
-    probs = predict_probs(load_members(path), s.x, tta)
+    probs = predict_probs(load_models(path), s.x, tta)
     rep = classification_report(s.y, probs)
     key = split + ("+flip" if tta == "flip" else "")
-    rep.update({"split": split, "tta": tta, "members": [str(m) for m in runs.member_models(path)]})
+    # paths relative to the metrics file, so a committed metrics.json holds nothing of this machine
+    members = [os.path.relpath(m.resolve(), out.resolve()) for m in runs.member_models(path)]
+    rep.update({"split": split, "tta": tta, "members": members, "data": Path(data).name if data else source.path.name})
     metrics_path = out / METRICS
     allm = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     allm[key] = rep
     runs.write_json(metrics_path, allm)
     stem = f"confusion_{key.replace('+', '_')}"
     cm = np.array(rep["confusion"])
-    runs.atomic_write_text(out / f"{stem}.csv", "true\\pred," + ",".join(LABELS) + "\n" + "".join(
+    atomic_write(out / f"{stem}.csv", "true\\pred," + ",".join(LABELS) + "\n" + "".join(
         f"{LABELS[i]}," + ",".join(str(v) for v in row) + "\n" for i, row in enumerate(cm)))
     plot_confusion(cm, f"{path.name}: {key}  acc {rep['accuracy']:.4f}  bal {rep['balanced_accuracy']:.4f}",
                    out / f"{stem}.png")
@@ -98,7 +84,7 @@ def format_report(rep: dict[str, Any]) -> str:
 
 def write_submission(path: str | Path, test: Split, out: Path, tta: str = "none") -> Path:
     """Kaggle submission (id,label) for an unlabelled course test.csv."""
-    probs = predict_probs(load_members(path), test.x, tta)
+    probs = predict_probs(load_models(path), test.x, tta)
     pred = probs.argmax(1)
-    runs.atomic_write_text(out, "id,label\n" + "".join(f"{i},{p}\n" for i, p in zip(test.ids, pred)))
+    atomic_write(out, "id,label\n" + "".join(f"{i},{p}\n" for i, p in zip(test.ids, pred)))
     return out

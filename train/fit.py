@@ -4,105 +4,26 @@ from __future__ import annotations
 import math
 import platform
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from fer_runtime.atomic import atomic_write
 from fer_runtime.labels import LABELS, NUM_CLASSES
-from fer_train import runs
+from fer_train import runs, schedules
+from fer_train.config import (OPTIMIZERS, TrainConfig, data_record, missing_input, read_run_config,  # noqa: F401
+                              stored_inputs)
 from fer_train.data import DataSource, Split, load_source
 from fer_train.models import ModelConfig, build_model
-from fer_train.pipeline import AugmentConfig, make_dataset
-from fer_train.plots import plot_learning_curves
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("constant", "cosine", "step", "plateau")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a run besides the architecture."""
-
-    data: str = ""
-    validate: float = 0.1
-    random_seed: int = 1234
-    epochs: int = 40
-    batch_size: int = 64
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.0
-    class_weights: bool = False
-    patience: int = 15
-    precision: str = "auto"  # auto | float32 | bfloat16 | mixed_float16 (fer_train.precision)
-    strategy: str = "default"  # default | mirrored
-    limit_train: int = 0  # use only the first N training rows (0 = all); for smoke tests
-    hide_labels: float = 0.0  # fraction of Training withheld as unlabelled (self-training)
-    ferplus: str = ""  # ferplus_votes.csv (FER2013 row order); blended into targets with ferplus_weight
-    ferplus_weight: float = 0.0
-    teacher: str = ""  # run/ensemble whose probabilities are blended into targets with distill_weight
-    distill_weight: float = 0.0
-    distill_temperature: float = 2.0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        legacy = d.pop("mixed_precision", None)  # runs from before --precision
-        if legacy is not None and "precision" not in d:
-            d["precision"] = "mixed_float16" if legacy else "float32"
-        aug = AugmentConfig(**d.pop("augment", {}))
-        return cls(**d, augment=aug)
-
-    def validate_choices(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
-        from fer_train.precision import PRECISIONS
-
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
-        if self.strategy not in ("default", "mirrored"):
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose default or mirrored")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch size must be positive")
-        for name, w, src in (("ferplus", self.ferplus_weight, self.ferplus), ("teacher", self.distill_weight, self.teacher)):
-            if not 0 <= w <= 1:
-                raise ValueError(f"{name} weight must be in [0, 1], got {w}")
-            if w > 0 and not src:
-                raise ValueError(f"a {name} weight needs --{name}")
-        if self.ferplus_weight + self.distill_weight > 1:
-            raise ValueError("ferplus weight + distill weight must not exceed 1")
-
+from fer_train.pipeline import make_dataset
+from fer_train.plots import plot_run_curves
+from fer_train.selftrain import split_hidden
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate for 0-based ``epoch`` (plateau: the base rate; Keras lowers it on plateaus)."""
-    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
-        return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
-    if cfg.schedule == "cosine":
-        span = max(1, cfg.epochs - cfg.warmup_epochs)
-        t = (epoch - cfg.warmup_epochs) / span
-        return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
-    if cfg.schedule == "step":
-        return cfg.lr * 0.1 ** (epoch // max(1, cfg.epochs // 3))
-    return cfg.lr
-
-
-def hidden_label_mask(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of the Training rows whose labels self-training hides (reproducible)."""
-    mask = np.zeros(n, bool)
-    if fraction > 0:
-        rng = np.random.default_rng(seed + 7)
-        mask[rng.choice(n, int(round(n * fraction)), replace=False)] = True
-    return mask
+    """Learning rate of ``cfg``'s schedule for 0-based ``epoch``."""
+    return schedules.lr_at(cfg.schedule, cfg.lr, cfg.epochs, cfg.warmup_epochs, epoch)
 
 
 def make_optimizer(cfg: TrainConfig):
@@ -130,36 +51,25 @@ def environment() -> dict[str, Any]:
     }
 
 
-def save_model(model, path: Path, include_optimizer: bool) -> None:
-    """Save a .keras file atomically (temp file + rename)."""
-    import os
-
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    if include_optimizer:
-        model.save(tmp)
-    else:
-        opt = model.optimizer
-        try:
-            model.optimizer = None
-            model.save(tmp)
-        finally:
-            model.optimizer = opt
-    os.replace(tmp, path)
-
-
-def plot_curves(run: Path) -> None:
-    """Write learning_curves.png from history.csv."""
-    h = runs.read_history(run)
-    if h:
-        plot_learning_curves(h, runs.best_epoch(h), run.name, run / runs.CURVES)
+def summary_table(model) -> str:
+    """One plain-text table of the model's layers (name, type, output shape, parameters) and its totals."""
+    rows = [("layer", "type", "output shape", "params")]
+    for layer in model.layers:
+        shape = getattr(layer, "output", None)
+        shape = "x".join("N" if d is None else str(d) for d in shape.shape) if shape is not None else "?"
+        rows.append((layer.name, type(layer).__name__, shape, f"{layer.count_params():,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    line = lambda r: "  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = model.count_params()
+    out = [f"Model: {model.name}", line(rows[0]), "  ".join("-" * w for w in widths), *map(line, rows[1:]),
+           "", f"Total params: {total:,} (trainable {trainable:,}, non-trainable {total - trainable:,})"]
+    return "\n".join(out) + "\n"
 
 
 def write_summary(model, run: Path, extra: str = "") -> None:
-    lines: list[str] = []
-    model.summary(print_fn=lambda s, **k: lines.append(s), line_length=100)
-    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    text = "\n".join(lines) + f"\n\nTotal params: {model.count_params()}\nTrainable params: {trainable}\n" + extra
-    runs.atomic_write_text(run / runs.SUMMARY, text)
+    """Write summary.txt: the layer table, and ``extra`` (the best epoch once there is one)."""
+    atomic_write(run / runs.SUMMARY, summary_table(model) + extra)
 
 
 def class_weight_vector(y: np.ndarray) -> np.ndarray:
@@ -170,15 +80,14 @@ def class_weight_vector(y: np.ndarray) -> np.ndarray:
 
 def _setup(cfg: TrainConfig, precision: str):
     import keras
-    import tensorflow as tf
 
+    from fer_train.distribute import make_strategy
     from fer_train.precision import POLICY
 
+    strategy = make_strategy(cfg.strategy)  # first: MultiWorkerMirroredStrategy configures the TF runtime
     keras.mixed_precision.set_global_policy(POLICY[precision])
     keras.utils.set_random_seed(cfg.random_seed)
-    if cfg.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    return strategy
 
 
 def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
@@ -223,27 +132,24 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
 
     run = Path(run)
     if resume:
-        conf = runs.read_json(run / runs.CONFIG)
-        model_cfg = ModelConfig.from_dict(conf["model"])
-        cfg = TrainConfig.from_dict(conf["train"])
+        conf, model_cfg, cfg = read_run_config(run)
         if not (run / runs.LAST).exists():
             raise runs.RunError(f"{run}: nothing to resume (no {runs.LAST}); start it again without --resume")
         if moved:
             cfg = replace(cfg, **moved)
+        if source is None and (msg := missing_input(run, conf, cfg)):
+            raise runs.RunError(msg)
     else:
         if moved:
             raise ValueError("new input paths apply only to a resumed run")
         assert model_cfg is not None and cfg is not None
         if (run / runs.HISTORY).exists():
             raise runs.RunError(f"{run}: already holds a run; use --resume or another --out")
-    cfg.validate_choices()
-    model_cfg.validate()
-    source = source or load_source(cfg.data, cfg.validate, cfg.random_seed)
+    cfg.validate()
+    model_cfg = model_cfg.effective()
+    source = source or load_source(cfg.data, cfg.val_fraction, cfg.random_seed)
     train, val = source["train"], source["val"]
-    if cfg.limit_train:
-        train = train.subset(np.arange(min(cfg.limit_train, len(train))))
-    hidden = hidden_label_mask(len(train), cfg.hide_labels, cfg.random_seed)
-    train = train.subset(np.flatnonzero(~hidden))
+    train = split_hidden(train, cfg)[0]
 
     if resume:
         _check_rows(run, conf, len(train), len(val))
@@ -252,16 +158,20 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
     precision, why = resolve(cfg.precision)
     log(f"precision {precision} ({why})")
     strategy = _setup(cfg, precision)
+    from fer_train.distribute import worker_run_dir
+
+    run = worker_run_dir(run, strategy)  # multiworker: only the chief writes the run; the others a temp copy
     history = runs.read_history(run) if resume else []
     run.mkdir(parents=True, exist_ok=True)
     if resume:
-        if conf.get("precision") != precision:
+        if conf.get("precision", "float32") != precision:
+            log(f"{run}: trained in {conf.get('precision', 'float32')} so far; continuing in {precision} on this machine")
             conf["precision"] = precision
             runs.write_json(run / runs.CONFIG, conf)
     else:
         runs.write_json(run / runs.CONFIG, {
-            "model": model_cfg.to_dict(), "train": cfg.to_dict(), "labels": list(LABELS),
-            "data": {"path": str(cfg.data), "layout": source.layout, "validation": source.validation,
+            "model": model_cfg.to_dict(), "train": stored_inputs(cfg, run).to_dict(), "labels": list(LABELS),
+            "data": {**data_record(cfg.data, run), "layout": source.layout, "validation": source.validation,
                      "train_rows": len(train), "val_rows": len(val)},
             "precision": precision,
             "environment": environment(),
@@ -270,6 +180,10 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
         # Built under this machine's policy, then the checkpoint's weights and optimizer state are
         # loaded into it: a run may continue in another precision than it started in.
         model = build_model(model_cfg)
+        if cfg.strategy == "multiworker":  # every worker must end with the same moving statistics
+            from fer_train.distribute import synchronize_batch_norm
+
+            synchronize_batch_norm(model)
         model.compile(make_optimizer(cfg), keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
         if resume:
             model.optimizer.build(model.trainable_variables)
@@ -280,8 +194,8 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
     data_rows = 1 + max(int(s.ids.max()) for s in source.splits.values() if len(s))
     t_tr = training_targets(cfg, train, data_rows, log)
     if moved:  # every moved input has been read: record where they are now
-        conf["train"] = cfg.to_dict()
-        conf["data"]["path"] = cfg.data
+        conf["train"] = stored_inputs(cfg, run).to_dict()
+        conf["data"].update(data_record(cfg.data, run))
         runs.write_json(run / runs.CONFIG, conf)
         log(f"{run}: inputs now at {', '.join(f'{k}={v}' for k, v in moved.items())}")
     if extra_train is not None:
@@ -289,10 +203,17 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
         t_tr = np.concatenate([t_tr, extra_train[1].astype(np.float32)])
     y_hard = t_tr.argmax(1)
     cw = class_weight_vector(y_hard) if cfg.class_weights else None
+    import tensorflow as tf
+
+    epoch_var = tf.Variable(len(history), dtype=tf.int64, trainable=False)  # keys each epoch's shuffle order
     ds_tr = make_dataset(x_tr, y_hard, cfg.batch_size, training=True, augment=cfg.augment,
                          label_smoothing=cfg.label_smoothing, soft_targets=t_tr, class_weights=cw,
-                         seed=cfg.random_seed + len(history))
+                         seed=cfg.random_seed, epoch=epoch_var)
     ds_va = make_dataset(val.x, val.y, 256, training=False)
+    if cfg.strategy == "multiworker":
+        from fer_train.distribute import shard_by_data
+
+        ds_tr, ds_va = shard_by_data(ds_tr), shard_by_data(ds_va)
     steps = math.ceil(len(x_tr) / cfg.batch_size)
     start = len(history)
     if start >= cfg.epochs:
@@ -306,20 +227,28 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
 
         from fer_train.callbacks import Recorder
 
-        rec = Recorder(run, cfg, history, on_batch, log, precision)
+        fixed_lr = cfg.schedule != "plateau"  # ReduceLROnPlateau owns the rate after the first full-rate epoch
+        rec = Recorder(run, history, epochs=cfg.epochs, patience=cfg.patience, precision=precision,
+                       lr_for_epoch=lambda e: lr_at(cfg, e) if fixed_lr or e <= cfg.warmup_epochs else None,
+                       on_batch=on_batch, log=log)
 
         class _EpochTracker(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 current["epoch"] = epoch
+                epoch_var.assign(epoch)  # before Keras starts the epoch's data iterator
 
         callbacks = [_EpochTracker(), rec]
         if cfg.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau("val_accuracy", factor=0.5, patience=4, min_lr=1e-6))
         warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
         model.fit(ds_tr, validation_data=ds_va, epochs=cfg.epochs, initial_epoch=start, callbacks=callbacks, verbose=0)
+    if cfg.strategy == "multiworker":
+        from fer_train.distribute import weights_digest
+
+        log(f"final weights sha256 {weights_digest(model)} (the same on every worker)")
     be, bv = runs.best_epoch(history)
     result = {"run": str(run), "epochs_done": len(history), "best_epoch": be, "best_val_accuracy": bv,
               "params": int(model.count_params()), "minutes_per_epoch": float(np.mean([r["seconds"] for r in history]) / 60) if history else None}
     write_summary(model, run, extra=f"Best val_accuracy {bv:.4f} at epoch {be} of {len(history)}\n")
-    plot_curves(run)
+    plot_run_curves(run)
     return result

@@ -8,7 +8,7 @@ five activations, batch norm, dropout, flatten, global average pool and dense.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
@@ -60,6 +60,13 @@ class ModelConfig:
             raise ValueError(f"kernel size must be odd, got {self.kernel_size}")
         if self.arch != "dnn" and not 1 <= self.blocks <= 5:
             raise ValueError(f"blocks must be 1..5 for 48x48 inputs, got {self.blocks}")
+
+    def effective(self) -> "ModelConfig":
+        """The validated configuration the builder really uses (``compact`` means a GAP head and no dense layers)."""
+        self.validate()
+        if self.arch == "compact":
+            return replace(self, head="gap", dense_layers=0)
+        return replace(self)
 
 
 
@@ -121,9 +128,7 @@ def build_cnn(cfg: ModelConfig):
     import keras
     from keras import layers
 
-    cfg.validate()
-    if cfg.arch == "compact":
-        cfg = ModelConfig.from_dict({**cfg.to_dict(), "head": "gap", "dense_layers": 0})
+    cfg = cfg.effective()
     inp, x = _inputs()
     for b in range(cfg.blocks):
         f = cfg.filters * 2**b

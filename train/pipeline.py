@@ -45,8 +45,13 @@ def make_augmenter(cfg: AugmentConfig, seed: int | None = None):
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool,
                  augment: AugmentConfig | None = None, label_smoothing: float = 0.0,
                  soft_targets: np.ndarray | None = None, class_weights: np.ndarray | None = None,
-                 seed: int = 0):
-    """Batches of (float32 0..255 images, one-hot or soft targets[, per-sample class weights])."""
+                 seed: int = 0, epoch: Any = None):
+    """Batches of (float32 0..255 images, one-hot or soft targets[, per-sample class weights]).
+
+    Training data is shuffled each epoch. With ``epoch`` (an int64 ``tf.Variable`` the caller sets at the
+    start of every epoch) the order is a function of ``(seed, epoch)`` alone, so a run resumed at epoch k
+    sees the orders an uninterrupted run saw; without it, each pass reshuffles from ``seed``.
+    """
     import tensorflow as tf
 
     targets = soft_targets if soft_targets is not None else np.eye(NUM_CLASSES, dtype=np.float32)[y]
@@ -55,9 +60,18 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
     cols: tuple = (x, targets.astype(np.float32))
     if class_weights is not None:
         cols += (class_weights[y].astype(np.float32),)
-    ds = tf.data.Dataset.from_tensor_slices(cols)
-    if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if training and epoch is not None:
+        n, tensors = len(x), tuple(tf.constant(c) for c in cols)
+
+        def order(_: Any) -> Any:  # run when an epoch's iterator starts, after the caller has set `epoch`
+            key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch.read_value(), tf.int64)])
+            return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(tf.range(n), seed=key))
+
+        ds = tf.data.Dataset.range(1).flat_map(order).map(lambda i: tuple(tf.gather(t, i) for t in tensors))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(cols)
+        if training:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda a, *r: (tf.cast(a, tf.float32), *r), num_parallel_calls=tf.data.AUTOTUNE)
     aug = make_augmenter(augment, seed) if (training and augment is not None) else None
     if aug is not None:

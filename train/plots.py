@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.atomic import atomic_path
 from fer_runtime.labels import LABELS
+from fer_train import runs
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,18 +21,26 @@ def _plt():
 
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     """Save ``fig`` to ``path`` atomically and close it."""
-    plt = _plt()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    plt = pyplot()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
+
+
+def plot_run_curves(run: Path) -> Path | None:
+    """Write the run's learning_curves.png from its history.csv (None when it has no epoch yet)."""
+    h = runs.read_history(run)
+    if not h:
+        return None
+    return plot_learning_curves(h, runs.best_epoch(h), run.name, run / runs.CURVES)
 
 
 def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float], title: str, path: Path) -> Path:
     """Loss and accuracy per epoch, train against validation, with the selected epoch marked."""
-    plt = _plt()
+    plt = pyplot()
     ep = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, name in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
@@ -49,7 +59,7 @@ def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float
 
 def plot_confusion(cm: np.ndarray, title: str, path: Path, percent: bool = False) -> Path:
     """Row-normalised confusion matrix heatmap (recall on the diagonal) with counts; ``percent``: cells in %."""
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(cm, float)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.8, 5.8))

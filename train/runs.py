@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from fer_runtime.atomic import atomic_path, atomic_write
 from fer_runtime.errors import FerError
 
 CONFIG = "config.json"
@@ -30,28 +29,22 @@ class RunError(FerError):
     """A run or ensemble directory is missing, incomplete or inconsistent."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def save_keras(model: Any, path: Path, include_optimizer: bool) -> None:
+    """Save a Keras model as ``.keras`` atomically; without the optimizer state unless asked for."""
+    with atomic_path(path) as tmp:
+        if include_optimizer:
+            model.save(tmp)
+            return
+        opt = model.optimizer
+        try:
+            model.optimizer = None
+            model.save(tmp)
+        finally:
+            model.optimizer = opt
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -76,7 +69,7 @@ def write_history(run: Path, rows: Iterable[dict[str, float]]) -> None:
     lines = [",".join(HISTORY_FIELDS)]
     for r in rows:
         lines.append(",".join(_cell(k, r.get(k, "")) for k in HISTORY_FIELDS))
-    atomic_write_text(run / HISTORY, "\n".join(lines) + "\n")
+    atomic_write(run / HISTORY, "\n".join(lines) + "\n")
 
 
 def _cell(key: str, value: Any) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.labels import NUM_CLASSES
+from fer_runtime.numeric import softmax
 from fer_train.data import DataFormatError, Split
 
 # ferplus_votes.csv vote columns -> FER2013 class index (contempt, unknown and NF are not classes here).
@@ -68,17 +69,14 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     """``probs ** (1/T)`` renormalised: the softmax of ``logits / T`` for the same logits."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logp = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logp -= logp.max(1, keepdims=True)
-    p = np.exp(logp)
-    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+    return softmax(np.log(np.clip(probs, 1e-12, 1.0)), temperature, axis=1).astype(np.float32)
 
 
 def teacher_targets(teacher: str | Path, x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """A teacher run's or ensemble's flip-averaged probabilities on ``x``, softened by ``temperature``."""
-    from fer_train.evaluate import load_members, predict_probs
+    from fer_train.inference import load_models, predict_probs
 
-    return soften(predict_probs(load_members(teacher), x, tta="flip"), temperature)
+    return soften(predict_probs(load_models(teacher), x, tta="flip"), temperature)
 
 
 def blend(labels: np.ndarray, parts: list[tuple[float, np.ndarray, np.ndarray | None]]) -> np.ndarray:

@@ -11,12 +11,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fer_runtime.errors import FerError
 from fer_runtime.labels import IMAGE_SIZE, LABELS
 from fer_train import runs
 from fer_train.data import DataSource, Split, load_source
 
 
-class AnalysisError(ValueError):
+class AnalysisError(FerError, ValueError):
     """An analysis argument is wrong (the message is one line and lists the valid choices)."""
 
 
@@ -62,16 +63,16 @@ class Target:
     def models(self) -> list[Any]:
         """The member Keras models (loaded on first use)."""
         if self._models is None:
-            from fer_train.evaluate import load_members
+            from fer_train.inference import load_models
 
-            self._models = load_members(self.path)
+            self._models = load_models(self.path)
         return self._models
 
     @property
     def probs(self) -> np.ndarray:
         """Mean member softmax [N,7] on the whole split (computed once)."""
         if self._probs is None:
-            from fer_train.evaluate import predict_probs
+            from fer_train.inference import predict_probs
 
             self._probs = predict_probs(self.models, self.split.x)
         return self._probs
@@ -190,3 +191,18 @@ def pick_layer(model: Any, name: str | None, kind: str, model_path: Path | str =
     if name not in choices:
         raise AnalysisError(f"unknown layer {name!r}; choose from {', '.join(choices)}")
     return name
+
+
+def layer_model(model: Any, layer: str) -> Any:
+    """A sub-model from the input to ``layer``'s output (the layer name must exist)."""
+    import keras
+
+    return keras.Model(model.inputs[0], model.get_layer(layer).output, name=f"{model.name}_{layer}")
+
+
+def share_data(a: Target, b: Target) -> None:
+    """Let ``b`` reuse ``a``'s data (loaded once) when neither overrides it and both were trained on the same data."""
+    from fer_train.evaluate import data_path_of
+
+    if a.data is None and b.data is None and str(a.path) != str(b.path) and data_path_of(a.path) == data_path_of(b.path):
+        b._source = a.source

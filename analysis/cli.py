@@ -1,24 +1,24 @@
-"""``fer-train analyze``: confusion, saliency, filters, layer-outputs, class-max, adversarial, mistakes, compare, report.
+"""``fer-analyze``: confusion, saliency, filters, layer-outputs, class-max, adversarial, mistakes, compare, report.
 
 Each subcommand takes a run, ensemble directory or .keras file and writes PNGs plus the CSV/JSON of
-the numbers behind them into ``--out`` (default ``RUN/analysis``). TensorFlow is imported lazily.
-Wrong arguments exit 1 with one line ``error: ...`` that lists the valid choices.
+the numbers behind them into ``--out`` (default ``RUN/analysis``). TensorFlow is imported once a
+subcommand runs, quietly unless ``--verbose``. Wrong arguments print one line ``error: ...`` that
+lists the valid choices and exit with :data:`fer_runtime.exitcodes.FATAL`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from fer_runtime.exitcodes import cli_errors, run_app
 
-analyze_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                          help="Analyse a run: confusion, saliency, filters, feature maps, class maxima, "
-                               "adversarial robustness, mistakes, CNN vs DNN, and an HTML report.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="Analyse a trained FER2013 run: confusion, saliency, filters, feature maps, class maxima, "
+                       "adversarial robustness, mistakes, CNN vs DNN, and an HTML report.")
 
 RUN_ARG = typer.Argument(..., help="Run, ensemble directory or .keras file.")
 SPLIT_OPT = typer.Option("PublicTest", "--split", help="PublicTest | PrivateTest | val | Training")
@@ -27,29 +27,15 @@ DATA_OPT = typer.Option(None, "--data", help="Data source (default: the one the 
 SEED_OPT = typer.Option(0, "--seed", help="Seed of the samples and noise.")
 
 
-def _errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the user's input is wrong: one line, exit 1."""
-    from fer_runtime.errors import FerRuntimeError
-    from fer_train.analysis_inputs import AnalysisError
-    from fer_train.data import DataFormatError
-    from fer_train.runs import RunError
-
-    return (AnalysisError, DataFormatError, RunError, FerRuntimeError, ValueError, KeyError, FileNotFoundError)
-
-
 def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
 def _run(fn: Callable[[], Any]) -> Any:
-    """Call ``fn``; user errors become ``error: <one line>`` and exit code 1."""
+    """Call ``fn``; the toolkit's typed errors (and KeyError/ValueError from bad arguments) become one line, exit 2."""
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices from repeated predict calls
-    try:
+    with cli_errors(ValueError, KeyError):
         return fn()
-    except _errors() as e:
-        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip().splitlines()
-        typer.echo(f"error: {msg[0] if msg else e.__class__.__name__}", err=True)
-        raise typer.Exit(1)
 
 
 def _out(run: Path, out: Optional[Path]) -> Path:
@@ -59,7 +45,7 @@ def _out(run: Path, out: Optional[Path]) -> Path:
 
 
 def _target(run: Path, split: str, data: Optional[Path]):
-    from fer_train.analysis_inputs import open_target
+    from fer_analysis.inputs import open_target
 
     return open_target(run, split, data)
 
@@ -68,17 +54,21 @@ def _done(res: dict[str, Any]) -> None:
     typer.echo("wrote " + ", ".join(res["outputs"]))
 
 
-@analyze_app.callback()
-def _root() -> None:
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="Show TensorFlow's own start-up and device messages.")) -> None:
     """Analyse a trained run; every subcommand writes PNGs plus a CSV/JSON of the numbers."""
+    from fer_train.tf_env import import_tensorflow
+
+    import_tensorflow(verbose)
 
 
-@analyze_app.command()
+@app.command()
 def confusion(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = OUT_OPT,
               data: Optional[Path] = DATA_OPT,
               top: int = typer.Option(5, "--top", help="How many confused pairs to list.")) -> None:
     """Normalised confusion matrix heatmap and the most-confused class pairs with their rates."""
-    from fer_train.analysis import analyze_confusion
+    from fer_analysis.confusion import analyze_confusion
 
     res = _run(lambda: analyze_confusion(_target(run, split, data), _out(run, out), top))
     for p in res["summary"]["pairs"]:
@@ -86,7 +76,7 @@ def confusion(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] =
     _done(res)
 
 
-@analyze_app.command()
+@app.command()
 def saliency(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = OUT_OPT, data: Optional[Path] = DATA_OPT,
              index: list[int] = typer.Option(None, "--index", help="Row index in the split (repeatable)."),
              image: list[Path] = typer.Option(None, "--image", help="Image file (repeatable)."),
@@ -100,11 +90,11 @@ def saliency(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = 
              mean_per_class: int = typer.Option(50, "--mean-per-class", help="Images per class for the mean maps (0 = skip)."),
              seed: int = SEED_OPT) -> None:
     """Original | heatmap | focus mask rows for chosen images (or a per-class sample), TF or ONNX engine."""
-    from fer_train.analysis import analyze_saliency
-    from fer_train.analysis_inputs import check_choice, check_image_paths
+    from fer_analysis.inputs import check_choice, check_image_paths
+    from fer_analysis.saliency import ENGINES, analyze_saliency
 
     def go():
-        check_choice("--engine", engine, ("tf", "onnx"))
+        check_choice("--engine", engine, ENGINES)
         check_image_paths(image or [], split)
         return analyze_saliency(_target(run, split, data), _out(run, out), index or None, image or None, per_class,
                                 threshold, engine, model_dir, smooth, target, mean_per_class, seed, log=_log)
@@ -119,14 +109,14 @@ def saliency(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = 
     _done(res)
 
 
-@analyze_app.command()
+@app.command()
 def filters(run: Path = RUN_ARG, out: Optional[Path] = OUT_OPT,
             layer: Optional[str] = typer.Option(None, "--layer", help="Conv layer (default: the middle one)."),
             steps: int = typer.Option(100, "--steps", help="Gradient-ascent steps."),
             step_size: float = typer.Option(1.0, "--step-size", help="Pixels (RMS) per step."),
             seed: int = SEED_OPT) -> None:
     """Gradient ascent from white noise for every filter of a conv layer, as a grid with final activations."""
-    from fer_train.analysis import analyze_filters
+    from fer_analysis.filters import analyze_filters
 
     res = _run(lambda: analyze_filters(_target(run, "PublicTest", None), _out(run, out), layer, steps, step_size, seed))
     s = res["summary"]
@@ -135,7 +125,7 @@ def filters(run: Path = RUN_ARG, out: Optional[Path] = OUT_OPT,
     _done(res)
 
 
-@analyze_app.command("layer-outputs")
+@app.command("layer-outputs")
 def layer_outputs(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = OUT_OPT,
                   data: Optional[Path] = DATA_OPT,
                   layer: Optional[str] = typer.Option(None, "--layer", help="Layer with a feature-map output "
@@ -144,26 +134,26 @@ def layer_outputs(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Pat
                   image: Optional[Path] = typer.Option(None, "--image", help="Image file instead of a split row."),
                   max_maps: int = typer.Option(256, "--max-maps", help="Show at most this many channels.")) -> None:
     """The feature maps of a layer for one image, as a grid."""
-    from fer_train.analysis import analyze_layer_outputs
+    from fer_analysis.layer_outputs import analyze_layer_outputs
 
     res = _run(lambda: analyze_layer_outputs(_target(run, split, data), _out(run, out), layer, index, image, max_maps))
     _done(res)
 
 
-@analyze_app.command("class-max")
+@app.command("class-max")
 def class_max(run: Path = RUN_ARG, out: Optional[Path] = OUT_OPT,
               steps: int = typer.Option(200, "--steps", help="Gradient-ascent steps."),
               blur_every: int = typer.Option(4, "--blur-every", help="Gaussian blur every N steps (0 = never)."),
               jitter: int = typer.Option(2, "--jitter", help="Random shift in pixels before each step."),
               seed: int = SEED_OPT) -> None:
     """For each class, the input that maximises its score (jitter + blur regularised)."""
-    from fer_train.analysis import analyze_class_max
+    from fer_analysis.class_max import analyze_class_max
 
     res = _run(lambda: analyze_class_max(_target(run, "PublicTest", None), _out(run, out), steps, seed, blur_every, jitter))
     _done(res)
 
 
-@analyze_app.command()
+@app.command()
 def adversarial(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = OUT_OPT, data: Optional[Path] = DATA_OPT,
                 n: int = typer.Option(500, "-n", "--n", help="Sample size from the split (0 = all rows)."),
                 eps: list[float] = typer.Option(None, "--eps", help="Epsilon in pixels out of 255 (repeatable; "
@@ -173,7 +163,7 @@ def adversarial(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path]
                 example_eps: float = typer.Option(4.0, "--example-eps", help="Epsilon of the examples (pixels)."),
                 seed: int = SEED_OPT) -> None:
     """FGSM and iterative FGSM: accuracy against epsilon (table + plot) and example triplets."""
-    from fer_train.analysis import EPSILONS, analyze_adversarial
+    from fer_analysis.adversarial import EPSILONS, analyze_adversarial
 
     res = _run(lambda: analyze_adversarial(_target(run, split, data), _out(run, out), n, list(eps or EPSILONS), steps,
                                            examples, example_eps, seed, log=_log))
@@ -182,29 +172,29 @@ def adversarial(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path]
     _done(res)
 
 
-@analyze_app.command()
+@app.command()
 def mistakes(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = OUT_OPT, data: Optional[Path] = DATA_OPT,
              pairs: int = typer.Option(3, "--pairs", help="How many top confused pairs."),
              per_pair: int = typer.Option(6, "--per-pair", help="Errors shown per pair.")) -> None:
     """The most confident errors of the top confused pairs, as a labelled gallery."""
-    from fer_train.analysis import analyze_mistakes
+    from fer_analysis.mistakes import analyze_mistakes
 
     res = _run(lambda: analyze_mistakes(_target(run, split, data), _out(run, out), pairs, per_pair))
     _done(res)
 
 
-@analyze_app.command()
+@app.command()
 def compare(run_a: Path = typer.Argument(..., help="First run (e.g. the CNN)."),
             run_b: Path = typer.Argument(..., help="Second run (e.g. the parameter-matched DNN)."),
             split: str = SPLIT_OPT, out: Optional[Path] = OUT_OPT, data: Optional[Path] = DATA_OPT) -> None:
     """Two runs side by side: parameters, accuracy, learning curves, per-class recall."""
-    from fer_train.analysis import analyze_compare
+    from fer_analysis.compare import analyze_compare
+    from fer_analysis.inputs import share_data
 
     def go():
         a = _target(run_a, split, data)
         b = _target(run_b, split, data)
-        if data is None and _same_data(a, b):
-            b._source = a.source  # load the data once
+        share_data(a, b)  # load the data once
         return analyze_compare(a, b, _out(run_a, out))
 
     res = _run(go)
@@ -214,13 +204,7 @@ def compare(run_a: Path = typer.Argument(..., help="First run (e.g. the CNN)."),
     _done(res)
 
 
-def _same_data(a, b) -> bool:
-    from fer_train.evaluate import data_path_of
-
-    return data_path_of(a.path) == data_path_of(b.path)
-
-
-@analyze_app.command()
+@app.command()
 def report(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = OUT_OPT, data: Optional[Path] = DATA_OPT,
            compare_run: Optional[Path] = typer.Option(None, "--compare", help="Second run to compare with (e.g. the DNN)."),
            engine: str = typer.Option("tf", "--engine", help="Saliency engine: tf | onnx (adds the TF/ONNX agreement)."),
@@ -231,14 +215,23 @@ def report(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = OU
            steps: int = typer.Option(100, "--steps", help="Gradient-ascent steps (filters; class-max uses 2x)."),
            seed: int = SEED_OPT) -> None:
     """One self-contained HTML page (images embedded) gathering every analysis for a run."""
-    from fer_train.analysis_inputs import check_choice
-    from fer_train.analysis_report import build_report
+    from fer_analysis.inputs import check_choice
+    from fer_analysis.report import build_report
+    from fer_analysis.saliency import ENGINES
 
     def go():
-        check_choice("--engine", engine, ("tf", "onnx"))
+        check_choice("--engine", engine, ENGINES)
         return build_report(run, _out(run, out), split=split, data=data, compare=compare_run, engine=engine,
                             model_dir=model_dir, adversarial_n=adversarial_n, filter_layer=filter_layer,
                             map_layer=map_layer, steps=steps, seed=seed, log=_log)
 
     res = _run(go)
     typer.echo(json.dumps({k: res[k] for k in ("html", "bytes", "seconds")}))
+
+
+def main() -> None:
+    run_app(app, "fer-analyze")
+
+
+if __name__ == "__main__":
+    main()

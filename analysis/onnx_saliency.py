@@ -14,8 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from fer_analysis.inputs import AnalysisError
 from fer_runtime.labels import NUM_CLASSES
-from fer_train.analysis_inputs import AnalysisError
 
 
 @dataclass

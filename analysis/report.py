@@ -1,4 +1,4 @@
-"""``fer-train analyze report``: run every analysis for a run and gather them in one self-contained HTML page.
+"""Report (``fer-analyze report``): run every analysis for a run and gather them in one self-contained HTML page.
 
 The page embeds its figures as base64 PNG data URIs and has inline CSS only, so the single file
 can be opened anywhere; the PNGs and CSV/JSON files stay beside it.
@@ -11,12 +11,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from fer_analysis.adversarial import EPSILONS, analyze_adversarial
+from fer_analysis.class_max import analyze_class_max
+from fer_analysis.compare import analyze_compare, run_facts
+from fer_analysis.confusion import analyze_confusion
+from fer_analysis.filters import analyze_filters
+from fer_analysis.inputs import AnalysisError, Target, open_target, share_data
+from fer_analysis.layer_outputs import analyze_layer_outputs
+from fer_analysis.mistakes import analyze_mistakes
+from fer_analysis.saliency import FACE_REGIONS, analyze_saliency
+from fer_runtime.atomic import atomic_write
 from fer_runtime.labels import LABELS
 from fer_train import runs
-from fer_train.analysis import (EPSILONS, FACE_REGIONS, analyze_adversarial, analyze_class_max, analyze_compare,
-                                analyze_confusion, analyze_filters, analyze_layer_outputs, analyze_mistakes,
-                                analyze_saliency)
-from fer_train.analysis_inputs import AnalysisError, Target, open_target
 
 REPORT = "report.html"
 
@@ -231,11 +237,7 @@ def build_report(run: str | Path, out: Path, *, split: str = "PublicTest", data:
         ("adversarial", lambda: analyze_adversarial(t, out, adversarial_n, EPSILONS, seed=seed, log=log)),
     ]
     if other is not None:
-        if data is None and str(other.path) != str(t.path):
-            from fer_train.evaluate import data_path_of
-
-            if data_path_of(other.path) == data_path_of(t.path):
-                other._source = t.source
+        share_data(t, other)
         steps_run.insert(0, ("compare", lambda: analyze_compare(t, other, out)))
     for name, fn in steps_run:
         s0 = time.time()
@@ -244,14 +246,12 @@ def build_report(run: str | Path, out: Path, *, split: str = "PublicTest", data:
         log(f"{name} done in {time.time() - s0:.0f}s")
     facts = {"params": t.params(), "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "seconds": time.time() - t0}
-    if t.path.is_dir() and (t.path / runs.CONFIG).exists():
-        hist = runs.read_history(t.path)
-        be, bv = runs.best_epoch(hist)
-        facts.update(config=runs.read_json(t.path / runs.CONFIG).get("model", {}), best_epoch=be, best_val=bv,
-                     epochs=len(hist))
+    rf = run_facts(t)
+    if "best_epoch" in rf:
+        facts.update(config=rf["config"], best_epoch=rf["best_epoch"], best_val=rf["best_val_accuracy"], epochs=rf["epochs"])
     page = render_html(t, res, facts)
     path = out / REPORT
-    runs.atomic_write_text(path, page)
+    atomic_write(path, page)
     runs.write_json(out / "report.json", {"run": str(t.path), "compare": str(other.path) if other else None,
                                           "split": split, "sections": {k: v["summary"] for k, v in res.items()}})
     return {"html": str(path), "bytes": path.stat().st_size, "seconds": round(time.time() - t0, 1),

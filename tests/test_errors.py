@@ -1,0 +1,97 @@
+"""Typed errors and exit codes: InferenceError, the CUDA->CPU fallback, a missing Haar cascade, bugs that are not
+turned into error rows, and fer-infer's exit codes 130 (Ctrl-C) and 141 (closed stdout). No TensorFlow."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_runtime import providers as prov
+from fer_runtime.errors import InferenceError, ModelNotFoundError, ProviderUnavailableError
+from fer_runtime.exitcodes import INTERRUPTED, PIPE_CLOSED
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "images"
+FER_INFER = [sys.executable, "-c", "from fer_runtime.cli import main; main()"]
+
+
+def test_a_failed_run_is_an_inference_error_naming_the_model(predictor) -> None:
+    bad = np.zeros((2, 47, 48, 1), np.float32)  # the graph wants 48x48: onnxruntime refuses in run()
+    with pytest.raises(InferenceError) as ei:
+        predictor._run_forward(bad)
+    msg = str(ei.value)
+    assert predictor.manifest.variants[predictor.variant].forward in msg and "CPUExecutionProvider" in msg
+    assert "dimensions" in msg.lower() and "\n" not in msg
+
+
+def test_auto_falls_back_to_cpu_when_cuda_fails_but_cuda_is_an_error(model_dir: Path, monkeypatch) -> None:
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
+    from fer_runtime import Predictor
+
+    real = ort.InferenceSession
+
+    def cuda_breaks(data, sess_options=None, providers=None):
+        if prov.CUDA in prov.provider_names(providers):
+            raise EPFail("CUDA failure 100: no CUDA-capable device is detected")
+        return real(data, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(prov, "available_providers", lambda: [prov.CUDA, prov.CPU])
+    monkeypatch.setattr(ort, "InferenceSession", cuda_breaks)
+    p = Predictor(model_dir, device="auto")
+    assert p.providers == [prov.CPU]
+    p.load_saliency()  # later sessions go straight to CPU
+    with pytest.raises(ProviderUnavailableError, match="no CUDA-capable device"):
+        Predictor(model_dir, device="cuda")
+
+
+def test_a_missing_haar_cascade_is_a_typed_error(monkeypatch, tmp_path: Path) -> None:
+    import cv2
+
+    from fer_runtime.detectors import HaarDetector
+
+    monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + os.sep)
+    monkeypatch.setattr(HaarDetector, "_cascade", None)
+    with pytest.raises(ModelNotFoundError, match="Haar cascade"):
+        HaarDetector().detect(np.zeros((200, 200, 3), np.uint8))
+
+
+def test_a_bug_is_not_turned_into_error_rows(predictor, monkeypatch) -> None:
+    from fer_runtime import pipeline
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug in face finding")
+
+    monkeypatch.setattr(pipeline, "_face_boxes", bug)
+    with pytest.raises(ZeroDivisionError):
+        list(pipeline.infer_files(predictor, [EXAMPLES / "happy_0.png"], faces="crop"))
+
+
+def test_closed_stdout_ends_quietly_with_141(model_dir: Path) -> None:
+    proc = subprocess.Popen([*FER_INFER, str(EXAMPLES), "--model-dir", str(model_dir), "--model", "fast", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first row is written (like `| head` after its lines)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == PIPE_CLOSED, err
+    assert err == ""
+
+
+def test_ctrl_c_exits_130_with_one_line(model_dir: Path, tmp_path: Path) -> None:
+    for i in range(800):  # ~120 KB of rows: more than a pipe holds, so the run cannot finish unread
+        shutil.copy(EXAMPLES / "happy_0.png", tmp_path / f"{i:04d}.png")
+    proc = subprocess.Popen([*FER_INFER, str(tmp_path), "--model-dir", str(model_dir), "--model", "fast", "-q",
+                             "--faces", "crop"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    assert first.startswith(b"path,")  # running: the first rows are out
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == INTERRUPTED, err
+    assert err.decode().strip().splitlines() == ["interrupted"]
+    assert (first + out).count(b"\n") < 1 + 800  # stopped part-way

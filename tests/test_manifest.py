@@ -1,0 +1,100 @@
+"""The manifest's typed sub-schemas and its format_version policy. No TensorFlow."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fer_runtime import Predictor
+from fer_runtime.errors import ManifestVersionError, ModelIntegrityError
+from fer_runtime.manifest import (FORMAT_VERSION, MANIFEST_NAME, Calibration, InputSpec, Manifest, MemberEntry,
+                                  parse_format_version, read_manifest, write_manifest)
+
+
+@pytest.fixture
+def model_copy(model_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(model_dir, tmp_path / "m", ignore=shutil.ignore_patterns("__pycache__", "*.png", "*.md")))
+
+
+def _edit(folder: Path, change) -> None:
+    d = json.loads((folder / MANIFEST_NAME).read_text())
+    change(d)
+    (folder / MANIFEST_NAME).write_text(json.dumps(d))
+
+
+def test_shipped_manifest_is_typed_and_round_trips_byte_for_byte(model_dir: Path, tmp_path: Path) -> None:
+    m = read_manifest(model_dir)
+    v = m.variants[m.default_variant]
+    assert isinstance(m.input, InputSpec) and m.input.name == "image" and m.input.shape == [None, 48, 48, 1]
+    assert v.members and all(isinstance(e, MemberEntry) for e in v.members)
+    assert isinstance(v.calibration, Calibration) and v.quantization is None
+    with pytest.raises(AttributeError):
+        v.members[0].name = "x"  # frozen
+    write_manifest(tmp_path, m)
+    assert (tmp_path / MANIFEST_NAME).read_text() == (model_dir / MANIFEST_NAME).read_text()
+
+
+def test_unknown_keys_of_a_newer_minor_version_are_ignored(model_copy: Path) -> None:
+    def newer_minor(d):
+        d["format_version"] = f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1] + 1}"
+        d["signature"] = {"by": "a later fer-export"}
+        d["input"]["mean"] = 0.5
+        v = d["variants"][d["default_variant"]]
+        v["license"] = "CC-BY"
+        v["members"][0]["epochs"] = 40
+        v["calibration"]["bins"] = 15
+        next(iter(d["files"].values()))["created"] = "today"
+    _edit(model_copy, newer_minor)
+    m = read_manifest(model_copy)
+    assert m.format_version == (FORMAT_VERSION[0], FORMAT_VERSION[1] + 1)
+    assert not hasattr(m.variants[m.default_variant], "license")
+    p = Predictor(model_copy, device="cpu")
+    assert p.predict(__import__("numpy").zeros((1, 48, 48), "uint8")).shape == (1, 7)
+    write_manifest(model_copy, m)  # re-written at this code's version, without the keys it does not know
+    assert json.loads((model_copy / MANIFEST_NAME).read_text())["format_version"] == FORMAT_VERSION[0]
+
+
+@pytest.mark.parametrize("where", ["top", "variant", "member", "calibration", "input", "file"])
+def test_unknown_keys_at_this_version_are_refused(model_copy: Path, where: str) -> None:
+    def typo(d):
+        v = d["variants"][d["default_variant"]]
+        target = {"top": d, "variant": v, "member": v["members"][0], "calibration": v["calibration"],
+                  "input": d["input"], "file": next(iter(d["files"].values()))}[where]
+        target["temprature"] = 1.0
+    _edit(model_copy, typo)
+    with pytest.raises(ModelIntegrityError, match="unknown key.*'temprature'"):
+        read_manifest(model_copy)
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION[0] + 1, f"{FORMAT_VERSION[0] + 1}.0", 0])
+def test_another_major_version_is_refused_in_one_line(model_copy: Path, version) -> None:
+    _edit(model_copy, lambda d: d.update(format_version=version))
+    with pytest.raises(ManifestVersionError) as ei:
+        Predictor(model_copy, device="cpu")
+    msg = str(ei.value)
+    assert "\n" not in msg and MANIFEST_NAME in msg
+    assert ("upgrade fer-toolkit" in msg) == (version != 0)
+
+
+@pytest.mark.parametrize("value, want", [(1, (1, 0)), ("1.3", (1, 3)), ("2.0", (2, 0))])
+def test_parse_format_version(value, want) -> None:
+    assert parse_format_version(value) == want
+
+
+@pytest.mark.parametrize("value", [True, "1", "1.x", 1.5, None, -1])
+def test_bad_format_versions(value) -> None:
+    with pytest.raises(ModelIntegrityError, match="format_version"):
+        parse_format_version(value)
+
+
+def test_to_dict_stores_absent_records_as_empty_objects(model_dir: Path) -> None:
+    import dataclasses
+
+    m = read_manifest(model_dir)
+    name = m.default_variant
+    m.variants[name] = dataclasses.replace(m.variants[name], calibration=None)
+    d = m.to_dict()
+    assert d["variants"][name]["calibration"] == {} and d["variants"][name]["quantization"] == {}
+    assert Manifest.from_dict(d).variants[name].calibration is None

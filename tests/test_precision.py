@@ -1,0 +1,91 @@
+"""--precision: what auto picks, what is recorded, and a bf16 run resumed on a machine without bf16."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_train.precision import cpu_bf16_flags, resolve
+
+FIX = Path(__file__).parent / "fixtures" / "fer2013_small.csv.gz"
+
+
+@pytest.mark.parametrize("requested, gpu, flags, expected", [
+    ("auto", False, ["amx_bf16", "avx512_bf16"], "bfloat16"),
+    ("auto", False, ["avx512_bf16"], "bfloat16"),
+    ("auto", False, [], "float32"),
+    ("auto", True, [], "mixed_float16"),
+    ("auto", True, ["avx512_bf16"], "mixed_float16"),
+    ("float32", False, ["amx_bf16"], "float32"),
+    ("bfloat16", False, [], "float32"),  # no bf16 hardware: falls back, and says so
+    ("bfloat16", False, ["amx_bf16"], "bfloat16"),
+    ("mixed_float16", False, ["amx_bf16"], "float32"),
+    ("mixed_float16", True, [], "mixed_float16"),
+])
+def test_resolve(requested, gpu, flags, expected):
+    got, why = resolve(requested, gpu=gpu, bf16_flags=flags)
+    assert got == expected
+    if got != requested and requested != "auto":
+        assert "continuing in float32" in why
+
+
+def test_resolve_refuses_unknown():
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        resolve("half", gpu=False, bf16_flags=[])
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert cpu_bf16_flags(info) == ["amx_bf16", "avx512_bf16"]
+    info.write_text("flags\t\t: fpu sse avx2\n")
+    assert cpu_bf16_flags(info) == []
+    assert cpu_bf16_flags(tmp_path / "missing") == []
+
+
+@pytest.mark.tf
+def test_bf16_run_is_recorded_and_resumes_in_float32_elsewhere(tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from fer_train import precision, runs
+    from fer_train.fit import TrainConfig, fit
+    from fer_train.models import ModelConfig
+    from fer_train.pipeline import AugmentConfig
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=str(FIX), epochs=2, batch_size=32, schedule="constant", warmup_epochs=0,
+                      augment=AugmentConfig(enabled=False))
+    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
+    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])  # a bf16 machine
+    logs: list[str] = []
+
+    def stop_in_epoch_2(epoch, step, steps):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(run, tiny, cfg, log=logs.append, progress=stop_in_epoch_2)
+        assert json.loads((run / runs.CONFIG).read_text())["precision"] == "bfloat16"
+        assert [r["precision"] for r in runs.read_history(run)] == ["bfloat16"]
+        saved = keras.models.load_model(run / runs.LAST, compile=False)
+        assert saved.get_layer("b1c1_conv").compute_dtype == "bfloat16"
+        assert saved.get_layer("logits").compute_dtype == "float32"  # logits and softmax stay float32
+        assert saved(np.zeros((1, 48, 48, 1), "float32")).dtype == "float32"
+
+        monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])  # resumed on a machine without bf16
+        logs.clear()
+        fit(run, resume=True, log=logs.append)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert any("trained in bfloat16 so far; continuing in float32" in line for line in logs), logs
+    assert [r["precision"] for r in runs.read_history(run)] == ["bfloat16", "float32"]
+    assert json.loads((run / runs.CONFIG).read_text())["precision"] == "float32"
+    resumed = keras.models.load_model(run / runs.LAST, compile=False)
+    assert resumed.get_layer("b1c1_conv").compute_dtype == "float32"
+    steps = -(-json.loads((run / runs.CONFIG).read_text())["data"]["train_rows"] // 32)
+    assert int(keras.models.load_model(run / runs.LAST).optimizer.iterations) == 2 * steps  # optimizer state carried over

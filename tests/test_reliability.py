@@ -1,0 +1,269 @@
+"""Faults the runtime must survive: huge images, SIGKILL mid-run, --resume, a file-size limit, and one Predictor
+shared by 8 threads. No TensorFlow."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fuzz_corpus import EXAMPLES, _png_header_only, png_of_zeros  # noqa: E402
+
+from fer_runtime.errors import ImageTooLargeError, InvalidImageError  # noqa: E402
+from fer_runtime.images import DEFAULT_MAX_PIXELS, decode_image, read_image  # noqa: E402
+from fer_runtime.resume import ResumableWriter, ResumeError, partial_path, progress_path  # noqa: E402
+from fer_runtime.results import columns  # noqa: E402
+
+TIMEOUT = 300
+FACES = sorted(EXAMPLES.glob("*_0.png"))
+
+
+def _cli(model_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "fer_runtime.cli", *args, "--model-dir", str(model_dir), "--device", "cpu",
+            "--threads", "1", "-q"]
+
+
+def _run_measured(cmd: list[str], **kw) -> tuple[int, float, str]:
+    """Run ``cmd``; (exit code, peak RSS in MB of that child alone, stderr)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, err
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# -- huge images ------------------------------------------------------------------------------------------
+def test_huge_png_is_refused_before_decoding(model_dir: Path, tmp_path: Path) -> None:
+    """A valid 20000x20000 PNG (400 MP, 1.7 MB on disk) gets a one-line 'too large' row; the process never
+    holds its pixels (decoding it would take 400 MB more than the ~150 MB of the runtime)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "huge.png").write_bytes(png_of_zeros(20000, 20000))
+    shutil.copy(FACES[0], tmp_path / "in" / "face.png")
+    out = tmp_path / "preds.csv"
+    code, peak_mb, err = _run_measured(_cli(model_dir, str(tmp_path / "in"), "--out", str(out)))
+    assert code == 1 and err == "", err
+    rows = {Path(r["path"]).name: r for r in _rows(out)}
+    assert rows["huge.png"]["error"].startswith("image too large") and not rows["huge.png"]["label"]
+    assert rows["face.png"]["label"]
+    assert peak_mb < 450, f"peak RSS {peak_mb:.0f} MB: the image was decoded"
+
+
+def test_pixel_limit_is_settable(model_dir: Path, tmp_path: Path) -> None:
+    face = FACES[0].read_bytes()  # 48x48 = 2304 pixels
+    assert decode_image(face).shape == (48, 48)
+    with pytest.raises(ImageTooLargeError, match="48x48 = 2,304 pixels, the limit is 2,000"):
+        decode_image(face, max_pixels=2000)
+    assert read_image(FACES[0], max_pixels=2304).shape == (48, 48)
+    # a header claiming 15000x15000 (225 MP, above the default): refused by default, decoded (and found truncated)
+    # when the CLI's --max-pixels is raised above it
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.png").write_bytes(_png_header_only(15000, 15000))
+    with pytest.raises(ImageTooLargeError):
+        read_image(tmp_path / "in" / "big.png")
+    for limit, expect in ((None, "image too large"), ("300000000", "not a readable image"),
+                          ("0", "not a readable image"), ("1000", "image too large")):
+        out = tmp_path / f"preds_{limit}.csv"
+        extra = ["--max-pixels", limit] if limit is not None else []
+        res = subprocess.run(_cli(model_dir, str(tmp_path / "in"), "--out", str(out), *extra), capture_output=True,
+                             text=True, timeout=TIMEOUT)
+        assert res.returncode == 1, res.stderr
+        (row,) = _rows(out)
+        assert row["error"].startswith(expect), (limit, row)
+    assert DEFAULT_MAX_PIXELS == 2 * 89_478_485  # Pillow's own error threshold
+
+
+# -- killed and resumed runs ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 small face images (copies of the 7 example crops, flipped/shifted so that they differ)."""
+    import cv2
+
+    d = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(15)
+    crops = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in FACES]
+    for i in range(400):
+        im = np.roll(crops[i % len(crops)], int(rng.integers(-3, 4)), axis=1)
+        cv2.imwrite(str(d / f"face_{i:04d}.png"), im[:, ::-1] if i % 2 else im)
+    return d
+
+
+def _kill_when(proc: subprocess.Popen, progress: Path, at_least: int, n: int) -> int:
+    """SIGKILL ``proc`` once its progress record counts ``at_least`` complete inputs (but not all ``n``)."""
+    deadline = time.time() + TIMEOUT
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = json.loads(progress.read_text())["inputs_done"]
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done >= at_least:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed; give it more inputs"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done < n
+    return done
+
+
+def test_sigkill_leaves_the_previous_output_and_resume_completes_it(model_dir: Path, many: Path,
+                                                                     tmp_path: Path) -> None:
+    n = len(list(many.iterdir()))
+    ref = tmp_path / "reference.csv"
+    res = subprocess.run(_cli(model_dir, str(many), "--out", str(ref), "--faces", "crop"), capture_output=True,
+                         text=True, timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr
+
+    out = tmp_path / "preds.csv"
+    out.write_text("previous,complete\nfile,1\n")
+    before = out.read_bytes()
+    cmd = _cli(model_dir, str(many), "--out", str(out), "--faces", "crop", "--batch-size", "8")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = _kill_when(proc, progress_path(out), 40, n)
+    assert out.read_bytes() == before, "a killed run touched the previous output"
+    assert partial_path(out).exists() and progress_path(out).exists()
+
+    # a second kill, this time during the resumed run, then a resume to the end
+    proc = subprocess.Popen([*cmd, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done2 = _kill_when(proc, progress_path(out), done + 80, n)
+    assert done2 > done and out.read_bytes() == before
+    res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr
+    assert not partial_path(out).exists() and not progress_path(out).exists()
+
+    got, want = _rows(out), _rows(ref)
+    assert [r["path"] for r in got] == [r["path"] for r in want]  # every input once, in order
+    assert [r["label"] for r in got] == [r["label"] for r in want]
+    p = [c for c in got[0] if c.startswith("p_")]
+    # the batches differ between the runs, so the last float bits may too; the CSV keeps 6 decimals
+    np.testing.assert_allclose(np.array([[float(r[c]) for c in p] for r in got]),
+                               np.array([[float(r[c]) for c in p] for r in want]), atol=2e-6)
+
+
+def test_sigkill_without_previous_output_leaves_none(model_dir: Path, many: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.jsonl"
+    proc = subprocess.Popen(_cli(model_dir, str(many), "--out", str(out), "--batch-size", "8"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, progress_path(out), 30, len(list(many.iterdir())))
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.jsonl.partial", "preds.jsonl.progress.json"]
+
+
+def test_resume_refuses_other_inputs_or_settings(model_dir: Path, many: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    cmd = _cli(model_dir, str(many), "--out", str(out), "--faces", "crop", "--batch-size", "8")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, progress_path(out), 20, len(list(many.iterdir())))
+    partial = partial_path(out).read_bytes()
+    for other in (_cli(model_dir, str(FACES[0]), "--out", str(out), "--faces", "crop", "--resume"),
+                  [*cmd[:cmd.index("crop")], "auto", *cmd[cmd.index("crop") + 1:], "--resume"]):
+        res = subprocess.run(other, capture_output=True, text=True, timeout=TIMEOUT)
+        assert res.returncode == 2 and res.stderr.startswith("error: cannot resume"), res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+        assert partial_path(out).read_bytes() == partial and not out.exists()
+    res = subprocess.run(_cli(model_dir, str(many), "--resume"), capture_output=True, text=True, timeout=TIMEOUT)
+    assert res.returncode == 2 and "--resume needs --out" in res.stderr
+
+
+def test_resumable_writer_drops_rows_after_the_last_commit(tmp_path: Path) -> None:
+    """Rows written but not committed when the process died are not in the resumed file (no torn last row)."""
+    out, cols = tmp_path / "preds.csv", columns(["A", "B"])
+    inputs = ["a.png", "b.png", "c.png"]
+    w = ResumableWriter(out, "csv", cols, inputs, {"faces": "crop"}).__enter__()
+    w.write({"path": "a.png", "label": "A", "p_a": 0.9, "p_b": 0.1})
+    w.commit(1)
+    w.write({"path": "b.png", "label": "B", "p_a": 0.2, "p_b": 0.8})
+    w._fh.write(b'"c.png,half a ro')  # the torn tail of a write the kill interrupted  # type: ignore[union-attr]
+    w._fh.close()  # the process dies: no commit, no __exit__  # type: ignore[union-attr]
+    assert not out.exists()
+    with ResumableWriter(out, "csv", cols, inputs, {"faces": "crop"}, resume=True) as w2:
+        assert w2.resumed and w2.inputs_done == 1
+        for name in inputs[w2.inputs_done:]:
+            w2.write({"path": name, "error": "x"}, failed=True)
+        w2.commit(3)
+    assert [r["path"] for r in _rows(out)] == inputs
+    assert w2.state.rows == 3 and w2.state.failed == 2
+    with pytest.raises(ResumeError, match="inputs differ"):
+        ResumableWriter(tmp_path / "x.csv", "csv", cols, ["z.png"], {}).__enter__().commit(0)
+        ResumableWriter(tmp_path / "x.csv", "csv", cols, ["y.png"], {}, resume=True).__enter__()
+
+
+def test_file_size_limit_is_a_one_line_error_and_keeps_the_previous_output(model_dir: Path, many: Path,
+                                                                           tmp_path: Path) -> None:
+    """RLIMIT_FSIZE (what ``ulimit -f`` sets), with SIGXFSZ ignored so that write() fails with EFBIG."""
+    out = tmp_path / "preds.csv"
+    out.write_text("previous,complete\n")
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    res = subprocess.run(_cli(model_dir, str(many), "--out", str(out), "--faces", "crop"), capture_output=True,
+                         text=True, timeout=TIMEOUT, preexec_fn=limit)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "File too large" in lines[0], lines
+    assert out.read_text() == "previous,complete\n"
+
+
+# -- one Predictor, many threads ----------------------------------------------------------------------------
+def test_one_predictor_shared_by_8_threads_matches_serial_calls(model_dir: Path) -> None:
+    import cv2
+
+    from fer_runtime import Predictor
+
+    p = Predictor(model_dir, device="cpu", threads=1, batch_size=4)
+    rng = np.random.default_rng(15)
+    base = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in FACES]
+    jobs = [[np.clip(base[(t + k) % len(base)].astype(np.int16) + rng.integers(-20, 21, (48, 48)), 0, 255)
+             .astype(np.uint8) for k in range(6)] for t in range(8)]
+    serial = [(p.predict(j), p.saliency(j)) for j in jobs]
+    results: list[object] = [None] * len(jobs)
+    start = threading.Barrier(len(jobs))
+
+    def work(t: int) -> None:
+        start.wait()
+        out = []
+        for _ in range(3):  # overlap predict and saliency calls of all threads, several times
+            out.append((p.predict(jobs[t]), p.saliency(jobs[t])))
+        results[t] = out
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(len(jobs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=TIMEOUT)
+    for t, (probs, maps) in enumerate(serial):
+        assert results[t] is not None, f"thread {t} failed"
+        for got_probs, got_maps in results[t]:  # type: ignore[union-attr]
+            np.testing.assert_allclose(got_probs, probs, atol=1e-6)
+            np.testing.assert_allclose(got_maps, maps, atol=1e-5)
+
+
+def test_large_colour_images_turn_gray_in_strips_with_the_same_numbers() -> None:
+    """The strip-wise gray conversion (no float32 colour copy of a huge photo) gives bit-identical pixels."""
+    import cv2
+
+    from fer_runtime import images
+
+    rng = np.random.default_rng(15)
+    for shape, dtype in (((1500, 1001, 3), np.uint8), ((1200, 900, 4), np.uint16)):
+        im = rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+        assert im.size > images._STRIP_PIXELS
+        whole = cv2.cvtColor(images._to_float255(im), cv2.COLOR_BGR2GRAY if shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+        np.testing.assert_array_equal(images.to_gray(im), whole)

@@ -1,0 +1,126 @@
+"""The training configuration of a run (everything but the architecture), as stored in config.json."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fer_train.distribute import STRATEGIES
+from fer_train.models import ModelConfig
+from fer_train.pipeline import AugmentConfig
+from fer_train.precision import PRECISIONS
+from fer_train.schedules import SCHEDULES
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run besides the architecture."""
+
+    data: str = ""
+    val_fraction: float = 0.1  # validation share when the data has no PublicTest split
+    random_seed: int = 1234
+    epochs: int = 40
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    class_weights: bool = False
+    patience: int = 15
+    precision: str = "auto"  # auto | float32 | bfloat16 | mixed_float16 (fer_train.precision)
+    strategy: str = "default"  # default | mirrored | multiworker (fer_train.distribute)
+    limit_train: int = 0  # use only the first N training rows (0 = all); for smoke tests
+    hide_labels: float = 0.0  # fraction of Training withheld as unlabelled (self-training)
+    ferplus: str = ""  # ferplus_votes.csv (FER2013 row order); blended into targets with ferplus_weight
+    ferplus_weight: float = 0.0
+    teacher: str = ""  # run/ensemble whose probabilities are blended into targets with distill_weight
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        if "validate" in d:  # runs from before the field was renamed
+            d.setdefault("val_fraction", d.pop("validate"))
+        legacy = d.pop("mixed_precision", None)  # runs from before --precision
+        if legacy is not None and "precision" not in d:
+            d["precision"] = "mixed_float16" if legacy else "float32"
+        aug = AugmentConfig(**d.pop("augment", {}))
+        return cls(**d, augment=aug)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that is out of range or unknown."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch size must be positive")
+        for name, w, src in (("ferplus", self.ferplus_weight, self.ferplus), ("teacher", self.distill_weight, self.teacher)):
+            if not 0 <= w <= 1:
+                raise ValueError(f"{name} weight must be in [0, 1], got {w}")
+            if w > 0 and not src:
+                raise ValueError(f"a {name} weight needs --{name}")
+        if self.ferplus_weight + self.distill_weight > 1:
+            raise ValueError("ferplus weight + distill weight must not exceed 1")
+
+
+INPUT_FIELDS = ("data", "ferplus", "teacher")  # the paths a run reads; stored relative to the run directory
+
+
+def stored_inputs(cfg: TrainConfig, run: Path) -> TrainConfig:
+    """``cfg`` with its input paths relative to ``run``, as config.json stores them (machine-independent)."""
+    rel = {k: os.path.relpath(Path(v).resolve(), Path(run).resolve()) for k in INPUT_FIELDS if (v := getattr(cfg, k))}
+    return replace(cfg, **rel)
+
+
+def resolved_inputs(cfg: TrainConfig, run: Path) -> TrainConfig:
+    """``cfg`` with relative input paths resolved against ``run`` (absolute ones, from older runs, are kept)."""
+    return replace(cfg, **{k: str(Path(run) / v) for k in INPUT_FIELDS if (v := getattr(cfg, k)) and not Path(v).is_absolute()})
+
+
+def read_run_config(run: Path) -> tuple[dict[str, Any], ModelConfig, TrainConfig]:
+    """(config.json as a dict, model config, training config with input paths usable from here) of ``run``."""
+    from fer_train import runs
+
+    conf = runs.read_json(Path(run) / runs.CONFIG)
+    return conf, ModelConfig.from_dict(conf["model"]), resolved_inputs(TrainConfig.from_dict(conf["train"]), run)
+
+
+def data_record(path: str | os.PathLike[str], run: Path) -> dict[str, Any]:
+    """How config.json names a data file: its path relative to the run, its file name and its sha256."""
+    p = Path(path)
+    rec: dict[str, Any] = {"path": os.path.relpath(p.resolve(), Path(run).resolve()), "file": p.name}
+    if p.is_file():
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        rec["sha256"] = h.hexdigest()
+    return rec
+
+
+def missing_input(run: Path, conf: dict[str, Any], cfg: TrainConfig) -> str | None:
+    """A one-line message when an input of ``run`` is not where its config says, naming the option to pass."""
+    for k in INPUT_FIELDS:
+        v = getattr(cfg, k)
+        if v and not Path(v).exists():
+            what = conf.get("data", {}) if k == "data" else {}
+            extra = ", ".join(f"{n} {what[n]}" for n in ("file", "sha256", "train_rows") if what.get(n))
+            return (f"{run}: its {k} is not at {v}{f' ({extra})' if extra else ''}; "
+                    f"pass --{k} PATH to say where it is on this machine")
+    return None
