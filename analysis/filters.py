@@ -80,7 +80,7 @@ def analyze_filters(t: Target, out: Path, layer: str | None = None, steps: int =
     fig = plot_image_grid(imgs, caps, grid_cols(n), title, out / "filters.png", panel=0.9 if n > 32 else 1.2)
     c = write_csv(out / "filters.csv", ["filter", "initial_activation", "final_activation"],
                   [[i, float(first[i]), float(last[i])] for i in range(n)])
-    summary = {"run": str(t.path), "member": str(runs.member_models(t.path)[0]), "layer": layer, "filters": n, "steps": steps, "step_size": step_size,
+    summary = {"run": str(t.path), "member": str(runs.member_paths(t.path)[0]), "layer": layer, "filters": n, "steps": steps, "step_size": step_size,
                "raised": int((last > first).sum()), "mean_initial": float(first.mean()), "mean_final": float(last.mean()),
                "top_filters": [int(i) for i in np.argsort(-last)[:8]]}
     return result("filters", [fig], [c], summary, out)

@@ -93,7 +93,7 @@ def open_target(path: str | Path, split: str = "PublicTest", data: str | Path | 
                 source: DataSource | None = None) -> Target:
     """A :class:`Target` for ``path``; fails fast (RunError naming it) if it is not a run, ensemble or .keras file."""
     path = Path(path)
-    runs.member_models(path)
+    runs.member_paths(path)
     return Target(path, split, str(data) if data else None, source)
 
 

@@ -65,7 +65,7 @@ def analyze_layer_outputs(t: Target, out: Path, layer: str | None = None, index:
     c = write_csv(out / "layer_outputs.csv", ["channel", "mean", "max", "active_fraction"],
                   [[ch, float(maps[..., ch].mean()), float(maps[..., ch].max()), float((maps[..., ch] > 0).mean())]
                    for ch in range(maps.shape[-1])])
-    summary = {"run": str(t.path), "member": str(runs.member_models(t.path)[0]), "layer": layer, "image": name, "true": LABELS[true] if true >= 0 else None,
+    summary = {"run": str(t.path), "member": str(runs.member_paths(t.path)[0]), "layer": layer, "image": name, "true": LABELS[true] if true >= 0 else None,
                "predicted": LABELS[int(p.argmax())], "confidence": float(p.max()), "shape": list(maps.shape),
                "channels_shown": int(shown.shape[-1]), "dead_channels": int((maps.max(axis=(0, 1)) <= 0).sum())}
     return result("layer_outputs", [fig], [c], summary, out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import random
 import shutil
 import signal
@@ -27,18 +26,9 @@ from fuzz_corpus import EXAMPLES, build_corpus, png_of_zeros  # noqa: E402
 
 from fer_runtime.images import DEFAULT_MAX_PIXELS  # noqa: E402
 from fer_runtime.resume import progress_path  # noqa: E402
+from machine import cpu_model  # noqa: E402  (bench/machine.py, beside this script)
 
 NOISE = ("libpng", "Corrupt JPEG", "Premature end", "[ WARN", "[ERROR", "Traceback")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def infer_cmd(model_dir: Path, *args: str) -> list[str]:

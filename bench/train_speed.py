@@ -13,36 +13,25 @@ One process, one table. For each member config (``accurate``: ``experiments/cnn_
   augmentation on real Training rows (validation excluded).
 
 Each figure is the median of ``--repeats`` timed spans of ``--steps`` steps after ``--warmup`` steps. The CPU
-model and its bf16 flags head the table: bf16 is fast only where the CPU has AMX-BF16 (oneDNN's
-``avx10_1_512_amx`` kernels); AVX512-BF16 alone has no bf16 convolution backward kernels to speak of.
+model and its bf16 flags head the table (``ONEDNN_VERBOSE=1`` shows which oneDNN kernels ran).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model  # bench/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
 CONFIGS = {"accurate": ROOT / "experiments" / "cnn_main", "fast": ROOT / "experiments" / "fast_kd"}
 PRECISIONS = ("float32", "bfloat16")
 BATCH = 64
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_fit(model, ds, steps: int, warmup: int, repeats: int) -> float:

@@ -45,7 +45,7 @@ def member_paths(sources: Sequence[str | Path]) -> list[Path]:
     paths: list[Path] = []
     for s in sources:
         try:
-            paths.extend(runs.member_models(s))
+            paths.extend(runs.member_paths(s))
         except runs.RunError as e:
             raise ExportError(str(e)) from None
     seen: set[Path] = set()

@@ -45,7 +45,7 @@ class VerifyReport:
     forward_prob_max_abs: float
     forward_logit_max_abs: float
     saliency_prob_max_abs: float
-    saliency_median_rel_err: float  # worst image
+    saliency_worst_median_rel_err: float  # worst image
     saliency_min_cosine: float  # worst image
     saliency_typical_rel_err: float = 0.0  # median over images of the per-image median relative error
     saliency_rel_outliers: int = 0  # images over REL_TOL (allowed: max(1, 1%), each <= REL_OUTLIER_TOL)
@@ -62,7 +62,7 @@ class VerifyReport:
             ("forward logits: max |onnx - keras|", f"{self.forward_logit_max_abs:.2e}", "info"),
             ("saliency-graph probs: max |onnx - keras|", f"{self.saliency_prob_max_abs:.2e}", f"<= {PROB_TOL:g}"),
             ("saliency: median rel err, typical", f"{self.saliency_typical_rel_err:.2e}", f"<= {REL_TOL:g}"),
-            ("saliency: median rel err, worst", f"{self.saliency_median_rel_err:.2e}",
+            ("saliency: median rel err, worst", f"{self.saliency_worst_median_rel_err:.2e}",
              f"<= {REL_TOL:g} ({self.saliency_rel_outliers} over, {allowed_outliers(self.images)} allowed <= {REL_OUTLIER_TOL:g})"),
             ("saliency: cosine, worst", f"{self.saliency_min_cosine:.6f}", f">= {COS_TOL:g}"),
         ]
@@ -162,10 +162,10 @@ def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[
                        forward_prob_max_abs=float(np.abs(fp - ref_p).max()),
                        forward_logit_max_abs=float(np.abs(fz - ref_z).max()),
                        saliency_prob_max_abs=float(np.abs(sp - ref_p).max()),
-                       saliency_median_rel_err=float(rel.max()), saliency_min_cosine=float(cos.min()),
+                       saliency_worst_median_rel_err=float(rel.max()), saliency_min_cosine=float(cos.min()),
                        saliency_typical_rel_err=float(np.median(rel)), saliency_rel_outliers=int((rel > rel_tol).sum()),
                        forward_member_prob_max_abs=float(np.abs(fmp - ref_mp).max(initial=0.0)))
-    if not np.isfinite([rep.forward_prob_max_abs, rep.saliency_prob_max_abs, rep.saliency_median_rel_err,
+    if not np.isfinite([rep.forward_prob_max_abs, rep.saliency_prob_max_abs, rep.saliency_worst_median_rel_err,
                         rep.saliency_min_cosine, rep.forward_member_prob_max_abs]).all():
         raise ExportError("verification produced non-finite numbers (NaN/inf in ONNX or Keras outputs)")
     if rep.forward_prob_max_abs > prob_tol:

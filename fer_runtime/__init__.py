@@ -1,5 +1,8 @@
 """fer_runtime: TensorFlow-free facial-expression recognition over the exported ONNX models.
 
+    from fer_runtime import analyze
+    faces = analyze("photo.jpg")             # [FaceEmotion(box, score, label, confidence, probabilities, source)]
+
     from fer_runtime import Predictor, detect_faces, read_image
     p = Predictor()                          # packaged models; CUDA if usable, else CPU
     image = read_image("photo.jpg")          # uint8 BGR or gray; non-ASCII paths fine
@@ -14,14 +17,17 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from fer_runtime.errors import (FerRuntimeError, ImageTooLargeError, InvalidImageError, MissingOutputError,
-                                ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError)
+from fer_runtime.errors import (FerError, FerRuntimeError, ImageTooLargeError, InferenceError, InvalidImageError,
+                                InvalidVideoError, MissingOutputError, ModelIntegrityError, ModelNotFoundError,
+                                ProviderUnavailableError)
 from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access, PEP 562)
 _LAZY = {
+    "analyze": "fer_runtime.oneshot",
+    "FaceEmotion": "fer_runtime.oneshot",
     "Predictor": "fer_runtime.predictor",
     "default_model_dir": "fer_runtime.predictor",
     "Box": "fer_runtime.faces",
@@ -37,14 +43,16 @@ _LAZY = {
     "VideoReader": "fer_runtime.video",
 }
 
-__all__ = ["FerRuntimeError", "ImageTooLargeError", "InvalidImageError", "MissingOutputError", "ModelIntegrityError", "ModelNotFoundError",
-           "ProviderUnavailableError", "IMAGE_SIZE", "LABELS", "NUM_CLASSES", *_LAZY]
+__all__ = ["FerError", "FerRuntimeError", "ImageTooLargeError", "InferenceError", "InvalidImageError", "InvalidVideoError",
+           "MissingOutputError", "ModelIntegrityError", "ModelNotFoundError", "ProviderUnavailableError", "IMAGE_SIZE",
+           "LABELS", "NUM_CLASSES", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from fer_runtime.detectors import BlazeFaceDetector, HaarDetector
     from fer_runtime.faces import Box, detect_faces
     from fer_runtime.frames import FaceResult, FrameAnalyzer
     from fer_runtime.images import preprocess, read_image
+    from fer_runtime.oneshot import FaceEmotion, analyze
     from fer_runtime.overlay import saliency_figure
     from fer_runtime.pipeline import infer_files
     from fer_runtime.predictor import Predictor, default_model_dir

@@ -82,12 +82,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = _temp_name(path)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _commit(tmp, path)
+        atomic_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

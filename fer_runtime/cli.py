@@ -31,10 +31,12 @@ Detector = Literal[DETECTORS]  # type: ignore[valid-type]
 @cli_errors()
 def infer(
     paths: list[str] = typer.Argument(..., show_default=False, metavar="PATH",
-                                      help="Image files, folders (searched recursively) or globs."),
+                                      help="Image files, folders (searched recursively; hidden files and "
+                                           "folders skipped) or globs."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="Output file, written atomically. Default: stdout. With --ray, a folder "
-                                            "X.parquet/ gets a Parquet dataset written by the workers."),
+                                       help="Output file, written atomically (missing folders are created). Default: "
+                                            "stdout. With --ray, a folder X.parquet/ gets a Parquet dataset written "
+                                            "by the workers."),
     fmt: Optional[Format] = typer.Option(None, "--format", "-f",
                                          help="Output format. Default: jsonl for .jsonl/.json outputs, else csv."),
     faces: Faces = typer.Option("auto", "--faces",
@@ -73,11 +75,13 @@ def infer(
     every: int = typer.Option(1, "--every", min=1, help="Video: process every Nth frame."),
     detect_every: int = typer.Option(1, "--detect-every", min=1,
                                      help="Video: detect faces on every Nth processed frame; track them in between."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=lambda v: _print_version(v),
+                                 help="Print fer-infer's version and exit."),
 ) -> None:
     """Classify the facial expression of every face in PATH... and write one row per face.
 
     Columns: path, face, x, y, w, h (the face crop), source (detected | whole | none), score (detection), label,
-    confidence, p_<class> per class, error.
+    confidence, p_<class> per class, saliency_png (the face's --saliency-dir figure), error.
 
     A single video file (.mp4 .avi .mov .mkv .webm .m4v, or anything OpenCV opens as a video) gives one row per face
     per processed frame, with the columns frame, timestamp_ms, track in front (source: detected | tracked).
@@ -86,8 +90,7 @@ def infer(
     130 interrupted, 141 stdout closed by its reader.
     """
     from fer_runtime.errors import FerRuntimeError
-    from fer_runtime.images import IMAGE_EXTENSIONS
-    from fer_runtime.inputs import collect_inputs, exclude_under
+    from fer_runtime.inputs import collect_inputs, common_root, exclude_under
     from fer_runtime.results import format_for
     from fer_runtime.video import is_video_file
 
@@ -117,11 +120,8 @@ def infer(
     if saliency_dir is not None:  # never feed our own figures back in on a re-run
         files = exclude_under(files, saliency_dir)
     if not files:
-        if missing:
-            raise fatal(f"no such file or directory: {', '.join(missing)}")
-        raise fatal(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(paths)}")
-    if out is not None and not out.parent.is_dir():
-        raise fatal(f"output folder {out.parent} does not exist")
+        raise _no_inputs(paths, missing)
+    _make_out_folder(out)
     if out is not None and out.is_dir():
         raise fatal(f"--out {out} is a folder")
     if resume and out is None:
@@ -158,7 +158,8 @@ def infer(
             task = progress.add_task("fer-infer", total=len(files))
             n_rows, n_faces, n_failed = _write_image_rows(
                 out, format_for(out, fmt), predictor, files, missing, resume, lambda n: progress.advance(task, n),
-                faces=faces, saliency_dir=saliency_dir, max_pixels=limit, quiet=not verbose, detector=detector)
+                faces=faces, saliency_dir=saliency_dir, max_pixels=limit, quiet=not verbose, detector=detector,
+                saliency_root=common_root(files) if saliency_dir is not None else None)
     except BrokenPipeError:
         raise  # cli_errors: exit 141, quietly
     except OSError as e:
@@ -169,6 +170,41 @@ def infer(
                       f"-> {where} ({n_rows} rows, {', '.join(predictor.providers)})", highlight=False, soft_wrap=True)
     if n_failed:
         raise typer.Exit(code=1)
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: print the version and stop before the arguments are checked."""
+    if value:
+        from fer_runtime import __version__
+
+        typer.echo(f"fer-infer {__version__}")
+        raise typer.Exit()
+
+
+def _no_inputs(paths: list[str], missing: list[str]) -> typer.Exit:
+    """The fatal error for inputs that hold no image file: what was missing, or what was searched (and where a
+    folder holds videos, that a video is passed by its own path)."""
+    from fer_runtime.images import IMAGE_EXTENSIONS
+    from fer_runtime.inputs import videos_in
+
+    if missing:
+        return fatal(f"no such file or directory: {', '.join(missing)}")
+    message = f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(paths)}"
+    videos = videos_in(paths)
+    if videos:
+        message += (f"; folders are searched for images only, a video is passed directly: fer-infer {videos[0]}"
+                    + (f" ({len(videos)} videos found)" if len(videos) > 1 else ""))
+    return fatal(message)
+
+
+def _make_out_folder(out: Optional[Path]) -> None:
+    """Create the folder of ``--out`` if it is missing, as ``--saliency-dir`` is created."""
+    if out is None or out.parent.is_dir():
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise fatal(f"cannot create the folder of --out {out}: {e.strerror or e}") from None
 
 
 def _pixel_limit(max_pixels: int | None) -> int | None:
@@ -238,18 +274,14 @@ def _infer_ray(paths: list[str], out: Optional[Path], fmt: Optional[str], addres
     from functools import partial
 
     from fer_runtime import distributed as dist
-    from fer_runtime.images import IMAGE_EXTENSIONS
     from fer_runtime.predictor import Predictor
     from fer_runtime.results import format_for
 
     files, missing = dist.expand_inputs(paths)
     if not files:
-        if missing:
-            raise fatal(f"no such file or directory: {', '.join(missing)}")
-        raise fatal(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(paths)}")
+        raise _no_inputs(paths, missing)
     parquet = out is not None and dist.is_parquet_out(out)
-    if out is not None and not out.parent.is_dir():
-        raise fatal(f"output folder {out.parent} does not exist")
+    _make_out_folder(out)
     if out is not None and not parquet and out.is_dir():
         raise fatal(f"--out {out} is a folder (a Parquet output folder is named X.parquet)")
     if resume and out is None:
@@ -316,8 +348,9 @@ def _infer_video(path: Path, out: Optional[Path], fmt: Optional[Format], device:
     from fer_runtime.results import RowWriter, format_for, video_columns
     from fer_runtime.video import VideoReader
 
-    if out is not None and (not out.parent.is_dir() or out.is_dir()):
-        raise fatal(f"--out {out}: {'is a folder' if out.is_dir() else f'folder {out.parent} does not exist'}")
+    _make_out_folder(out)
+    if out is not None and out.is_dir():
+        raise fatal(f"--out {out} is a folder")
     try:
         predictor = Predictor(model_dir=model_dir, model=model, device=device, batch_size=batch_size,
                               threads=threads)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 INSTALL_HINT = "pip install 'fer-toolkit[ray]'"
 INPUT_COLUMNS = ("image", "bytes", "path")  # what a dataset row may hold, in order of preference
 INT_COLUMNS = frozenset({"face", "x", "y", "w", "h"})
-STR_COLUMNS = frozenset({"path", "source", "label", "error"})
+STR_COLUMNS = frozenset({"path", "source", "label", "saliency_png", "error"})
 DEFAULT_MAX_RETRIES = 3
 
 

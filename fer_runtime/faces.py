@@ -17,14 +17,15 @@ import numpy as np
 from fer_runtime.boxes import Box
 from fer_runtime.detectors import DEFAULT_DETECTOR, HAAR_MAX_SIDE, FaceDetector, HaarDetector, get_detector
 
-__all__ = ["Box", "CropRule", "FER_CROP", "HAAR_MARGIN", "FACE_CROP_MAX_SIDE", "detect_faces", "detect_faces_batch",
-           "fer_crop", "is_face_crop"]
+__all__ = ["Box", "CropRule", "FER_CROP", "HAAR_MARGIN", "FACE_CROP_MAX_SIDE", "WHOLE", "DETECTED", "detect_faces",
+           "detect_faces_batch", "face_regions", "fer_crop", "is_face_crop"]
 
 DETECT_MAX_SIDE = HAAR_MAX_SIDE  # the earlier name
 HAAR_MARGIN = 0.15  # Haar boxes are grown by this fraction of their size on every side
 # An image whose longer side is at most the detector's input size (128 px) is taken to be a face crop
 # (FER2013's are 48x48): `--faces auto` classifies it whole instead of looking for faces in it.
 FACE_CROP_MAX_SIDE = 128
+WHOLE, DETECTED = "whole", "detected"  # where a classified crop came from: the whole image, or a detector box
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,19 @@ def detect_faces_batch(images: Sequence[np.ndarray], detector: str | FaceDetecto
     """:func:`detect_faces` for many images at once (BlazeFace runs them through its graph in batches)."""
     engine = get_detector(detector, model_dir)
     return [_crops(im, boxes, engine, margin) for im, boxes in zip(images, engine.detect_batch(images))]
+
+
+def face_regions(image: np.ndarray, faces: str = "auto", detector: str | FaceDetector = DEFAULT_DETECTOR, *,
+                 margin: float | None = None,
+                 model_dir: str | os.PathLike[str] | None = None) -> list[tuple[Box, str]]:
+    """The crops of ``image`` to classify under the ``faces`` rule, each with its source (:data:`WHOLE` or
+    :data:`DETECTED`), the rule ``fer-infer --faces`` and :func:`fer_runtime.analyze` share.
+
+    ``crop``: the whole image; ``auto``: the whole image if it is small enough to be a face crop itself
+    (:func:`is_face_crop`), else the detected faces; ``detect``: the detected faces. Detection (possibly
+    finding none) is :func:`detect_faces` with ``detector``, ``margin`` and ``model_dir``.
+    """
+    h, w = image.shape[:2]
+    if faces == "crop" or (faces == "auto" and is_face_crop(image)):
+        return [(Box(0, 0, w, h), WHOLE)]
+    return [(b, DETECTED) for b in detect_faces(image, detector, margin=margin, model_dir=model_dir)]

@@ -234,8 +234,11 @@ def as_image_list(images: object) -> list[np.ndarray]:
     """Split a predict/saliency argument into single images.
 
     A list/tuple is a list of images. A numpy array is one image if it is 2-D, or 3-D with a last axis
-    of 1, 3 or 4 (HxWxC); a batch if it is 3-D otherwise (NxHxW gray) or 4-D (NxHxWxC).
+    of 1, 3 or 4 (HxWxC); a batch if it is 3-D otherwise (NxHxW gray) or 4-D (NxHxWxC). A path (``str`` or
+    ``os.PathLike``), alone or in the list, is read with :func:`read_image`.
     """
+    if isinstance(images, (str, PathLike)):
+        return [_read_named(images)]
     if isinstance(images, np.ndarray):
         if images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4)):
             return [images]
@@ -243,5 +246,15 @@ def as_image_list(images: object) -> list[np.ndarray]:
             return list(images)
         raise InvalidImageError(f"cannot interpret an array of shape {images.shape} as images")
     if isinstance(images, (list, tuple)):
-        return [np.asarray(im) for im in images]
-    raise InvalidImageError(f"expected a numpy array or a list of arrays, got {type(images).__name__}")
+        return [_read_named(im) if isinstance(im, (str, PathLike)) else np.asarray(im) for im in images]
+    raise InvalidImageError(f"expected a numpy array, a path or a list of them, got {type(images).__name__}")
+
+
+def _read_named(path: str | PathLike[str]) -> np.ndarray:
+    """:func:`read_image`, with the path in the error message."""
+    try:
+        return read_image(path)
+    except InvalidImageError as e:
+        if str(path) in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None

@@ -3,17 +3,42 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fer_runtime.images import is_image_path
 
 
+def is_hidden(name: str) -> bool:
+    """A dot-file or dot-folder name (``.hidden.png``, ``.thumbnails``); ``.`` and ``..`` are not hidden."""
+    return name.startswith(".") and name not in (".", "..")
+
+
 def _images_under(folder: Path) -> list[Path]:
     """Every entry under ``folder`` named like an image, whatever it is: a dangling symbolic link, a link loop,
     a FIFO or a folder called ``x.png`` is listed too, so that it gets an error row instead of vanishing.
+    Hidden entries are skipped: dot-files, and everything in a dot-folder (which is not searched).
     Symbolic links to folders are not followed (no loops)."""
-    return sorted((f for f in folder.rglob("*") if is_image_path(f)), key=lambda f: str(f))
+    return _entries_under(folder, is_image_path)
+
+
+def videos_in(args: Iterable[str]) -> list[Path]:
+    """The video files (by suffix) in the folders among ``args``, hidden ones skipped: ``fer-infer`` takes a video
+    only when it is named directly, so a folder holding only videos gets an error that says so."""
+    from fer_runtime.video import VIDEO_EXTENSIONS
+
+    return [f for a in args if Path(a).is_dir()
+            for f in _entries_under(Path(a), lambda n: Path(n).suffix.lower() in VIDEO_EXTENSIONS)]
+
+
+def _entries_under(folder: Path, match: Callable[[str], bool]) -> list[Path]:
+    """Every entry under ``folder`` whose name ``match``es, files and folders alike, sorted; dot-names are skipped
+    and dot-folders not searched; symbolic links to folders are listed but not followed."""
+    found: list[Path] = []
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        found += (Path(top) / n for n in (*dirs, *names) if not is_hidden(n) and match(n))
+    return sorted(found, key=lambda f: str(f))
 
 
 def identity(path: Path) -> Path:
@@ -22,6 +47,16 @@ def identity(path: Path) -> Path:
         return path.resolve()
     except (OSError, RuntimeError):  # RuntimeError: Python < 3.13 on a link loop
         return path.absolute()
+
+
+def common_root(files: Iterable[str | os.PathLike[str]]) -> Path | None:
+    """The deepest folder holding every one of ``files`` (absolute, symbolic links not resolved); None for no
+    files or files on different drives."""
+    parents = [os.path.dirname(os.path.abspath(f)) for f in files]
+    try:
+        return Path(os.path.commonpath(parents)) if parents else None
+    except ValueError:  # different drives (Windows)
+        return None
 
 
 def exclude_under(files: list[Path], folder: Path) -> list[Path]:
@@ -33,9 +68,11 @@ def exclude_under(files: list[Path], folder: Path) -> list[Path]:
 def collect_inputs(args: Iterable[str]) -> tuple[list[Path], list[str]]:
     """Return ``(files, missing)``.
 
-    A folder contributes its image files recursively; a glob (``*``, ``?``, ``[...]``, ``**``) its matching
-    image files and folders; an existing file is taken whatever its suffix (so a non-image named on the
-    command line is reported, not skipped). Arguments that match nothing end up in ``missing``.
+    A folder contributes its image files recursively, without hidden ones (dot-files and the contents of
+    dot-folders); a glob (``*``, ``?``, ``[...]``, ``**``) its matching image files and folders (a glob skips
+    dot-names unless its pattern starts with a dot); an existing file is taken whatever its suffix or name (so a
+    non-image or hidden file named on the command line is processed or reported, not skipped). Arguments that
+    match nothing end up in ``missing``.
     """
     files: list[Path] = []
     missing: list[str] = []

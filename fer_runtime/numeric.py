@@ -1,7 +1,7 @@
 """The small numeric rules every side shares, defined once (numpy and OpenCV only, no TensorFlow).
 
 * :func:`softmax` / :func:`log_softmax` of logits at a temperature;
-* :func:`normalise_saliency`: |gradient|, optionally Gaussian-smoothed, scaled to max 1 per image;
+* :func:`normalise_saliency`: |gradient|, optionally Gaussian-smoothed, scaled to max 1 per image (a flat map: 0);
 * :func:`cosine_similarity`: per-image cosine of two stacks of maps.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ def normalise_saliency(grad: np.ndarray, smooth: float = 0.0) -> np.ndarray:
     """Saliency maps [N,H,W] float32 in [0, 1] from raw gradients [N,H,W] or [N,H,W,1].
 
     Each map is ``|grad|``, blurred with a Gaussian of sigma ``smooth`` pixels when ``smooth > 0``,
-    then divided by its own maximum; an all-zero map stays zero.
+    then divided by its own maximum, so its maximum is exactly 1.0. A map that is the same everywhere
+    (all zero, or a flat gradient) points at no pixel and becomes all zeros.
     """
     g = np.abs(np.asarray(grad, np.float32))
     if g.ndim == 4 and g.shape[-1] == 1:
@@ -37,8 +38,10 @@ def normalise_saliency(grad: np.ndarray, smooth: float = 0.0) -> np.ndarray:
         import cv2
 
         g = np.stack([cv2.GaussianBlur(m, (0, 0), smooth) for m in g])
-    peak = g.reshape(len(g), -1).max(axis=1, initial=0.0)[:, None, None]
-    return np.divide(g, peak, out=np.zeros_like(g), where=peak > 0)
+    per_map = g.reshape(len(g), g.shape[1] * g.shape[2])
+    peak = per_map.max(axis=1, initial=0.0)[:, None, None]
+    floor = per_map.min(axis=1, initial=np.inf)[:, None, None]
+    return np.divide(g, peak, out=np.zeros_like(g), where=peak > floor)
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:

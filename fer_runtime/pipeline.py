@@ -2,6 +2,7 @@
 videos to one row per face per processed frame."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,13 @@ import numpy as np
 from fer_runtime.choices import FACE_MODES
 from fer_runtime.errors import InvalidImageError
 from fer_runtime.detectors import DEFAULT_DETECTOR, FaceDetector, get_detector
-from fer_runtime.faces import Box, detect_faces, is_face_crop
+from fer_runtime.faces import face_regions
 from fer_runtime.frames import FrameAnalyzer
 from fer_runtime.images import DEFAULT_MAX_PIXELS, preprocess, read_image, resize, write_image
 from fer_runtime.overlay import PANEL, saliency_figure
 from fer_runtime.predictor import Predictor
-from fer_runtime.results import prob_column
+from fer_runtime.inputs import common_root
+from fer_runtime.results import SALIENCY_COLUMN, prob_column
 from fer_runtime.video import VideoFrame, VideoReader
 
 NO_FACE = "no face detected"
@@ -60,27 +62,24 @@ def _one_line(e: BaseException) -> str:
     return text or e.__class__.__name__
 
 
-def _face_boxes(image: np.ndarray, mode: str, margin: float | None,
-                detector: FaceDetector | None) -> list[tuple[Box, str]]:
-    """The crops to classify: the whole image (``crop``, or ``auto`` on an image small enough to be a face
-    crop itself, :func:`fer_runtime.faces.is_face_crop`), else the detected faces (possibly none)."""
-    h, w = image.shape[:2]
-    if mode == "crop" or (mode == "auto" and is_face_crop(image)):
-        return [(Box(0, 0, w, h), "whole")]
-    assert detector is not None
-    return [(b, "detected") for b in detect_faces(image, detector, margin=margin)]
-
-
 class _FigureNames:
-    """``<stem>_face<k>.png`` in the saliency folder, made unique within one run."""
+    """The saliency figure of face ``k`` of ``path``: ``<folders>/<stem>_face<k>.png`` in the saliency folder, where
+    ``<folders>`` are the input's folders below ``root`` (the inputs' common folder), so inputs with the same
+    name in different folders get different figures; made unique within one run (``a.png`` and ``a.jpg``)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.used = folder, set()
+    def __init__(self, folder: Path, root: Path | None) -> None:
+        self.folder, self.root, self.used = folder, root, set()
 
     def __call__(self, path: Path, k: int) -> Path:
-        name, n = f"{path.stem}_face{k}.png", 1
+        rel = Path(path.name)
+        if self.root is not None:
+            try:
+                rel = Path(os.path.abspath(path)).relative_to(self.root)
+            except ValueError:  # not under the root it was given
+                pass
+        name, n = rel.parent / f"{rel.stem}_face{k}.png", 1
         while name in self.used:
-            name, n = f"{path.stem}_{n}_face{k}.png", n + 1
+            name, n = rel.parent / f"{rel.stem}_{n}_face{k}.png", n + 1
         self.used.add(name)
         return self.folder / name
 
@@ -98,7 +97,8 @@ class Source:
 def infer_files(predictor: Predictor, files: Iterable[Path | Source], faces: str = "auto",
                 margin: float | None = None, saliency_dir: Path | None = None,
                 on_file: Callable[[Path], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                quiet: bool = True, *, detector: str | FaceDetector = DEFAULT_DETECTOR) -> Iterator[Row]:
+                quiet: bool = True, *, detector: str | FaceDetector = DEFAULT_DETECTOR,
+                saliency_root: Path | None = None) -> Iterator[Row]:
     """Yield result rows for ``files`` in order: one per face, or one error row per unreadable file.
 
     ``faces``: ``crop`` (the whole image is the face), ``detect`` (only detected faces; an image without one
@@ -108,20 +108,22 @@ def infer_files(predictor: Predictor, files: Iterable[Path | Source], faces: str
     label, no probabilities and no error. ``detector`` (an engine name or object, :mod:`fer_runtime.detectors`)
     finds the faces; ``margin`` replaces its crop rule (:func:`fer_runtime.faces.detect_faces`).
     Faces are predicted ``predictor.batch_size`` at a time. With ``saliency_dir`` a figure is
-    written per face. ``on_file`` is called after each file is read. Files whose header declares more than
+    written per face, named after the file's path below ``saliency_root`` (default: the folder holding all of
+    ``files``; pass the one of the whole input list when ``files`` is a part of it), and the row's
+    ``saliency_png`` column holds its path. ``on_file`` is called after each file is read. Files whose header declares more than
     ``max_pixels`` pixels get an error row without being decoded; ``quiet`` keeps the codecs' messages off
     stderr (:func:`fer_runtime.images.read_image`).
     """
     for rows, _ in infer_chunks(predictor, files, faces, margin, saliency_dir, on_file, max_pixels, quiet,
-                                detector=detector):
+                                detector=detector, saliency_root=saliency_root):
         yield from rows
 
 
 def infer_chunks(predictor: Predictor, files: Iterable[Path | Source], faces: str = "auto",
                  margin: float | None = None, saliency_dir: Path | None = None,
                  on_file: Callable[[Path], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 quiet: bool = True, *,
-                 detector: str | FaceDetector = DEFAULT_DETECTOR) -> Iterator[tuple[list[Row], int]]:
+                 quiet: bool = True, *, detector: str | FaceDetector = DEFAULT_DETECTOR,
+                 saliency_root: Path | None = None) -> Iterator[tuple[list[Row], int]]:
     """:func:`infer_files` in chunks: ``(rows, files_done)`` after each batch.
 
     All rows of a file are in one chunk, so ``files_done`` (counted from the start of ``files``) is the
@@ -129,7 +131,12 @@ def infer_chunks(predictor: Predictor, files: Iterable[Path | Source], faces: st
     """
     if faces not in FACE_MODES:
         raise ValueError(f"faces must be one of {', '.join(FACE_MODES)}, got {faces!r}")
-    names = _FigureNames(saliency_dir) if saliency_dir is not None else None
+    names = None
+    if saliency_dir is not None:
+        if saliency_root is None:
+            files = list(files)
+            saliency_root = common_root(f.name if isinstance(f, Source) else f for f in files)
+        names = _FigureNames(saliency_dir, saliency_root)
     labels = predictor.labels
     # the engine is loaded (and its file verified) before the first file is read
     engine = get_detector(detector, predictor.model_dir) if faces != "crop" else None
@@ -157,7 +164,7 @@ def _read_faces(item: Path | Source, mode: str, margin: float | None, names: _Fi
         batch.rows.append(error_row(p, _one_line(e)))
         return
     try:
-        boxes = _face_boxes(image, mode, margin, detector)
+        boxes = face_regions(image, mode, detector or DEFAULT_DETECTOR, margin=margin)
         if not boxes:
             batch.rows.append(Row({"path": p, "source": NONE, "error": None}) if mode == "auto"
                               else error_row(p, NO_FACE, failed=False))
@@ -196,7 +203,9 @@ def _flush(predictor: Predictor, labels: list[str], batch: _Batch) -> Iterator[R
                 assert f.display is not None and f.figure is not None
                 caption = f"{labels[b]} {f.row.fields['confidence']:.0%}  ({f.row.fields['source']})"
                 try:
+                    f.figure.parent.mkdir(parents=True, exist_ok=True)
                     write_image(f.figure, saliency_figure(f.display, m, caption))
+                    f.row.fields[SALIENCY_COLUMN] = str(f.figure)
                 except (OSError, InvalidImageError) as e:
                     f.row.fields["error"] = f"saliency figure not written: {_one_line(e)}"
                     f.row.failed = True

@@ -41,12 +41,27 @@ def _reason(e: BaseException) -> str:
     return text.splitlines()[0] if text else e.__class__.__name__
 
 
+# models/ of a source checkout, next to this package's folder (setuptools maps it to fer_runtime.models)
+CHECKOUT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
 def default_model_dir() -> Path:
-    """The model directory used when none is given: ``$FER_MODEL_DIR`` if set, else the packaged models."""
+    """The model directory used when none is given: ``$FER_MODEL_DIR`` if set, else the packaged models.
+
+    Run from the root of a source checkout, its ``fer_runtime/`` folder shadows the installed package and
+    ``fer_runtime.models`` (mapped in only at install time) is not importable: then the checkout's own
+    ``models/`` folder is used.
+    """
     env = os.environ.get(MODEL_DIR_ENV)
     if env:
         return Path(env)
-    return Path(str(files("fer_runtime.models")))
+    try:
+        return Path(str(files("fer_runtime.models")))
+    except ModuleNotFoundError:
+        if CHECKOUT_MODEL_DIR.is_dir():
+            return CHECKOUT_MODEL_DIR
+        raise ModelNotFoundError(f"no packaged models: fer_runtime.models is not installed and {CHECKOUT_MODEL_DIR} "
+                                 f"does not exist; pass model_dir or set {MODEL_DIR_ENV}") from None
 
 
 class Predictor:
@@ -117,7 +132,10 @@ class Predictor:
 
         ``images``: a list of faces of any size, channel count (gray, BGR, BGRA) and dtype (uint8, uint16,
         float in 0..1 or 0..255), or a numpy array (HxW or HxWxC = one face; NxHxW or NxHxWxC = a batch).
-        Each face is converted to gray, resized to 48x48 (INTER_AREA when shrinking) as float32 0..255.
+        A path (``str`` or ``os.PathLike``), or a list holding paths, is read with
+        :func:`fer_runtime.images.read_image` (the whole image is the face; use :func:`fer_runtime.analyze` to
+        find the faces in a photo first). Each face is converted to gray, resized to 48x48 (INTER_AREA when
+        shrinking) as float32 0..255.
         """
         return self._run_forward(self._prepare_any(images))
 
@@ -141,10 +159,12 @@ class Predictor:
     def saliency(self, images: Any, classes: ClassSpec = None) -> np.ndarray | list[np.ndarray]:
         """Gradient saliency maps in [0, 1] at each input's own size.
 
-        The map is |d score(class) / d pixel| of the 48x48 input, normalised to max 1 per image and resized
-        back to the image's HxW. ``classes``: None (each image's predicted class), one class for all, or one per
-        image (indices or label names). Returns an (N, H, W) float32 array if all images share a size,
-        else a list of (H_i, W_i) arrays.
+        The map is |d score(class) / d pixel| of the 48x48 input, resized to the image's HxW and then divided
+        by its maximum, so every map's maximum is exactly 1.0. A map with nothing to point at is all zeros: a
+        blank image (all 48x48 input pixels equal) and a gradient that is the same everywhere
+        (:func:`fer_runtime.numeric.normalise_saliency`). ``classes``: None (each image's predicted class), one
+        class for all, or one per image (indices or label names). ``images`` are accepted as in :meth:`predict`.
+        Returns an (N, H, W) float32 array if all images share a size, else a list of (H_i, W_i) arrays.
         """
         ims = imgs.as_image_list(images)
         x = self._prepare(ims)
@@ -155,9 +175,11 @@ class Predictor:
         grads = [self._run(sess, self._saliency_file, "saliency",
                            {self._input_name: x[i:i + self.batch_size], "class": cls[i:i + self.batch_size]})
                  for i in range(0, len(x), self.batch_size)]
-        g = normalise_saliency(np.concatenate(grads, axis=0).reshape(len(x), IMAGE_SIZE, IMAGE_SIZE) if grads else
-                               np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32))
-        maps = [np.clip(imgs.resize(m.astype(np.float32), im.shape[1], im.shape[0]), 0.0, 1.0) for m, im in zip(g, ims)]
+        g = np.abs(np.concatenate(grads, axis=0).reshape(len(x), IMAGE_SIZE, IMAGE_SIZE).astype(np.float32)
+                   if grads else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32))
+        g[x.max(axis=(1, 2, 3)) == x.min(axis=(1, 2, 3))] = 0.0  # a blank image: a flat (zero) gradient
+        # normalised after resizing (INTER_AREA/LINEAR of |grad| >= 0), so the maximum at the image's size is 1
+        maps = [normalise_saliency(imgs.resize(m, im.shape[1], im.shape[0])[None])[0] for m, im in zip(g, ims)]
         if len({m.shape for m in maps}) <= 1:
             return np.stack(maps) if maps else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32)
         return maps

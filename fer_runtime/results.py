@@ -18,6 +18,8 @@ from fer_runtime.choices import FORMATS
 # score: the face detector's confidence in [0, 1] (empty for Haar boxes and whole-image rows)
 BASE_COLUMNS = ("path", "face", "x", "y", "w", "h", "source", "score", "label", "confidence")
 VIDEO_COLUMNS = ("frame", "timestamp_ms", "track")  # put in front of the image columns for video input
+# the face's saliency figure (``fer-infer --saliency-dir``), as written; empty without one (and not in video rows)
+SALIENCY_COLUMN = "saliency_png"
 
 
 def prob_column(label: str) -> str:
@@ -26,13 +28,13 @@ def prob_column(label: str) -> str:
 
 
 def columns(labels: Sequence[str]) -> list[str]:
-    """``path, face, x, y, w, h, source, score, label, confidence, p_<label>..., error``."""
-    return [*BASE_COLUMNS, *(prob_column(l) for l in labels), "error"]
+    """``path, face, x, y, w, h, source, score, label, confidence, p_<label>..., saliency_png, error``."""
+    return [*BASE_COLUMNS, *(prob_column(l) for l in labels), SALIENCY_COLUMN, "error"]
 
 
 def video_columns(labels: Sequence[str]) -> list[str]:
-    """``frame, timestamp_ms, track``, then :func:`columns`."""
-    return [*VIDEO_COLUMNS, *columns(labels)]
+    """``frame, timestamp_ms, track``, then :func:`columns` without ``saliency_png`` (video has no figures)."""
+    return [*VIDEO_COLUMNS, *(c for c in columns(labels) if c != SALIENCY_COLUMN)]
 
 
 def format_for(out: Path | None, fmt: str | None) -> str:

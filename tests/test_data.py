@@ -134,3 +134,24 @@ def test_corrupt_image_in_folder_is_named(tmp_path):
 def test_stratified_split_rejects_bad_fraction():
     with pytest.raises(ValueError):
         stratified_split(np.zeros(10, int), 1.5, 0)
+
+
+def test_image_folders_with_train_and_test(tmp_path):
+    """The Kaggle image release: train/<class>/ is split for validation, test/<class>/ becomes the test split."""
+    data = load_kaggle_csv(FIX)
+    for part, split in (("train", data["Training"]), ("test", data["PublicTest"])):
+        for i in range(len(split)):
+            d = tmp_path / part / str(int(split.y[i]))
+            d.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(d / f"{i:04d}.png"), split.x[i, :, :, 0])
+    ds = load_image_folders(tmp_path, validate=0.2, seed=3)
+    assert set(ds.splits) >= {"train", "val", "test"}
+    assert len(ds["train"]) + len(ds["val"]) == len(data["Training"])
+    assert abs(len(ds["val"]) - 0.2 * len(data["Training"])) <= 7  # stratified: rounding per class
+    test = ds["test"]
+    assert len(test) == len(data["PublicTest"])
+    assert np.bincount(test.y, minlength=7).tolist() == np.bincount(data["PublicTest"].y, minlength=7).tolist()
+    # the same pixels come back: files are read in name order within each class folder
+    order = np.concatenate([np.flatnonzero(data["PublicTest"].y == c) for c in range(7)])
+    np.testing.assert_array_equal(test.x, data["PublicTest"].x[order])
+    assert load_source(tmp_path, 0.2, 3)["test"].x.shape == test.x.shape  # load_source finds the layout itself

@@ -164,8 +164,10 @@ def test_parquet_resume_after_a_killed_driver(many: Path, many_plain_csv: Path, 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
-        while not list(out.glob("*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # a complete (readable) file, not just one being written: on a loaded machine the first file can
+        # still be open when the kill lands
+        while not (out.is_dir() and parquet_done(out)[0]) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         os.kill(proc.pid, signal.SIGKILL)
     finally:

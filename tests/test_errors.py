@@ -69,7 +69,7 @@ def test_a_bug_is_not_turned_into_error_rows(predictor, monkeypatch) -> None:
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a bug in face finding")
 
-    monkeypatch.setattr(pipeline, "_face_boxes", bug)
+    monkeypatch.setattr(pipeline, "face_regions", bug)
     with pytest.raises(ZeroDivisionError):
         list(pipeline.infer_files(predictor, [EXAMPLES / "happy_0.png"], faces="crop"))
 

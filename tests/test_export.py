@@ -187,7 +187,7 @@ def test_single_model_onnx_matches_keras_and_tf_gradient(case):
     assert_saliency_close(g, g_ref)
     # The exporter's own verifier agrees, and its report reflects the numbers.
     rep = verify_export(fs, ss, [m], x, real_images=24)
-    assert rep.forward_prob_max_abs < 1e-5 and rep.saliency_min_cosine >= 0.999 and rep.saliency_median_rel_err < 1e-4
+    assert rep.forward_prob_max_abs < 1e-5 and rep.saliency_min_cosine >= 0.999 and rep.saliency_worst_median_rel_err < 1e-4
 
 
 def test_saliency_depends_on_the_requested_class():
@@ -235,7 +235,7 @@ def test_verifier_rejects_wrong_probs_and_wrong_saliency():
             return g
         return fn
     rep = verify_export(fs, _Tampered(ss, "saliency", scale_images([0], 1.005)), [m], x)
-    assert rep.saliency_rel_outliers == 1 and 4e-3 < rep.saliency_median_rel_err < 6e-3
+    assert rep.saliency_rel_outliers == 1 and 4e-3 < rep.saliency_worst_median_rel_err < 6e-3
     with pytest.raises(ExportError, match="on 2 of"):
         verify_export(fs, _Tampered(ss, "saliency", scale_images([0, 1], 1.005)), [m], x)
     with pytest.raises(ExportError, match="median relative error"):
@@ -437,6 +437,33 @@ def test_manifest_hashes_metadata_and_merge(exported):
                 assert props[k] == val, (fname, k)
             assert json.loads(props["fer.labels"]) == list(LABELS)
             assert json.loads(props["fer.members"]) == raw["variants"][variant]["members"]
+
+
+def test_reexporting_a_variant_replaces_it_and_keeps_the_others(exported, tmp_path):
+    import shutil
+
+    src, _ = exported
+    out = tmp_path / "models"
+    shutil.copytree(src, out)
+    before = read_manifest(out)
+    keep = {name: (out / name).read_bytes() for name in (before.variants["accurate"].forward,
+                                                         before.variants["accurate"].saliency)}
+    (tmp_path / "new").mkdir()
+    paths = _save_members(tmp_path / "new", [dict(cnn_activation="elu")])
+    export_models(paths, out, variant="calibrated", verify_data=FIX, verify_count=20, tta="none", temperature=1.5)
+    man = read_manifest(out)
+    cal = man.variants["calibrated"]
+    assert set(man.variants) == {"accurate", "calibrated"} and man.default_variant == before.default_variant
+    assert len(cal.members) == 1 and (cal.tta, cal.temperature) == ("none", 1.5)  # the new export, not the old
+    assert (cal.forward, cal.saliency) == (before.variants["calibrated"].forward, before.variants["calibrated"].saliency)
+    assert man.files[cal.forward].sha256 != before.files[cal.forward].sha256
+    assert man.files[cal.forward].outputs[2].shape == [None, 1, 1, 7]
+    for name, data in keep.items():  # the other variant's files are untouched and still verified
+        assert (out / name).read_bytes() == data and man.files[name].sha256 == before.files[name].sha256
+    for fname, entry in man.files.items():
+        assert entry.sha256 == sha(out / fname)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())  # no stale or temp files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no stage folder left beside it
 
 
 # ------------------------------------------------------------------------------------- CLI

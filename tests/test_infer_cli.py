@@ -23,7 +23,7 @@ from fer_runtime.results import columns
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 COLUMNS = ["path", "face", "x", "y", "w", "h", "source", "score", "label", "confidence",
-           *(f"p_{l.lower()}" for l in LABELS), "error"]
+           *(f"p_{l.lower()}" for l in LABELS), "saliency_png", "error"]
 runner = CliRunner()
 
 
@@ -116,10 +116,14 @@ def test_rows(run, inputs: Path) -> None:
 def test_atomic_output_and_saliency_figures(run) -> None:
     _, out, sal = run
     assert sorted(p.name for p in out.parent.iterdir()) == ["preds.csv", "saliency"]  # no temp file left
-    faces = [r for r in _csv(out) if r["label"]]
-    pngs = sorted(sal.iterdir())
+    rows = _csv(out)
+    faces = [r for r in rows if r["label"]]
+    pngs = sorted(sal.rglob("*.png"))
     assert len(pngs) == len(faces)
     assert (sal / "visage_été_face0.png").exists() and (sal / "big_face1.png").exists()
+    assert (sal / "sub" / "photo_face1.png").exists()  # the input's folder below the common root is kept
+    assert sorted(Path(r["saliency_png"]) for r in faces) == pngs  # each face row names its figure
+    assert all(r["saliency_png"] == "" for r in rows if not r["label"])
     for p in pngs:
         fig = cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_UNCHANGED)
         assert fig.shape == (*FIGURE_SHAPE, 3)

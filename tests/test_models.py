@@ -74,3 +74,13 @@ def test_bad_config_is_refused():
         build_model(ModelConfig(cnn_activation="tanh"))
     with pytest.raises(ValueError, match="odd"):
         build_model(ModelConfig(kernel_size=4))
+
+
+def test_compact_config_is_recorded_as_built():
+    cfg = ModelConfig(arch="compact", head="flatten", dense_layers=2)
+    eff = cfg.effective()
+    assert (eff.head, eff.dense_layers) == ("gap", 0) and (cfg.head, cfg.dense_layers) == ("flatten", 2)
+    assert ModelConfig(arch="cnn", head="flatten", dense_layers=2).effective() == ModelConfig(arch="cnn", head="flatten", dense_layers=2)
+    m = build_model(cfg)
+    assert any(type(l).__name__ == "GlobalAveragePooling2D" for l in m.layers)
+    assert not any(l.name.startswith("dense") for l in m.layers)

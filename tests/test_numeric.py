@@ -30,6 +30,11 @@ def test_normalise_saliency_is_abs_blur_and_max_one_per_image():
     assert blurred[0].max() == pytest.approx(1.0) and blurred[0, 10, 20] == blurred[0].max()
     assert 0 < blurred[0, 10, 21] < 1 and (blurred[0] > 0).sum() > 1
     assert normalise_saliency(np.ones((2, 30, 20))).shape == (2, 30, 20)  # any size
+    flat = np.stack([np.full((6, 5), 0.3), np.full((6, 5), -2.0), np.arange(30.0).reshape(6, 5)])
+    m = normalise_saliency(flat)
+    assert m[0].max() == 0 and m[1].max() == 0  # a flat gradient points at no pixel: all zeros
+    assert m[2].max() == 1.0 and m[2, 0, 0] == 0.0
+    assert normalise_saliency(np.zeros((0, 48, 48))).shape == (0, 48, 48)
     with pytest.raises(ValueError, match="saliency must be"):
         normalise_saliency(np.ones((48, 48)))
 

@@ -15,7 +15,7 @@ def write_ensemble(out: Path, members: list[Path], data: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for m in members:
-        runs.member_models(m)  # raises RunError if it is not a run
+        runs.member_paths(m)  # raises RunError if it is not a run
         rel = Path(_relpath(m.resolve(), out.resolve()))
         entry: dict[str, Any] = {"path": str(rel)}
         hist = runs.read_history(m) if m.is_dir() else []

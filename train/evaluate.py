@@ -43,7 +43,7 @@ def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", dat
              out: Path | None = None, source: DataSource | None = None) -> dict[str, Any]:
     """Metrics of a run/ensemble on ``split``; writes metrics.json, confusion CSV and PNG into ``out``."""
     path = Path(path)
-    runs.member_models(path)  # fail early, naming the path, if it is not a run
+    runs.member_paths(path)  # fail early, naming the path, if it is not a run
     out = Path(out) if out else (path if path.is_dir() else path.parent)
     if source is None:
         data = data or data_path_of(path)
@@ -55,7 +55,7 @@ def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", dat
     rep = classification_report(s.y, probs)
     key = split + ("+flip" if tta == "flip" else "")
     # paths relative to the metrics file, so a committed metrics.json holds nothing of this machine
-    members = [os.path.relpath(m.resolve(), out.resolve()) for m in runs.member_models(path)]
+    members = [os.path.relpath(m.resolve(), out.resolve()) for m in runs.member_paths(path)]
     rep.update({"split": split, "tta": tta, "members": members, "data": Path(data).name if data else source.path.name})
     metrics_path = out / METRICS
     allm = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

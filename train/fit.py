@@ -126,8 +126,23 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
     ``extra_train`` adds (images, soft targets) rows to training, used by self-training.
     ``moved`` (resume only) gives new paths for the run's inputs (``data``, ``ferplus``, ``teacher``), for a run
     resumed on another machine; the data must have the recorded row counts, and config.json is updated.
-    ``progress(epoch, step, steps)`` is called per batch.
+    ``progress(epoch, step, steps)`` is called per batch. Keras' global dtype policy is set for the run's
+    precision and restored afterwards.
     """
+    import keras
+
+    policy = keras.mixed_precision.global_policy()  # the run's precision is set for the run only
+    try:
+        return _fit(run, model_cfg, cfg, resume=resume, source=source, extra_train=extra_train, log=log,
+                    progress=progress, moved=moved)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, resume: bool,
+         source: DataSource | None, extra_train: tuple[np.ndarray, np.ndarray] | None, log: Callable[[str], None],
+         progress: Callable[[int, int, int], None] | None, moved: dict[str, str] | None) -> dict[str, Any]:
+    """The body of :func:`fit`."""
     import keras
 
     run = Path(run)

@@ -68,7 +68,7 @@ def load_model(path: str | Path) -> Any:
 
 def load_models(path: str | Path) -> list[Any]:
     """The member models of a run, ensemble directory or ``.keras`` file, loaded with :func:`load_model`."""
-    return [load_model(p) for p in runs.member_models(path)]
+    return [load_model(p) for p in runs.member_paths(path)]
 
 
 # ---- logits --------------------------------------------------------------------------------------

@@ -68,6 +68,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
             return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(tf.range(n), seed=key))
 
         ds = tf.data.Dataset.range(1).flat_map(order).map(lambda i: tuple(tf.gather(t, i) for t in tensors))
+        # flat_map hides the length; without it Keras cannot size an epoch and runs one extra, empty step
+        ds = ds.apply(tf.data.experimental.assert_cardinality(n))
     else:
         ds = tf.data.Dataset.from_tensor_slices(cols)
         if training:

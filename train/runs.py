@@ -88,7 +88,7 @@ def best_epoch(history: list[dict[str, float]]) -> tuple[int, float]:
     return int(best["epoch"]), best["val_accuracy"]
 
 
-def member_models(path: str | Path) -> list[Path]:
+def member_paths(path: str | Path) -> list[Path]:
     """The ``best.keras`` files of a run, an ensemble directory, or a ``.keras`` file itself."""
     p = Path(path)
     if p.is_file() and p.suffix == ".keras":
@@ -97,7 +97,7 @@ def member_models(path: str | Path) -> list[Path]:
         spec = read_json(p / ENSEMBLE)
         out: list[Path] = []
         for m in spec.get("members", []):
-            out.extend(member_models(p / m["path"]))
+            out.extend(member_paths(p / m["path"]))
         if not out:
             raise RunError(f"{p / ENSEMBLE}: lists no members")
         return out
