@@ -9,6 +9,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -34,12 +35,28 @@ def _cli(model_dir: Path, *args: str) -> list[str]:
             "--threads", "1", "-q"]
 
 
+_PEAK = """
+import atexit, runpy, sys
+report, module = sys.argv[1], sys.argv[2]
+def _peak():  # VmHWM: this process's own peak RSS (ru_maxrss would include the forking parent's pages)
+    with open("/proc/self/status") as f:
+        hwm = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(report, "w") as f:
+        f.write(hwm)
+atexit.register(_peak)
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
 def _run_measured(cmd: list[str], **kw) -> tuple[int, float, str]:
-    """Run ``cmd``; (exit code, peak RSS in MB of that child alone, stderr)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, err
+    """Run ``cmd`` (``python -m module ...``); (exit code, peak RSS in MB of that process alone, stderr)."""
+    assert cmd[1] == "-m", cmd
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "peak_kb"
+        proc = subprocess.run([cmd[0], "-c", _PEAK, str(report), cmd[2], *cmd[3:]], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=TIMEOUT, **kw)
+        return proc.returncode, int(report.read_text()) / 1024, proc.stderr.decode()
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -61,6 +78,10 @@ def test_huge_png_is_refused_before_decoding(model_dir: Path, tmp_path: Path) ->
     assert rows["huge.png"]["error"].startswith("image too large") and not rows["huge.png"]["label"]
     assert rows["face.png"]["label"]
     assert peak_mb < 450, f"peak RSS {peak_mb:.0f} MB: the image was decoded"
+    # the measure sees a decode: with the limit off the same run holds the 400 MB of pixels
+    code, decoded_mb, _ = _run_measured(_cli(model_dir, str(tmp_path / "in" / "huge.png"), "--max-pixels", "0",
+                                             "--faces", "crop", "--out", str(tmp_path / "decoded.csv")))
+    assert decoded_mb > 450, decoded_mb
 
 
 def test_pixel_limit_is_settable(model_dir: Path, tmp_path: Path) -> None:
