@@ -59,12 +59,10 @@ def test_fit_stays_in_bounds_and_refuses_bad_input():
     z = np.random.default_rng(7).normal(0, 1, (500, 7))
     y = z.argmax(1)  # perfectly separable: NLL keeps falling as T -> 0
     assert fit_temperature([z], y) == pytest.approx(0.05, rel=1e-3)
-    noise = np.random.default_rng(8).integers(0, 7, 500)  # labels unrelated to the logits: a flat fit
-    t = fit_temperature([z], noise)
-    assert t > 5  # near-uniform probabilities fit best
-    for other in (t * 0.8, t * 1.25):  # and it is a minimum of the NLL, not just a value inside the bounds
-        if other <= T_MAX:
-            assert ensemble_nll([z], noise, t) <= ensemble_nll([z], noise, other) + 1e-9
+    noise = np.random.default_rng(8).integers(0, 7, 500)  # labels unrelated to the logits
+    t = fit_temperature([z], noise)  # the flatter the better: the search must run up to the upper bound
+    assert t == pytest.approx(T_MAX, rel=1e-3)
+    assert ensemble_nll([z], noise, t) < ensemble_nll([z], noise, T_MAX / 2) < ensemble_nll([z], noise, 1.0)
     with pytest.raises(ExportError, match="at least one member"):
         fit_temperature([], y)
     with pytest.raises(ExportError, match="one shape"):
