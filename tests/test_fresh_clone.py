@@ -21,20 +21,15 @@ from fer_runtime import FerError, InvalidVideoError, Predictor, VideoReader
 from fer_runtime.cli import app
 from fer_runtime.inputs import collect_inputs
 
+from no_tf import block_imports  # noqa: E402  (tests/no_tf.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 VIDEO = ROOT / "examples" / "video" / "two_faces.mp4"
 runner = CliRunner()
-BLOCK = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'tf_keras'):
-            raise ImportError('blocked in this test: ' + name)
+BLOCK = block_imports("""\
         if name == 'fer_runtime.models':  # as after a non-editable install, run from the clone's root
-            raise ModuleNotFoundError("No module named 'fer_runtime.models'", name=name)
-sys.meta_path.insert(0, Block())
-"""
+            raise ModuleNotFoundError("No module named 'fer_runtime.models'", name=name)""")
 
 
 # -- the runtime works from the checkout's root ---------------------------------------------------

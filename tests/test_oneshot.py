@@ -19,14 +19,7 @@ from fer_runtime.pipeline import infer_files
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 TWO = EXAMPLES / "photo_two_faces.jpg"
-BLOCK_TF = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'tf_keras'):
-            raise ImportError('blocked in this test: ' + name)
-sys.meta_path.insert(0, Block())
-"""
+from no_tf import BLOCK_TF  # noqa: E402  (tests/no_tf.py)
 
 
 def _check(face: FaceEmotion) -> None:

@@ -320,14 +320,7 @@ def test_shared_predictor_is_thread_safe(model_dir: Path, fer_rows) -> None:
 
 
 # -- no TensorFlow ----------------------------------------------------------------------------------
-BLOCK_TF = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'tf_keras'):
-            raise ImportError('blocked in this test: ' + name)
-sys.meta_path.insert(0, Block())
-"""
+from no_tf import BLOCK_TF  # noqa: E402  (tests/no_tf.py)
 
 
 def _run_python(code: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
