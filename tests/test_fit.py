@@ -179,7 +179,7 @@ def test_cli_fit_evaluate_ensemble_predict(tmp_path):
 
     runner = CliRunner()
     common = ["--data", str(FIX), "--filters", "4", "--blocks", "2", "--convs-per-block", "1", "--units", "8",
-              "--epochs", "1", "--batch-size", "32", "--no-augment"]
+              "--epochs", "1", "--batch-size", "32", "--no-augment", "--precision", "float32"]  # net(x) below is float32 too
     for name in ("a", "b"):
         r = runner.invoke(app, ["fit", "--out", str(tmp_path / name), *common])
         assert r.exit_code == 0, r.output
@@ -191,6 +191,8 @@ def test_cli_fit_evaluate_ensemble_predict(tmp_path):
     x = private.x.astype("float32")
     own = (np.asarray(net(x)) + np.asarray(net(x[:, :, ::-1]))) / 2  # flip TTA computed here, independently
     assert m["n"] == 70 and m["accuracy"] == pytest.approx(float((own.argmax(1) == private.y).mean()), abs=1e-9)
+    own_nll = float(-np.log(np.clip(own[np.arange(70), private.y], 1e-12, 1)).mean())
+    assert m["nll"] == pytest.approx(own_nll, rel=1e-5)  # continuous: sees a TTA the argmax may not
     assert [sum(row) for row in m["confusion"]] == np.bincount(private.y, minlength=7).tolist()
     assert m["members"] == ["best.keras"]  # relative to the metrics file: nothing of this machine
     assert (tmp_path / "a" / "confusion_PrivateTest_flip.png").stat().st_size > 10_000
