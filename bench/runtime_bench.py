@@ -14,7 +14,9 @@ Prints one Markdown table with a column per variant present in the manifest (the
   each face detector (``blazeface``, FrameAnalyzer's default: the whole frame; ``blazeface:tiles=1``, also
   one level of tiles, as for images; ``haar`` on a 320 px copy); frames are decoded outside the timer, so the
   figures exclude video decoding;
-- the face detector alone on one 640x480 frame (p50 / p95 over the 1-face video's frames);
+- each face detector alone on the 1-face video's 640x480 frames (p50 / p95), measured interleaved
+  (every engine on a frame before the next frame, so a load change hits all of them alike), with each
+  engine's p50 against the first's (the default, ``blazeface``);
 - throughput on 48x48 crops at batch 1, 32 and 256 (``Predictor.predict``, preprocessing included);
   median of ``--repeats`` runs;
 - peak RSS of this process (``resource.getrusage``), which loads only the runtime.
@@ -22,8 +24,6 @@ Prints one Markdown table with a column per variant present in the manifest (the
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,6 +34,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_line  # bench/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
@@ -135,21 +138,23 @@ def frame_latency(predictor, video: Path, detect_every: int, engine) -> tuple[fl
     return float(p50), float(p95), float(np.mean(faces))
 
 
-def detector_latency(engine, video: Path) -> tuple[float, float]:
-    """(p50 ms, p95 ms) of ``engine.detect`` on the frames of ``video``, after one warm-up pass."""
+def detector_latency(engines: dict[str, object], video: Path, repeats: int) -> dict[str, tuple[float, float]]:
+    """(p50 ms, p95 ms) of each engine's ``detect`` on the frames of ``video``, interleaved, after a warm-up."""
     from fer_runtime.video import VideoReader
 
     with VideoReader(video) as reader:
         frames = [f.image for f in reader]
     for f in frames[:5]:
-        engine.detect(f)
-    times = []
-    for f in frames:
-        t = time.perf_counter()
-        engine.detect(f)
-        times.append((time.perf_counter() - t) * 1000)
-    p50, p95 = np.percentile(times, [50, 95])
-    return float(p50), float(p95)
+        for e in engines.values():
+            e.detect(f)
+    times: dict[str, list[float]] = {d: [] for d in engines}
+    for _ in range(repeats):
+        for f in frames:
+            for d, e in engines.items():
+                t = time.perf_counter()
+                e.detect(f)
+                times[d].append((time.perf_counter() - t) * 1000)
+    return {d: tuple(float(q) for q in np.percentile(ts, [50, 95])) for d, ts in times.items()}
 
 
 def throughput(predictor, crops48: np.ndarray, batch: int, repeats: int) -> float:
@@ -213,21 +218,26 @@ def main() -> None:
                             notes.append(f"{v}, {d}, {n} face(s), detect every {k}: {seen:.2f} faces found per frame")
                         put(f"per frame, {d}, {n} face{'s' if n > 1 else ''}, detect every {k}: p50 / p95 (ms)",
                             f"{p50:.1f} / {p95:.1f}")
-                p50, p95 = detector_latency(engine, videos[1])
-                put(f"{d} alone, one 640x480 frame: p50 / p95 (ms)", f"{p50:.1f} / {p95:.1f}")
             for b in (1, 32, 256):
                 put(f"48x48 crops, batch {b} (img/s)", f"{throughput(predictor, crops48, b, args.repeats):.0f}")
+        alone = detector_latency(engines, videos[1], args.repeats)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     scale = 1024 if sys.platform == "darwin" else 1  # bytes on macOS
     rss /= scale
 
     print(f"Runtime benchmark: {model_dir}; onnxruntime {ort.__version__}, OpenCV {cv2.__version__}, "
-          f"{os.cpu_count()} CPU ({platform.machine()}); {args.frames} frames per video, median of {args.repeats}.\n")
+          f"{machine_line()}; {args.frames} frames per video, median of {args.repeats}.\n")
     print("| measure | " + " | ".join(variants) + " |")
     print("|---|" + "---:|" * len(variants))
     for name, values in rows.items():
         print(f"| {name} | " + " | ".join(values) + " |")
     print(f"| peak RSS of this process, all variants loaded (MB) | {rss:.0f}" + " |" * len(variants))
+    print()
+    first = next(iter(alone.values()))[0]
+    print("| face detector alone, one 640x480 frame (interleaved) | p50 (ms) | p95 (ms) | p50 / first's p50 |")
+    print("|---|---:|---:|---:|")
+    for d, (p50, p95) in alone.items():
+        print(f"| {d} | {p50:.1f} | {p95:.1f} | {p50 / first:.1f}x |")
     print()
     for v in missing:
         print(f"note: variant {v!r} is not in {model_dir}/manifest.json; skipped  ")
