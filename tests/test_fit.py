@@ -160,6 +160,58 @@ def test_lr_schedules():
     assert [lr_at(s, e) for e in (0, 3, 6)] == pytest.approx([1.0, 0.1, 0.01])
 
 
+def test_cyclic_cosine_restarts_each_cycle():
+    from fer_train.schedules import cycle_ends
+
+    c = _cfg(epochs=7, lr=1.0, schedule="cosine", warmup_epochs=1, cycles=3)
+    c.validate()
+    lrs = [lr_at(c, e) for e in range(7)]
+    assert lrs[0] == pytest.approx(0.5)  # warm-up
+    assert lrs[1] == lrs[3] == lrs[5] == pytest.approx(1.0)  # each cycle starts at the full rate
+    assert lrs[2] == lrs[4] == lrs[6] == pytest.approx(0.505)  # and ends half-way down a 2-epoch cosine
+    assert cycle_ends(7, 1, 3) == [3, 5, 7] and cycle_ends(7, 1, 1) == []
+    with pytest.raises(ValueError, match="do not split into 4 equal cycles"):
+        _cfg(epochs=7, schedule="cosine", warmup_epochs=1, cycles=4).validate()
+    with pytest.raises(ValueError, match="needs --schedule cosine"):
+        _cfg(epochs=7, schedule="step", warmup_epochs=1, cycles=3).validate()
+
+
+def test_snapshot_members_are_saved_at_cycle_ends_and_gathered(tmp_path):
+    """Two cosine cycles: snapshot_1 is the epoch-3 model, snapshot_2 the final one; no early stop between."""
+    import keras
+
+    run = tmp_path / "run"
+    cfg = _cfg(epochs=5, lr=3e-3, schedule="cosine", warmup_epochs=1, cycles=2, patience=1, precision="float32")
+    fit(run, TINY, cfg, log=lambda s: None)
+    h = runs.read_history(run)
+    assert len(h) == 5  # patience 1 would have stopped a one-cycle run as soon as val_accuracy dipped
+    assert h[3]["lr"] == pytest.approx(3e-3) and h[2]["lr"] < h[3]["lr"]  # the rate restarts at epoch 4
+    snaps = [run / runs.snapshot_name(k) for k in (1, 2)]
+    assert all(p.exists() for p in snaps) and not (run / runs.snapshot_name(3)).exists()
+    w1, w2, last = (keras.models.load_model(p, compile=False).get_weights() for p in (*snaps, run / runs.LAST))
+    assert all(np.array_equal(a, b) for a, b in zip(w2, last))  # the last cycle ends with the run
+    assert not all(np.array_equal(a, b) for a, b in zip(w1, w2))
+    r = CliRunner().invoke(app, ["ensemble", *map(str, snaps), "--out", str(tmp_path / "ens")])
+    assert r.exit_code == 0, r.output
+    assert [p.resolve() for p in runs.member_paths(tmp_path / "ens")] == [p.resolve() for p in snaps]
+
+
+def test_random_erasing_hits_the_asked_share_of_images():
+    from fer_train.pipeline import make_augmenter
+
+    only = dict(flip=False, shift=0.0, rotation=0.0, zoom=0.0)
+    assert make_augmenter(AugmentConfig(**only)) is None  # nothing asked, nothing built
+    x = np.full((400, 48, 48, 1), 128.0, np.float32)
+    for p in (0.25, 0.75):
+        y = np.asarray(make_augmenter(AugmentConfig(**only, erase=p), seed=1)(x, training=True))
+        hit = (y != x).reshape(len(x), -1).any(1)
+        assert abs(hit.mean() - p) < 0.08, (p, hit.mean())  # 400 draws: 4 sigma is about 0.09 at p = 0.5
+        area = (y != x).reshape(len(x), -1)[hit].mean(1)
+        assert 0.01 < np.median(area) < 0.35 and y.min() >= 0 and y.max() <= 255
+    with pytest.raises(ValueError, match="erase probability"):
+        _cfg(augment=AugmentConfig(erase=1.5)).validate()
+
+
 def test_augmentation_changes_images_but_not_labels():
     from fer_train.data import load_source
     from fer_train.pipeline import make_dataset

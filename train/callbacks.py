@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -21,13 +21,17 @@ class Recorder(keras.callbacks.Callback):
 
     ``lr_for_epoch(epoch)`` gives the rate to set at the start of a 0-based epoch, or None to leave it
     (a plateau schedule after warm-up). Training stops after ``patience`` epochs without a gain.
+    At the end of the k-th epoch of ``snapshot_epochs`` (1-based) the weights are saved as
+    ``runs.snapshot_name(k)``: one member per cosine cycle.
     """
 
     def __init__(self, run: Path, history: list[dict[str, Any]], *, epochs: int, patience: int,
                  lr_for_epoch: Callable[[int], float | None], precision: str = "float32",
-                 on_batch: Callable[[int], None] | None = None, log: Callable[[str], None] = print):
+                 snapshot_epochs: Sequence[int] = (), on_batch: Callable[[int], None] | None = None,
+                 log: Callable[[str], None] = print):
         super().__init__()
         self.run, self.history, self.epochs, self.patience = run, history, epochs, patience
+        self.snapshot_epochs = list(snapshot_epochs)
         self.lr_for_epoch, self.precision = lr_for_epoch, precision
         self.on_batch, self.log = on_batch, log
         self.t0 = 0.0
@@ -57,6 +61,10 @@ class Recorder(keras.callbacks.Callback):
         prev_best = runs.best_epoch(self.history)[1] if self.history else -1.0
         if row["val_accuracy"] > prev_best:
             runs.save_keras(self.model, self.run / runs.BEST, include_optimizer=False)
+        if epoch + 1 in self.snapshot_epochs:
+            k = self.snapshot_epochs.index(epoch + 1) + 1
+            runs.save_keras(self.model, self.run / runs.snapshot_name(k), include_optimizer=False)
+            self.log(f"snapshot member {k} saved: {runs.snapshot_name(k)}")
         runs.save_keras(self.model, self.run / runs.LAST, include_optimizer=True)
         self.history.append(row)
         runs.write_history(self.run, self.history)

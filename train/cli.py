@@ -126,9 +126,12 @@ def fit(
     lr: float = typer.Option(1e-3),
     schedule: str = typer.Option("cosine", help="constant | cosine | step | plateau"),
     warmup_epochs: int = typer.Option(1),
+    cycles: int = typer.Option(1, help="Cosine cycles after warm-up; > 1 saves snapshot_K.keras at the end of each "
+                               "(members for `fer-train ensemble`)."),
     label_smoothing: float = typer.Option(0.0),
     class_weights: bool = typer.Option(False, "--class-weights/--no-class-weights"),
     augment: bool = typer.Option(True, "--augment/--no-augment"),
+    erase: float = typer.Option(0.0, help="Random erasing probability per training image (with --augment)."),
     patience: int = typer.Option(15, help="Early stopping patience in epochs (on validation accuracy)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", "--validate",
                                        help="Validation fraction when the data has no Usage column."),
@@ -163,10 +166,10 @@ def fit(
                                  dnn_activation_alpha, dense_dropout, batch_norm, head, match_params)
             tcfg = TrainConfig(data=str(data), val_fraction=val_fraction, random_seed=random_seed, epochs=epochs,
                                batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
-                               warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                               warmup_epochs=warmup_epochs, cycles=cycles, label_smoothing=label_smoothing,
                                class_weights=class_weights, patience=patience, precision=precision,
                                weight_decay=weight_decay,
-                               strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment),
+                               strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment, erase=erase),
                                ferplus=str(ferplus or ""), ferplus_weight=ferplus_weight, teacher=str(teacher or ""),
                                distill_weight=distill_weight, distill_temperature=distill_temperature)
             tcfg.validate()

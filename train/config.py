@@ -11,7 +11,7 @@ from fer_train.distribute import STRATEGIES
 from fer_train.models import ModelConfig
 from fer_train.pipeline import AugmentConfig
 from fer_train.precision import PRECISIONS
-from fer_train.schedules import SCHEDULES
+from fer_train.schedules import SCHEDULES, check_cycles
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
@@ -30,6 +30,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_epochs: int = 1
+    cycles: int = 1  # cosine cycles after warm-up; > 1 saves a snapshot member at the end of each
     label_smoothing: float = 0.0
     class_weights: bool = False
     patience: int = 15
@@ -70,6 +71,9 @@ class TrainConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be positive")
+        check_cycles(self.schedule, self.epochs, self.warmup_epochs, self.cycles)
+        if not 0 <= self.augment.erase <= 1:
+            raise ValueError(f"erase probability must be in [0, 1], got {self.augment.erase}")
         for name, w, src in (("ferplus", self.ferplus_weight, self.ferplus), ("teacher", self.distill_weight, self.teacher)):
             if not 0 <= w <= 1:
                 raise ValueError(f"{name} weight must be in [0, 1], got {w}")

@@ -23,7 +23,7 @@ from fer_train.selftrain import split_hidden
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     """Learning rate of ``cfg``'s schedule for 0-based ``epoch``."""
-    return schedules.lr_at(cfg.schedule, cfg.lr, cfg.epochs, cfg.warmup_epochs, epoch)
+    return schedules.lr_at(cfg.schedule, cfg.lr, cfg.epochs, cfg.warmup_epochs, epoch, cfg.cycles)
 
 
 def make_optimizer(cfg: TrainConfig):
@@ -243,7 +243,12 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         from fer_train.callbacks import Recorder
 
         fixed_lr = cfg.schedule != "plateau"  # ReduceLROnPlateau owns the rate after the first full-rate epoch
-        rec = Recorder(run, history, epochs=cfg.epochs, patience=cfg.patience, precision=precision,
+        snapshots = schedules.cycle_ends(cfg.epochs, cfg.warmup_epochs, cfg.cycles)
+        if snapshots:
+            log(f"{cfg.cycles} cosine cycles: snapshot members at epochs {', '.join(map(str, snapshots))}; "
+                "no early stopping (each cycle restarts the rate)")
+        rec = Recorder(run, history, epochs=cfg.epochs, patience=cfg.epochs if snapshots else cfg.patience,
+                       precision=precision, snapshot_epochs=snapshots,
                        lr_for_epoch=lambda e: lr_at(cfg, e) if fixed_lr or e <= cfg.warmup_epochs else None,
                        on_batch=on_batch, log=log)
 

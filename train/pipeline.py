@@ -11,13 +11,14 @@ from fer_runtime.labels import NUM_CLASSES
 
 @dataclass
 class AugmentConfig:
-    """Random flip, shift, rotation and zoom applied to training batches only."""
+    """Random flip, shift, rotation, zoom and erasing applied to training batches only."""
 
     enabled: bool = True
     flip: bool = True
     shift: float = 0.1  # fraction of width/height
     rotation: float = 10.0  # degrees
     zoom: float = 0.1
+    erase: float = 0.0  # probability of random erasing (one rectangle of noise; Zhong et al. 2017)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,6 +40,8 @@ def make_augmenter(cfg: AugmentConfig, seed: int | None = None):
         steps.append(layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="nearest", seed=seed))
     if cfg.zoom > 0:
         steps.append(layers.RandomZoom(cfg.zoom, fill_mode="nearest", seed=seed))
+    if cfg.erase > 0:  # (p, p): exactly probability p per image (a single float would draw p from [0, p])
+        steps.append(layers.RandomErasing(factor=(cfg.erase, cfg.erase), value_range=(0, 255), seed=seed))
     return keras.Sequential(steps, name="augment") if steps else None
 
 

@@ -18,6 +18,13 @@ CONFIG = "config.json"
 HISTORY = "history.csv"
 BEST = "best.keras"
 LAST = "last.keras"
+
+
+def snapshot_name(k: int) -> str:
+    """File name of the snapshot member saved at the end of cosine cycle ``k`` (1-based)."""
+    return f"snapshot_{k}.keras"
+
+
 CURVES = "learning_curves.png"
 SUMMARY = "summary.txt"
 ENSEMBLE = "ensemble.json"
