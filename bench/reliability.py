@@ -26,7 +26,7 @@ from fuzz_corpus import EXAMPLES, build_corpus, png_of_zeros  # noqa: E402
 
 from fer_runtime.images import DEFAULT_MAX_PIXELS  # noqa: E402
 from fer_runtime.resume import progress_path  # noqa: E402
-from machine import cpu_model  # noqa: E402  (bench/machine.py, beside this script)
+from fer_runtime.machine import cpu_model  # noqa: E402
 
 NOISE = ("libpng", "Corrupt JPEG", "Premature end", "[ WARN", "[ERROR", "Traceback")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from machine import cpu_model  # bench/machine.py, beside this script
+from fer_runtime.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"

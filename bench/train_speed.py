@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import cpu_model  # bench/machine.py, beside this script
+from fer_runtime.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"

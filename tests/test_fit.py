@@ -48,6 +48,9 @@ def test_short_fit_lowers_loss_and_writes_run(tmp_path):
     assert "Total params" in (tmp_path / "run" / runs.SUMMARY).read_text()
     conf = json.loads((tmp_path / "run" / runs.CONFIG).read_text())
     assert conf["data"]["validation"] == "PublicTest" and conf["model"]["filters"] == 8
+    from fer_runtime.machine import cpu_model
+
+    assert conf["environment"]["cpu"] == cpu_model() != ""  # which machine the run started on
 
 
 def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):

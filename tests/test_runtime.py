@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import warnings
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -418,3 +419,12 @@ def test_saliency_figure_layout() -> None:
     assert focus.mean() > 100  # the salient patch survives the >= 0.6 mask
     assert fig[CAPTION:CAPTION + 20, 2 * PANEL:2 * PANEL + 20].max() == 0  # ... and the rest is masked out
     assert saliency_figure(face[:, :, 0], np.zeros((5, 5)), "x").shape == fig.shape  # gray face, flat map
+
+
+def test_cpu_model_names_the_machine(tmp_path: Path) -> None:
+    from fer_runtime.machine import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n")
+    assert cpu_model(info) == "AMD EPYC 9R14 96-Core Processor"
+    assert cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine())

@@ -12,6 +12,7 @@ import numpy as np
 
 from fer_runtime.atomic import atomic_write
 from fer_runtime.labels import LABELS, NUM_CLASSES
+from fer_runtime.machine import cpu_model, machine_line
 from fer_train import runs, schedules
 from fer_train.config import (OPTIMIZERS, TrainConfig, data_record, missing_input, read_run_config,  # noqa: F401
                               stored_inputs)
@@ -48,6 +49,7 @@ def environment() -> dict[str, Any]:
         "keras": keras.__version__,
         "devices": [d.name for d in tf.config.list_logical_devices()],
         "machine": platform.machine(),
+        "cpu": cpu_model(),
     }
 
 
@@ -171,7 +173,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     from fer_train.precision import resolve
 
     precision, why = resolve(cfg.precision)
-    log(f"precision {precision} ({why})")
+    log(f"precision {precision} ({why}); {machine_line()}")
     strategy = _setup(cfg, precision)
     from fer_train.distribute import worker_run_dir
 

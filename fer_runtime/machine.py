@@ -1,4 +1,4 @@
-"""What every benchmark table names first: the machine it ran on (figures differ between machines)."""
+"""The machine a figure came from: benchmark headings and training runs name it (figures differ between machines)."""
 from __future__ import annotations
 
 import os
@@ -6,10 +6,10 @@ import platform
 from pathlib import Path
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
