@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import threading
 import warnings
-import platform
 from pathlib import Path
 from typing import Any
 

@@ -16,11 +16,16 @@ def check_cycles(schedule: str, epochs: int, warmup_epochs: int, cycles: int) ->
         raise ValueError(f"{epochs} epochs minus {warmup_epochs} warm-up do not split into {cycles} equal cycles")
 
 
+def cycle_length(epochs: int, warmup_epochs: int, cycles: int) -> int:
+    """Epochs per cosine cycle after warm-up (at least 1)."""
+    return max(1, (epochs - warmup_epochs) // max(1, cycles))
+
+
 def cycle_ends(epochs: int, warmup_epochs: int, cycles: int) -> list[int]:
     """The 1-based epochs that end each cosine cycle (where a snapshot member is saved); [] for one cycle."""
     if cycles <= 1:
         return []
-    span = (epochs - warmup_epochs) // cycles
+    span = cycle_length(epochs, warmup_epochs, cycles)
     return [warmup_epochs + span * (k + 1) for k in range(cycles)]
 
 
@@ -35,7 +40,7 @@ def lr_at(schedule: str, lr: float, epochs: int, warmup_epochs: int, epoch: int,
     if warmup_epochs and epoch < warmup_epochs:
         return lr * (epoch + 1) / (warmup_epochs + 1)
     if schedule == "cosine":
-        span = max(1, (epochs - warmup_epochs) // max(1, cycles))
+        span = cycle_length(epochs, warmup_epochs, cycles)
         t = ((epoch - warmup_epochs) % span) / span
         return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
     if schedule == "step":
