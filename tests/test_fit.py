@@ -215,6 +215,37 @@ def test_random_erasing_hits_the_asked_share_of_images():
         _cfg(augment=AugmentConfig(erase=1.5)).validate()
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixup_and_cutmix_blend_images_and_targets_alike(kind, policy):
+    """Two constant images (0 and 200) with labels 0 and 1: each output image's share of image 1 equals its target's."""
+    import keras
+
+    from fer_train.pipeline import make_dataset
+
+    only = dict(flip=False, shift=0.0, rotation=0.0, zoom=0.0)
+    x = np.repeat(np.array([0, 200], np.uint8), 32)[:, None, None, None] * np.ones((1, 48, 48, 1), np.uint8)
+    y = np.repeat([0, 1], 32)
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)  # fit sets bf16 before building its datasets
+    try:
+        ds = make_dataset(x, y, 64, training=True, augment=AugmentConfig(**only, **{kind: 1.0}), seed=3)
+        imgs, t = (np.asarray(a, np.float64) for a in next(iter(ds)))
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    share = imgs.reshape(64, -1).mean(1) / 200.0  # mixup: the blend weight; cutmix: the pasted area
+    # Keras weights a cutmix target by the box's real-valued area; the pixel grid differs by up to ~half a perimeter
+    np.testing.assert_allclose(t[:, 1], share, atol=1e-4 if kind == "mixup" else 0.045)
+    np.testing.assert_allclose(t.sum(1), 1.0, atol=1e-5)
+    assert t[:, 2:].max() == 0 and ((t[:, 1] > 0.05) & (t[:, 1] < 0.95)).sum() >= 8  # some images really mixed
+    blended = ((imgs > 0.5) & (imgs < 199.5)).any()  # mixup blends pixel values, cutmix pastes whole pixels
+    assert blended == (kind == "mixup")
+    with pytest.raises(ValueError, match="one of mixup and cutmix"):
+        _cfg(augment=AugmentConfig(mixup=0.2, cutmix=1.0)).validate()
+    with pytest.raises(ValueError, match="class weights"):
+        _cfg(class_weights=True, augment=AugmentConfig(**{kind: 0.2})).validate()
+
+
 def test_augmentation_changes_images_but_not_labels():
     from fer_train.data import load_source
     from fer_train.pipeline import make_dataset

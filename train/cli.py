@@ -132,6 +132,10 @@ def fit(
     class_weights: bool = typer.Option(False, "--class-weights/--no-class-weights"),
     augment: bool = typer.Option(True, "--augment/--no-augment"),
     erase: float = typer.Option(0.0, help="Random erasing probability per training image (with --augment)."),
+    mixup: float = typer.Option(0.0, help="Mixup alpha: blend each training image and its target with another "
+                                "of the batch, weight ~ Beta(alpha, alpha) (with --augment; 0 = off)."),
+    cutmix: float = typer.Option(0.0, help="CutMix alpha: paste a patch of another image of the batch, targets "
+                                 "weighted by area (with --augment; 0 = off; not with --mixup)."),
     patience: int = typer.Option(15, help="Early stopping patience in epochs (on validation accuracy)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", "--validate",
                                        help="Validation fraction when the data has no Usage column."),
@@ -169,7 +173,7 @@ def fit(
                                warmup_epochs=warmup_epochs, cycles=cycles, label_smoothing=label_smoothing,
                                class_weights=class_weights, patience=patience, precision=precision,
                                weight_decay=weight_decay,
-                               strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment, erase=erase),
+                               strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment, erase=erase, mixup=mixup, cutmix=cutmix),
                                ferplus=str(ferplus or ""), ferplus_weight=ferplus_weight, teacher=str(teacher or ""),
                                distill_weight=distill_weight, distill_temperature=distill_temperature)
             tcfg.validate()

@@ -11,7 +11,7 @@ from fer_runtime.labels import NUM_CLASSES
 
 @dataclass
 class AugmentConfig:
-    """Random flip, shift, rotation, zoom and erasing applied to training batches only."""
+    """Random flip, shift, rotation, zoom and erasing applied to training batches only; optionally mixup or cutmix."""
 
     enabled: bool = True
     flip: bool = True
@@ -19,9 +19,20 @@ class AugmentConfig:
     rotation: float = 10.0  # degrees
     zoom: float = 0.1
     erase: float = 0.0  # probability of random erasing (one rectangle of noise; Zhong et al. 2017)
+    mixup: float = 0.0  # Beta(alpha, alpha) of per-image mixup with another image of the batch (0 = off)
+    cutmix: float = 0.0  # Beta(alpha, alpha) of per-image cutmix (0 = off); at most one of mixup and cutmix
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting out of range."""
+        if not 0 <= self.erase <= 1:
+            raise ValueError(f"erase probability must be in [0, 1], got {self.erase}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError("mixup and cutmix alphas must be >= 0")
+        if self.mixup > 0 and self.cutmix > 0:
+            raise ValueError("choose one of mixup and cutmix")
 
 
 def make_augmenter(cfg: AugmentConfig, seed: int | None = None):
@@ -43,6 +54,19 @@ def make_augmenter(cfg: AugmentConfig, seed: int | None = None):
     if cfg.erase > 0:  # (p, p): exactly probability p per image (a single float would draw p from [0, p])
         steps.append(layers.RandomErasing(factor=(cfg.erase, cfg.erase), value_range=(0, 255), seed=seed))
     return keras.Sequential(steps, name="augment") if steps else None
+
+
+def make_batch_mixer(cfg: AugmentConfig, seed: int | None = None):
+    """Keras ``MixUp`` or ``CutMix``, which blend images *and* targets within a batch (or None when off)."""
+    from keras import layers
+
+    cfg.check()
+    if not cfg.enabled or (cfg.mixup <= 0 and cfg.cutmix <= 0):
+        return None
+    # float32 whatever the global policy: under mixed_bfloat16 the targets would otherwise be cast to bfloat16
+    if cfg.mixup > 0:
+        return layers.MixUp(alpha=cfg.mixup, seed=seed, dtype="float32")
+    return layers.CutMix(factor=(cfg.cutmix, cfg.cutmix), seed=seed, dtype="float32")  # (a, a): alpha exactly a
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool,
@@ -81,4 +105,14 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
     aug = make_augmenter(augment, seed) if (training and augment is not None) else None
     if aug is not None:
         ds = ds.map(lambda a, *r: (aug(a, training=True), *r), num_parallel_calls=tf.data.AUTOTUNE)
+    mixer = make_batch_mixer(augment, seed) if (training and augment is not None) else None
+    if mixer is not None:
+        if class_weights is not None:
+            raise ValueError("mixup and cutmix blend targets; they cannot be combined with class weights")
+
+        def mix(a: Any, t: Any) -> tuple[Any, Any]:
+            out = mixer({"images": a, "labels": t}, training=True)
+            return out["images"], out["labels"]
+
+        ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
