@@ -72,9 +72,7 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be positive")
         check_cycles(self.schedule, self.epochs, self.warmup_epochs, self.cycles)
-        self.augment.check()
-        if self.class_weights and self.augment.enabled and (self.augment.mixup > 0 or self.augment.cutmix > 0):
-            raise ValueError("mixup and cutmix blend targets; they cannot be combined with class weights")
+        self.augment.check(self.class_weights)
         for name, w, src in (("ferplus", self.ferplus_weight, self.ferplus), ("teacher", self.distill_weight, self.teacher)):
             if not 0 <= w <= 1:
                 raise ValueError(f"{name} weight must be in [0, 1], got {w}")

@@ -25,14 +25,21 @@ class AugmentConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def check(self) -> None:
-        """Raise ValueError naming the first setting out of range."""
+    @property
+    def mixes(self) -> bool:
+        """Whether mixup or cutmix blends the targets of training batches."""
+        return self.enabled and (self.mixup > 0 or self.cutmix > 0)
+
+    def check(self, class_weights: bool = False) -> None:
+        """Raise ValueError naming the first setting out of range (``class_weights``: whether they are used)."""
         if not 0 <= self.erase <= 1:
             raise ValueError(f"erase probability must be in [0, 1], got {self.erase}")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError("mixup and cutmix alphas must be >= 0")
         if self.mixup > 0 and self.cutmix > 0:
             raise ValueError("choose one of mixup and cutmix")
+        if self.mixes and class_weights:
+            raise ValueError("mixup and cutmix blend targets; they cannot be combined with class weights")
 
 
 def make_augmenter(cfg: AugmentConfig, seed: int | None = None):
@@ -56,12 +63,12 @@ def make_augmenter(cfg: AugmentConfig, seed: int | None = None):
     return keras.Sequential(steps, name="augment") if steps else None
 
 
-def make_batch_mixer(cfg: AugmentConfig, seed: int | None = None):
+def make_batch_mixer(cfg: AugmentConfig, seed: int | None = None, class_weights: bool = False):
     """Keras ``MixUp`` or ``CutMix``, which blend images *and* targets within a batch (or None when off)."""
     from keras import layers
 
-    cfg.check()
-    if not cfg.enabled or (cfg.mixup <= 0 and cfg.cutmix <= 0):
+    cfg.check(class_weights)
+    if not cfg.mixes:
         return None
     # float32 whatever the global policy: under mixed_bfloat16 the targets would otherwise be cast to bfloat16
     if cfg.mixup > 0:
@@ -105,11 +112,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
     aug = make_augmenter(augment, seed) if (training and augment is not None) else None
     if aug is not None:
         ds = ds.map(lambda a, *r: (aug(a, training=True), *r), num_parallel_calls=tf.data.AUTOTUNE)
-    mixer = make_batch_mixer(augment, seed) if (training and augment is not None) else None
+    mixer = make_batch_mixer(augment, seed, class_weights is not None) if (training and augment is not None) else None
     if mixer is not None:
-        if class_weights is not None:
-            raise ValueError("mixup and cutmix blend targets; they cannot be combined with class weights")
-
         def mix(a: Any, t: Any) -> tuple[Any, Any]:
             out = mixer({"images": a, "labels": t}, training=True)
             return out["images"], out["labels"]
