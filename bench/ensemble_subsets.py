@@ -25,6 +25,13 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
 TTAS = ("none", "flip")
 
 
+def member_label(path: Path) -> str:
+    """A run's name; a .keras file other than best.keras also names its file (snapshot_1 and snapshot_2 differ)."""
+    if path.suffix != ".keras":
+        return path.name
+    return path.parent.name if path.name == "best.keras" else f"{path.parent.name}/{path.stem}"
+
+
 def subset_table(probs: dict[str, dict[str, np.ndarray]], y: np.ndarray) -> list[tuple[tuple[str, ...], float, float]]:
     """(members, accuracy without TTA, accuracy with flip TTA) for every subset, best flip accuracy first."""
     names = list(probs)
@@ -49,7 +56,9 @@ def main() -> None:
     probs: dict[str, dict[str, np.ndarray]] = {}
     for run in args.runs:
         p = Path(run)
-        name = p.parent.name if p.suffix == ".keras" else p.name
+        name = member_label(p)
+        if name in probs:
+            raise SystemExit(f"error: {run} is the same member as an earlier argument ({name})")
         models = load_models(p)
         probs[name] = {t: predict_probs(models, public.x, tta=t) for t in TTAS}
     print(f"PublicTest ({len(public.y):,} images), mean member softmax at T = 1\n")
