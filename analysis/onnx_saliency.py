@@ -49,7 +49,8 @@ def open_model_dir(model_dir: str | Path, variant: str | None = None) -> OnnxSal
     import onnxruntime as ort
 
     from fer_runtime.errors import FerRuntimeError
-    from fer_runtime.manifest import load_verified, read_manifest
+    from fer_runtime.manifest import read_manifest
+    from fer_runtime.model_files import read_graph
 
     model_dir = Path(model_dir)
     try:
@@ -60,13 +61,13 @@ def open_model_dir(model_dir: str | Path, variant: str | None = None) -> OnnxSal
         spec = man.variants[name]
         if not spec.saliency:
             raise AnalysisError(f"variant {name!r} in {model_dir} has no saliency graph; re-export it with fer-export")
-        data = load_verified(model_dir, man, spec.saliency)
+        graph = read_graph(model_dir, man, spec.saliency)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = 1  # another process may be training; stay light
+        sess = graph.session(["CPUExecutionProvider"], opts)
     except FerRuntimeError as e:
         raise AnalysisError(f"--model-dir: {e}") from None
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1  # another process may be training; stay light
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     return OnnxSaliency(sess, model_dir, name, spec.saliency, spec.tta, list(spec.members))
 
 

@@ -143,10 +143,11 @@ def calibration_table(manifest: Manifest, results: dict[str, list[Scored]]) -> s
 def files_table(manifest: Manifest) -> str:
     rows = []
     for variant, v in manifest.variants.items():
-        for kind, name in (("forward", v.forward), ("saliency", v.saliency)):
-            if name:
-                e = manifest.files[name]
-                rows.append([variant, f"`{name}`", kind, f"`{e.sha256}`", f"{e.bytes / 1e6:.2f}"])
+        graphs = [(kind, name) for kind, name in (("forward", v.forward), ("saliency", v.saliency)) if name]
+        weights = dict.fromkeys(e for _, name in graphs for e in manifest.files[name].external)
+        for kind, name in graphs + [("weights (both graphs)", w) for w in weights]:
+            e = manifest.files[name]
+            rows.append([variant, f"`{name}`", kind, f"`{e.sha256}`", f"{e.bytes / 1e6:.2f}"])
     total = sum(e.bytes for e in manifest.files.values())
     return _table(["variant", "file", "graph", "sha256", "MB"], rows, 4) + f"\n\nTotal: {total / 1e6:.2f} MB in {len(manifest.files)} files."
 

@@ -45,7 +45,8 @@ def main() -> None:
     import onnxruntime as ort
     import tensorflow as tf
 
-    from fer_runtime.manifest import load_verified, read_manifest
+    from fer_runtime.manifest import read_manifest
+    from fer_runtime.model_files import read_graph
     from fer_runtime.predictor import default_model_dir
     from fer_train import inference
     from fer_train.data import load_source
@@ -53,9 +54,8 @@ def main() -> None:
     model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
     man = read_manifest(model_dir)
     var = man.variants[man.default_variant]
-    so = ort.SessionOptions()
-    fwd = ort.InferenceSession(load_verified(model_dir, man, var.forward), so, providers=["CPUExecutionProvider"])
-    sal = ort.InferenceSession(load_verified(model_dir, man, var.saliency), so, providers=["CPUExecutionProvider"])
+    fwd = read_graph(model_dir, man, var.forward).session(["CPUExecutionProvider"])
+    sal = read_graph(model_dir, man, var.saliency).session(["CPUExecutionProvider"])
     models = [m for run in args.runs for m in inference.load_models(run)]
     views = inference.views_of(var.tta)
     x_all = load_source(args.data)["PublicTest"].x.astype(np.float32)

@@ -74,7 +74,7 @@ def export(
         acc = m.public_test_accuracy
         typer.echo(f"member {m.name}: {m.params} params, PublicTest accuracy "
                    f"{'unknown' if acc is None else f'{acc:.4f}'} ({m.accuracy_from})")
-    for p in (res.forward, res.saliency, res.manifest_path):
+    for p in (res.forward, res.saliency, res.weights, res.manifest_path):
         typer.echo(f"wrote {p}")
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 from fer_export.errors import ExportError
 from fer_runtime.manifest import TensorSpec
@@ -122,18 +123,24 @@ def tensor_specs(values: Sequence[Any]) -> list[TensorSpec]:
     return out
 
 
-def check_onnx_bytes(data: bytes, filename: str, inputs: Sequence[str], outputs: Sequence[str]) -> Any:
+def check_onnx_bytes(data: bytes, filename: str, inputs: Sequence[str], outputs: Sequence[str],
+                     external: Mapping[str, bytes] | None = None) -> Any:
     """Check a serialized model and return an onnxruntime CPU session built from exactly these bytes.
 
-    Runs ``onnx.checker.check_model`` (full check), looks for leftover TF ops, checks the graph's
-    input/output names, and loads it in onnxruntime; any failure raises ExportError naming the file.
+    ``external`` holds the weights files the graph refers to (location -> bytes). Runs
+    ``onnx.checker.check_model`` (full check, on a copy with the weights inside), looks for leftover TF ops,
+    checks the graph's input/output names, and loads it in onnxruntime; any failure raises ExportError naming
+    the file.
     """
     import onnx
     import onnxruntime as ort
 
+    from fer_export.share import internalize
+    from fer_runtime.model_files import VerifiedGraph
+
     try:
         model = onnx.load_from_string(data)
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(internalize(onnx.load_from_string(data), external or {}), full_check=True)
     except Exception as e:
         raise ExportError(f"{filename}: onnx.checker failed: {str(e).splitlines()[0]}") from None
     bad = unknown_ops(model)
@@ -146,6 +153,6 @@ def check_onnx_bytes(data: bytes, filename: str, inputs: Sequence[str], outputs:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        return VerifiedGraph(Path(filename), data, dict(external or {})).session(["CPUExecutionProvider"], opts)
     except Exception as e:
         raise ExportError(f"{filename}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None

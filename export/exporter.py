@@ -19,7 +19,8 @@ from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.errors import FerRuntimeError
 from fer_runtime.labels import IMAGE_SIZE, LABELS
 from fer_runtime.manifest import (DEFAULT_VARIANT, MANIFEST_NAME, Calibration, FileEntry, InputSpec, Manifest,
-                                  Variant, read_manifest, sha256_bytes, variant_file_names, write_manifest)
+                                  Variant, read_manifest, sha256_bytes, variant_file_names, variant_weights_name,
+                                  write_manifest)
 
 AUTO_TEMPERATURE = "auto"  # fit the temperature on PublicTest (fer_export.calibrate)
 CALIBRATION_SPLIT = "PublicTest"
@@ -36,6 +37,7 @@ class ExportResult:
     variant: str
     forward: Path
     saliency: Path
+    weights: Path  # the weights file both graphs read
     manifest_path: Path
     manifest: Manifest
     report: VerifyReport
@@ -118,7 +120,8 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
                   log: Callable[[str], None] = lambda s: None) -> ExportResult:
     """Export the ensemble of ``sources`` (runs, ensemble dirs or ``.keras`` files) into ``out`` as ``variant``.
 
-    Writes the forward graph, the saliency graph and (merged) ``manifest.json``; verifies both
+    Writes the forward graph, the saliency graph, the weights file both read (each weight stored once,
+    :mod:`fer_export.share`) and (merged) ``manifest.json``; verifies both
     graphs against the Keras members first (see :mod:`fer_export.verify`). ``verify_data`` is a
     data file/folder whose PublicTest (or validation) rows are used, at most ``verify_count`` of
     them; default: the repository's test fixture if present. ``temperature="auto"`` fits the
@@ -168,11 +171,10 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     convert.order_outputs(sal_proto, graphs.SALIENCY_OUTPUTS)
     for p in (fwd_proto, sal_proto):
         _batch_dim_as_n(p)
-    saved = sum(share.share_weights(p) for p in (fwd_proto, sal_proto))
-    if saved:
-        log(f"stored transposed/flipped weights once: {saved / 1e6:.1f} MB saved")
-
     fwd_name, sal_name = file_names(variant)
+    weights_name = variant_weights_name(variant)
+    weights = share.store_once([fwd_proto, sal_proto], weights_name)
+    log(f"weights stored once in {weights_name}: {len(weights) / 1e6:.1f} MB")
     what = f"single model {members[0].name}" if len(members) == 1 else \
         f"{len(members)}-member ensemble ({', '.join(m.name for m in members)})"
     fitted = f" (fitted on {CALIBRATION_SPLIT})" if auto else ""
@@ -190,15 +192,17 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
 
     # Metadata first: the hashes cover the final bytes.
     props = manifest.metadata_props(variant)
-    blobs: dict[str, bytes] = {}
+    blobs: dict[str, bytes] = {weights_name: weights}
+    manifest.files[weights_name] = FileEntry(sha256_bytes(weights), len(weights))
     sessions = {}
     for name, proto, ins, outs, kind in ((fwd_name, fwd_proto, ["image"], graphs.FORWARD_OUTPUTS, "forward"),
                                          (sal_name, sal_proto, ["image", "class"], graphs.SALIENCY_OUTPUTS, "saliency")):
         convert.set_metadata(proto, {**props, "fer.graph": kind}, doc=f"FER2013 {kind} graph, variant {variant}: {desc}")
         blobs[name] = proto.SerializeToString()
-        sessions[name] = convert.check_onnx_bytes(blobs[name], name, ins, outs)
+        sessions[name] = convert.check_onnx_bytes(blobs[name], name, ins, outs, {weights_name: weights})
         manifest.files[name] = FileEntry(sha256_bytes(blobs[name]), len(blobs[name]),
-                                         convert.tensor_specs(proto.graph.input), convert.tensor_specs(proto.graph.output))
+                                         convert.tensor_specs(proto.graph.input), convert.tensor_specs(proto.graph.output),
+                                         external=[weights_name])
     used = manifest.referenced_files()  # keeps the face detector's entry too
     manifest.files = {k: v for k, v in manifest.files.items() if k in used}
     Manifest.from_dict(manifest.to_dict())  # the runtime's own validation must accept it
@@ -215,4 +219,5 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
             atomic_write(stage / name, data_bytes)
         write_manifest(stage, manifest)
     log(f"done in {time.time() - t0:.1f}s")
-    return ExportResult(out, variant, out / fwd_name, out / sal_name, out / MANIFEST_NAME, manifest, report)
+    return ExportResult(out, variant, out / fwd_name, out / sal_name, out / weights_name, out / MANIFEST_NAME, manifest,
+                        report)

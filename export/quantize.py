@@ -20,7 +20,8 @@ import numpy as np
 
 from fer_export.errors import ExportError
 from fer_runtime.atomic import atomic_dir, atomic_write
-from fer_runtime.manifest import FileEntry, Quantization, load_verified, read_manifest, sha256_bytes, write_manifest
+from fer_runtime.manifest import FileEntry, Quantization, read_manifest, sha256_bytes, write_manifest
+from fer_runtime.model_files import read_graph
 
 MIN_AGREEMENT = 0.99  # argmax agreement with the float graph
 MAX_ACCURACY_LOSS = 0.005  # accuracy points (fraction) the int8 graph may lose
@@ -138,6 +139,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
 
     from fer_export import convert
     from fer_export.exporter import file_names
+    from fer_export.share import internalize
 
     if calibrate_method not in CALIBRATE_METHODS:
         raise ExportError(f"unknown calibration method {calibrate_method!r}; choose from {', '.join(CALIBRATE_METHODS)}")
@@ -155,13 +157,13 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
         raise ExportError(f"{len(evalx)} evaluation images but {len(labels)} labels")
     src = manifest.variants[source]
     input_name = manifest.input.name
-    fp32_bytes = load_verified(model_dir, manifest, src.forward)
+    fp32 = read_graph(model_dir, manifest, src.forward)
 
     with tempfile.TemporaryDirectory(prefix="fer-quantize-") as tmp:
-        fp32, pre, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        fp32.write_bytes(fp32_bytes)
+        whole, pre, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(internalize(onnx.load_from_string(fp32.data), fp32.external), str(whole))  # weights inside
         log(f"pre-processing {src.forward} (shape inference, graph optimization)")
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(whole), str(pre), skip_symbolic_shape=True)
         # Softmax stays float: 8-bit probabilities would be coarse (steps of 1/255) and tie in argmax.
         softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
         log(f"calibrating on {len(calib)} images")
@@ -182,7 +184,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     int8_sess = convert.check_onnx_bytes(data, fwd_name, [input_name], outputs)
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    fp32_sess = ort.InferenceSession(fp32_bytes, so, providers=["CPUExecutionProvider"])
+    fp32_sess = fp32.session(["CPUExecutionProvider"], so)
 
     log(f"comparing on {len(evalx)} images")
     p32, p8 = _predict(fp32_sess, evalx, input_name).argmax(1), _predict(int8_sess, evalx, input_name).argmax(1)

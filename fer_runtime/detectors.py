@@ -29,7 +29,8 @@ from fer_runtime.boxes import Box
 from fer_runtime.choices import DETECTORS
 from fer_runtime.errors import ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError
 from fer_runtime.images import to_uint8
-from fer_runtime.manifest import DetectorEntry, Manifest, load_verified, read_manifest
+from fer_runtime.manifest import DetectorEntry, Manifest, read_manifest
+from fer_runtime.model_files import read_graph
 
 DEFAULT_DETECTOR = DETECTORS[0]
 HAAR_CASCADE_FILE = "haarcascade_frontalface_default.xml"
@@ -152,13 +153,13 @@ class BlazeFaceDetector:
         self._input = str(self.spec.input["name"])
         self._outputs = [self.spec.outputs["boxes"], self.spec.outputs["scores"]]
 
-        data = load_verified(self.model_dir, manifest, self.spec.file)
+        graph = read_graph(self.model_dir, manifest, self.spec.file)
         requested = prov.requested_providers(device, providers)
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(data, sess_options=so, providers=requested)
+            self.session = graph.session(requested, so)
         except Exception as e:  # onnxruntime raises its own pybind exception types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
             if e.__class__.__name__ == "EPFail":

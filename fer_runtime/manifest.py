@@ -1,9 +1,9 @@
 """The model manifest (``manifest.json``), defined once for the exporter (writer) and runtime (reader).
 
-Layout (format_version 1)::
+Layout (format_version 2)::
 
     {
-      "format_version": 1,
+      "format_version": 2,
       "labels": ["Angry", ...],                       # class order of every output
       "input": {"name": "image", "shape": [null, 48, 48, 1], "dtype": "float32",
                 "color": "gray", "range": [0, 255],
@@ -17,7 +17,9 @@ Layout (format_version 1)::
                                      "nll_after": ..., "ece_before": ..., "ece_after": ..., "images": ...}}
       },
       "files": {"fer_ensemble.onnx": {"sha256": "...", "bytes": 123,
-                                       "inputs": [{"name", "shape", "dtype"}], "outputs": [...]}},
+                                       "inputs": [{"name", "shape", "dtype"}], "outputs": [...],
+                                       "external": ["fer_weights.onnx_data"]},   # its weights file(s)
+                "fer_weights.onnx_data": {"sha256": "...", "bytes": 21163776}},
       "detectors": {"blazeface": {"file": "face_detector.onnx", "input": {...}, "outputs": {...},
                                   "decoding": {...}, "origin": {...}}},   # optional; see DetectorEntry
       "producer": {"tensorflow": ..., "tf2onnx": ..., "onnx": ..., "opset": 17},
@@ -30,8 +32,12 @@ FileEntry, TensorSpec, DetectorEntry); an absent calibration or quantization is 
 ``format_version`` policy: it is ``MAJOR`` (minor 0, what every manifest so far holds) or
 ``"MAJOR.MINOR"``. A writer adding an optional key raises the minor version; a reader of the same
 major version ignores keys it does not know in a newer-minor file, and refuses unknown keys in a file of
-its own or an older minor version (a typo or a broken writer). Another major version is refused with
-one line (:class:`~fer_runtime.errors.ManifestVersionError`).
+its own or an older minor version (a typo or a broken writer). A major version this code does not read
+is refused with one line (:class:`~fer_runtime.errors.ManifestVersionError`).
+
+Version 2 added ``external``: a graph file may keep its weights in another listed file (ONNX external
+data; the variant's forward and saliency graphs share one weights file). A reader that ignored the key
+could not load the graph, hence a major version. This code reads versions 1 and 2.
 """
 from __future__ import annotations
 
@@ -49,7 +55,8 @@ from fer_runtime.labels import IMAGE_SIZE
 # (major, minor) this code writes and fully understands. A new optional key raises the minor version: older
 # readers of the same major ignore what they do not know. Anything else (a key renamed, removed or whose
 # meaning changes) raises the major version, which older readers refuse.
-FORMAT_VERSION: tuple[int, int] = (1, 0)
+FORMAT_VERSION: tuple[int, int] = (2, 0)
+OLDEST_MAJOR = 1  # the oldest major version this code still reads (1: no "external" weights files)
 MANIFEST_NAME = "manifest.json"
 DEFAULT_VARIANT = "accurate"
 
@@ -74,14 +81,15 @@ def format_version_json(version: tuple[int, int] = FORMAT_VERSION) -> int | str:
 def check_format_version(value: object, where: str = MANIFEST_NAME) -> bool:
     """Raise :class:`ManifestVersionError` for another major version; True if ``value`` is a newer minor one."""
     major, minor = parse_format_version(value, where)
-    ours = f"{FORMAT_VERSION[0]}.x"
+    ours = f"{OLDEST_MAJOR}.x to {FORMAT_VERSION[0]}.x"
     if major > FORMAT_VERSION[0]:
         raise ManifestVersionError(f"{where}: format_version {major}.{minor} is newer than this fer-toolkit reads "
                                    f"({ours}); upgrade fer-toolkit")
-    if major < FORMAT_VERSION[0]:
+    if major < OLDEST_MAJOR:
         raise ManifestVersionError(f"{where}: format_version {major}.{minor} is older than this fer-toolkit reads "
                                    f"({ours}); re-export the models")
-    return minor > FORMAT_VERSION[1]
+    known_minor = FORMAT_VERSION[1] if major == FORMAT_VERSION[0] else 0  # older majors: only minor 0 was written
+    return minor > known_minor
 
 
 def variant_file_names(variant: str) -> tuple[str, str]:
@@ -89,6 +97,11 @@ def variant_file_names(variant: str) -> tuple[str, str]:
     if variant == DEFAULT_VARIANT:
         return "fer_ensemble.onnx", "fer_saliency.onnx"
     return f"fer_{variant}.onnx", f"fer_{variant}_saliency.onnx"
+
+
+def variant_weights_name(variant: str) -> str:
+    """The weights file a variant's graphs share: ``fer_weights.onnx_data`` for ``accurate``."""
+    return "fer_weights.onnx_data" if variant == DEFAULT_VARIANT else f"fer_{variant}_weights.onnx_data"
 
 
 @dataclass(frozen=True)
@@ -102,12 +115,17 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A model file: its SHA-256, size and graph inputs/outputs."""
+    """A model file: its SHA-256, size and graph inputs/outputs.
+
+    ``external``: the files (each listed under ``files`` too) this graph reads its weights from; empty for a
+    self-contained graph and for a weights file itself.
+    """
 
     sha256: str
     bytes: int
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -220,13 +238,18 @@ class Manifest:
         """The stored form, written at this code's :data:`FORMAT_VERSION` (keys it does not know are not kept)."""
         d = asdict(self)
         d["variants"] = {k: v.to_dict() for k, v in self.variants.items()}
+        for f in d["files"].values():
+            if not f["external"]:
+                del f["external"]  # a self-contained graph or a weights file
         d["format_version"] = format_version_json()
         return d
 
     def referenced_files(self) -> set[str]:
-        """Every file a variant or detector names (what ``files`` must list, and all it needs to list)."""
+        """Every file a variant or detector names, with their weights files (what ``files`` must list, and all it
+        needs to list)."""
         used = {f for v in self.variants.values() for f in (v.forward, v.saliency) if f}
-        return used | {d.file for d in self.detectors.values()}
+        used |= {d.file for d in self.detectors.values()}
+        return used | {e for f in used if f in self.files for e in self.files[f].external}
 
     def metadata_props(self, variant: str) -> dict[str, str]:
         """Flat string metadata for ONNX ``metadata_props`` (file hashes excluded: a file cannot hold its own)."""
@@ -273,6 +296,14 @@ class Manifest:
         for name, det in m.detectors.items():
             if det.file not in m.files:
                 raise ModelIntegrityError(f"{where}: detector {name!r} names {det.file!r}, which is not under 'files'")
+        for name, entry in m.files.items():
+            if entry.external and m.format_version[0] < 2:
+                raise ModelIntegrityError(f"{where}: unknown key 'external' in files[{name!r}] (format_version "
+                                          f"{m.format_version[0]} has no such key)")
+            for ext in entry.external:
+                if ext not in m.files or m.files[ext].external:
+                    raise ModelIntegrityError(f"{where}: {name!r} keeps its weights in {ext!r}, which is not a "
+                                              "weights file under 'files'")
         if m.default_variant not in m.variants:
             raise ModelIntegrityError(f"{where}: default_variant {m.default_variant!r} is not a variant")
         return m
@@ -305,7 +336,10 @@ class _Reader:
     def file_entry(self, value: Any, what: str) -> FileEntry:
         d = self.known(value, FileEntry, what)
         specs = {k: [self.build(TensorSpec, t, f"{what} {k}") for t in d.get(k, [])] for k in ("inputs", "outputs")}
-        return FileEntry(str(d["sha256"]), int(d["bytes"]), specs["inputs"], specs["outputs"])
+        external = d.get("external", [])
+        if not isinstance(external, list) or not all(isinstance(e, str) for e in external):
+            raise ModelIntegrityError(f"{self.where}: external of {what} must be a list of file names")
+        return FileEntry(str(d["sha256"]), int(d["bytes"]), specs["inputs"], specs["outputs"], list(external))
 
     def variant(self, value: Any, what: str) -> Variant:
         d = self.known(value, Variant, what)

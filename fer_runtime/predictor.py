@@ -15,7 +15,8 @@ from fer_runtime import providers as prov
 from fer_runtime.errors import (FerRuntimeError, InferenceError, MissingOutputError, ModelIntegrityError,
                                 ModelNotFoundError, ProviderUnavailableError)
 from fer_runtime.labels import IMAGE_SIZE
-from fer_runtime.manifest import Manifest, load_verified, read_manifest
+from fer_runtime.manifest import Manifest, read_manifest
+from fer_runtime.model_files import read_graph
 from fer_runtime.numeric import normalise_saliency
 
 MODEL_DIR_ENV = "FER_MODEL_DIR"
@@ -103,6 +104,7 @@ class Predictor:
         self._requested = prov.requested_providers(device, providers)
         self._cuda_optional = providers is None and device == "auto"
         self._input_name = self.manifest.input.name
+        self._weights: dict[str, bytes] = {}  # weights files read (and verified) once for both graphs
 
         spec = self.manifest.variants[self.variant]
         self._forward_file = spec.forward
@@ -197,17 +199,17 @@ class Predictor:
 
     # -- internals --------------------------------------------------------------------------------
     def _session(self, filename: str, inputs: list[str], outputs: list[str]) -> Any:
-        """Verify ``filename`` against the manifest and build an InferenceSession from those same bytes."""
+        """Verify ``filename`` (and its weights file) against the manifest; build an InferenceSession from those bytes."""
         import onnxruntime as ort
 
         from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
 
-        data = load_verified(self.model_dir, self.manifest, filename)
+        graph = read_graph(self.model_dir, self.manifest, filename, self._weights)
         so = ort.SessionOptions()
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
         try:
-            sess = ort.InferenceSession(data, sess_options=so, providers=self._requested)
+            sess = graph.session(self._requested, so)
         except EPFail as e:  # an execution provider failed to initialise
             if not (self._cuda_optional and prov.CUDA in prov.provider_names(self._requested)):
                 raise ProviderUnavailableError(f"{self.model_dir / filename}: execution provider failed "

@@ -25,7 +25,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -34,7 +33,6 @@ from fer_export import convert, graphs, twin  # noqa: E402
 from fer_export.cli import app  # noqa: E402
 from fer_export.errors import ExportError  # noqa: E402
 from fer_export.exporter import export_models  # noqa: E402
-from fer_export.share import share_weights  # noqa: E402
 from fer_export.members import load_member, recorded_accuracy  # noqa: E402
 from fer_export.verify import saliency_agreement, verify_export  # noqa: E402
 from fer_runtime.labels import LABELS  # noqa: E402
@@ -377,14 +375,11 @@ def test_ensemble_matches_mean_of_members(exported, name):
     assert np.abs(p0 - p_ref).max() > 1e-3
     rep = res.report
     assert rep.real_images == 30 and rep.forward_prob_max_abs <= 1e-4 and rep.saliency_min_cosine >= 0.999
-    # The backward kernels are computed from the forward ones, not stored twice.
-    sal_proto = onnx.load(str(res.saliency))
-    assert share_weights(sal_proto) == 0
-    assert _weight_bytes(sal_proto) < 1.1 * _weight_bytes(onnx.load(str(res.forward)))
-
-
-def _weight_bytes(model) -> int:
-    return sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
+    # Both graphs read one weights file, which holds each weight once (backward kernels are derived by ops).
+    files = read_manifest(out).files
+    assert files[res.forward.name].external == files[res.saliency.name].external == [res.weights.name]
+    n_params = sum(m.count_params() for m in models)
+    assert 0.9 * 4 * n_params <= res.weights.stat().st_size <= 4 * n_params + 64 * 64
 
 
 def test_manifest_hashes_metadata_and_merge(exported):
@@ -401,8 +396,10 @@ def test_manifest_hashes_metadata_and_merge(exported):
     assert "x/255" in man.input.preprocessing_in_graph and man.input.shape == [None, 48, 48, 1]
     assert {"tensorflow", "keras", "tf2onnx", "onnx", "opset"} <= set(man.producer) and man.producer["opset"] == 17
     assert raw["created"].endswith("Z")
-    assert sorted(man.files) == sorted(["fer_ensemble.onnx", "fer_saliency.onnx", "fer_calibrated.onnx",
-                                        "fer_calibrated_saliency.onnx"])
+    assert sorted(man.files) == sorted(["fer_ensemble.onnx", "fer_saliency.onnx", "fer_weights.onnx_data",
+                                        "fer_calibrated.onnx", "fer_calibrated_saliency.onnx",
+                                        "fer_calibrated_weights.onnx_data"])
+    assert man.files["fer_calibrated.onnx"].external == ["fer_calibrated_weights.onnx_data"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*man.files, "manifest.json"])
     for fname, entry in man.files.items():
         assert entry.sha256 == sha(out / fname) and entry.bytes == (out / fname).stat().st_size

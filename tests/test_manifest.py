@@ -98,3 +98,52 @@ def test_to_dict_stores_absent_records_as_empty_objects(model_dir: Path) -> None
     d = m.to_dict()
     assert d["variants"][name]["calibration"] == {} and d["variants"][name]["quantization"] == {}
     assert Manifest.from_dict(d).variants[name].calibration is None
+
+
+def _external_files(d: dict) -> set[str]:
+    return {e for f in d["files"].values() for e in f.get("external", [])}
+
+
+def test_version_1_model_folders_with_self_contained_graphs_still_load(model_copy: Path) -> None:
+    """Folders exported before format 2 have no weights file: each graph holds its own weights."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+
+    from fer_export.share import internalize
+    from fer_runtime.manifest import sha256_bytes
+
+    faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    p2 = Predictor(model_copy, device="cpu")
+    want_probs, want_sal = p2.predict(faces), p2.saliency(faces)
+    d = json.loads((model_copy / MANIFEST_NAME).read_text())
+    weights = _external_files(d)
+    assert weights, "the shipped folder should keep its weights in a shared file (format 2)"
+    for name, f in d["files"].items():
+        if f.get("external"):
+            files = {e: (model_copy / e).read_bytes() for e in f.pop("external")}
+            data = internalize(onnx.load_from_string((model_copy / name).read_bytes()), files).SerializeToString()
+            (model_copy / name).write_bytes(data)
+            f["sha256"], f["bytes"] = sha256_bytes(data), len(data)
+    for w in weights:
+        del d["files"][w]
+        (model_copy / w).unlink()
+    d["format_version"] = 1
+    (model_copy / MANIFEST_NAME).write_text(json.dumps(d))
+    p1 = Predictor(model_copy, device="cpu")
+    assert read_manifest(model_copy).format_version == (1, 0)
+    np.testing.assert_array_equal(p1.predict(faces), want_probs)
+    np.testing.assert_array_equal(p1.saliency(faces), want_sal)
+
+
+def test_a_weights_file_needs_format_2_and_a_listed_file(model_copy: Path) -> None:
+    d = json.loads((model_copy / MANIFEST_NAME).read_text())
+    graph = next(k for k, f in d["files"].items() if f.get("external"))
+    _edit(model_copy, lambda d: d.update(format_version=1))
+    with pytest.raises(ModelIntegrityError, match="unknown key 'external'"):
+        read_manifest(model_copy)
+    _edit(model_copy, lambda d: (d.update(format_version=2), d["files"][graph].update(external=["ghost.onnx_data"])))
+    with pytest.raises(ModelIntegrityError, match="ghost.onnx_data"):
+        read_manifest(model_copy)
+    _edit(model_copy, lambda d: d["files"][graph].update(external="ghost.onnx_data"))
+    with pytest.raises(ModelIntegrityError, match="list of file names"):
+        read_manifest(model_copy)

@@ -110,19 +110,26 @@ def test_as_image_list_shapes() -> None:
     assert preprocess(np.zeros((100, 80, 3), np.uint8)).shape == (48, 48)
 
 
-# Correct predictions on the fixture's 140 PublicTest/PrivateTest rows, by the forward graph's sha256 (the smallest
-# top-two margin there is 0.0059, so the count does not depend on the CPU). Re-exported models need a new entry.
+# Correct predictions on the fixture's 140 PublicTest/PrivateTest rows, by the model's identity: the first 16 hex
+# digits of the forward graph's sha256, then of each weights file's (the smallest top-two margin there is 0.0059,
+# so the count does not depend on the CPU). Re-exported models need a new entry.
 KNOWN_FIXTURE_CORRECT = {
-    "56e904854325c3983f4edb78e3a7acb91e14bfd0ebd546857e528c74e2161eae": 89,  # accurate: cnn_main + cnn_fp + cnn_sgd, flip
-    "969e961ae609210274b8f016dfc6a677f2d6ac6a0e69bbbab6ad0424957661ca": 81,  # fast: fast_kd
+    "205ac48e7bad2e85+fb768f9978241c05": 89,  # accurate: cnn_main + cnn_fp + cnn_sgd, flip
+    "da72e7db6c01b450+f06a06ea6c012b83": 81,  # fast: fast_kd
 }
+
+
+def _model_identity(predictor: Predictor) -> str:
+    files = predictor.manifest.files
+    forward = predictor.manifest.variants[predictor.variant].forward
+    return "+".join(files[f].sha256[:16] for f in [forward, *files[forward].external])
 
 
 def test_predictions_match_the_known_fixture_accuracy(predictor: Predictor, fer_rows) -> None:
     faces, labels, is_test = fer_rows
-    sha = predictor.manifest.files[predictor.manifest.variants[predictor.variant].forward].sha256
+    sha = _model_identity(predictor)
     if sha not in KNOWN_FIXTURE_CORRECT:
-        pytest.fail(f"no recorded fixture accuracy for forward graph {sha}; measure it and add it to KNOWN_FIXTURE_CORRECT")
+        pytest.fail(f"no recorded fixture accuracy for model {sha}; measure it and add it to KNOWN_FIXTURE_CORRECT")
     correct = int((predictor.predict(faces[is_test]).argmax(axis=1) == labels[is_test]).sum())
     assert is_test.sum() == 140 and correct == KNOWN_FIXTURE_CORRECT[sha]
 
@@ -200,6 +207,30 @@ def test_session_is_built_from_the_verified_bytes(model_dir: Path, monkeypatch) 
     spec = m.variants[p.variant]
     assert [sha256_bytes(b) for b in seen] == [m.files[spec.forward].sha256, m.files[spec.saliency].sha256]
     assert all(isinstance(b, bytes) for b in seen)
+
+
+def test_the_shared_weights_file_is_verified_and_read_once(model_copy: Path, monkeypatch) -> None:
+    from fer_runtime import model_files
+
+    m = read_manifest(model_copy)
+    spec = m.variants[m.default_variant]
+    ext = m.files[spec.forward].external
+    assert len(ext) == 1 and m.files[spec.saliency].external == ext  # the shipped graphs keep each weight once
+    reads: list[str] = []
+    real = model_files.load_verified
+    monkeypatch.setattr(model_files, "load_verified", lambda d, man, name: reads.append(name) or real(d, man, name))
+    Predictor(model_copy, device="cpu").load_saliency()
+    assert sorted(reads) == sorted([spec.forward, spec.saliency, ext[0]])
+    weights = model_copy / ext[0]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError) as ei:
+        Predictor(model_copy, device="cpu")
+    assert ext[0] in str(ei.value) and ei.value.actual == sha256_bytes(bytes(data))
+    weights.unlink()
+    with pytest.raises(ModelNotFoundError, match=ext[0]):
+        Predictor(model_copy, device="cpu")
 
 
 def test_flipped_byte_is_an_integrity_error(model_copy: Path) -> None:
