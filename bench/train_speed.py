@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         from fer_train.models import build_model
 
         bare = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), onehot)).batch(BATCH).cache()
-        piped = make_dataset(x, y, BATCH, training=True, augment=tcfg.augment, seed=1)
+        # as fer-train fit builds it: the epoch variable selects the seeded per-epoch order (resumable runs)
+        piped = make_dataset(x, y, BATCH, training=True, augment=tcfg.augment, seed=1,
+                             epoch=tf.Variable(0, dtype=tf.int64))
         for precision in PRECISIONS:
             keras.mixed_precision.set_global_policy(POLICY[precision])
             keras.utils.set_random_seed(1)

@@ -475,3 +475,26 @@ def test_cli_run_is_quiet_and_ends_with_a_summary_or_json(tmp_path):
     params = json.loads(r.stdout.strip().splitlines()[-1])["params"]
     assert summary.count("Total params") == 1 and f"Total params: {params:,}" in summary
     assert any(line.split() == ["logits", "Dense", "Nx7", "63"] for line in summary.splitlines()), summary
+
+
+def test_an_epochs_batches_are_its_seeded_permutation_in_order():
+    """With an ``epoch`` variable, epoch k's batches are the rows of stateless_shuffle(range(n), (seed, k)), in
+    order and cut into batches (what makes a resumed run see the batches an uninterrupted one saw)."""
+    import tensorflow as tf
+
+    from fer_train.pipeline import make_dataset
+
+    n, bs, seed = 70, 16, 5
+    x = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 48, 48, 1), np.uint8)
+    y = np.arange(n) % 7
+    epoch = tf.Variable(0, dtype=tf.int64)
+    ds = make_dataset(x, y, bs, training=True, seed=seed, epoch=epoch)
+    assert int(ds.cardinality()) == 5
+    for k in (0, 3):
+        epoch.assign(k)
+        want = tf.random.experimental.stateless_shuffle(tf.range(n), seed=[seed, k]).numpy()
+        got = [(b[0].numpy()[:, 0, 0, 0].astype(int), b[1].numpy().argmax(1)) for b in ds]
+        assert [len(r) for r, _ in got] == [16, 16, 16, 16, 6]
+        np.testing.assert_array_equal(np.concatenate([r for r, _ in got]), want)
+        np.testing.assert_array_equal(np.concatenate([t for _, t in got]), want % 7)
+        assert ds.element_spec[0].dtype == tf.float32

@@ -101,14 +101,17 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
             key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch.read_value(), tf.int64)])
             return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(tf.range(n), seed=key))
 
-        ds = tf.data.Dataset.range(1).flat_map(order).map(lambda i: tuple(tf.gather(t, i) for t in tensors))
+        # indices are batched before the gather: one gather per batch, not one dataset element per image
+        ds = tf.data.Dataset.range(1).flat_map(order).batch(batch_size)
+        ds = ds.map(lambda i: tuple(tf.gather(t, i) for t in tensors), num_parallel_calls=tf.data.AUTOTUNE)
         # flat_map hides the length; without it Keras cannot size an epoch and runs one extra, empty step
-        ds = ds.apply(tf.data.experimental.assert_cardinality(n))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
     else:
         ds = tf.data.Dataset.from_tensor_slices(cols)
         if training:
             ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda a, *r: (tf.cast(a, tf.float32), *r), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size)
+    ds = ds.map(lambda a, *r: (tf.cast(a, tf.float32), *r), num_parallel_calls=tf.data.AUTOTUNE)
     aug = make_augmenter(augment, seed) if (training and augment is not None) else None
     if aug is not None:
         ds = ds.map(lambda a, *r: (aug(a, training=True), *r), num_parallel_calls=tf.data.AUTOTUNE)
