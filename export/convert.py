@@ -139,8 +139,8 @@ def check_onnx_bytes(data: bytes, filename: str, inputs: Sequence[str], outputs:
     from fer_runtime.model_files import VerifiedGraph
 
     try:
-        model = onnx.load_from_string(data)
-        onnx.checker.check_model(internalize(onnx.load_from_string(data), external or {}), full_check=True)
+        model = internalize(onnx.load_from_string(data), external or {})  # the session below uses `data` itself
+        onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise ExportError(f"{filename}: onnx.checker failed: {str(e).splitlines()[0]}") from None
     bad = unknown_ops(model)
