@@ -25,13 +25,6 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
 TTAS = ("none", "flip")
 
 
-def member_label(path: Path) -> str:
-    """A run's name; a .keras file other than best.keras also names its file (snapshot_1 and snapshot_2 differ)."""
-    if path.suffix != ".keras":
-        return path.name
-    return path.parent.name if path.name == "best.keras" else f"{path.parent.name}/{path.stem}"
-
-
 def subset_table(probs: dict[str, dict[str, np.ndarray]], y: np.ndarray) -> list[tuple[tuple[str, ...], float, float]]:
     """(members, accuracy without TTA, accuracy with flip TTA) for every subset, best flip accuracy first."""
     names = list(probs)
@@ -51,12 +44,13 @@ def main() -> None:
 
     from fer_train.data import load_kaggle_csv
     from fer_train.inference import load_models, predict_probs
+    from fer_train.runs import member_name
 
     public = load_kaggle_csv(args.data)["PublicTest"]
     probs: dict[str, dict[str, np.ndarray]] = {}
     for run in args.runs:
         p = Path(run)
-        name = member_label(p)
+        name = member_name(p)
         if name in probs:
             raise SystemExit(f"error: {run} is the same member as an earlier argument ({name})")
         models = load_models(p)

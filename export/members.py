@@ -57,11 +57,6 @@ def member_paths(sources: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def member_name(path: Path) -> str:
-    """The run directory's name for ``best.keras``/``last.keras``, else the file's stem."""
-    return path.parent.name if path.name in (runs.BEST, runs.LAST) and path.parent.name else path.stem
-
-
 def load_member(path: str | Path) -> Any:
     """Load a ``.keras`` file by :func:`fer_train.inference.load_model` (no optimizer, float32); ExportError if unreadable."""
     try:
@@ -110,7 +105,7 @@ def load_members(sources: Sequence[str | Path], data: Any | None = None) -> list
     members: list[Member] = []
     names: set[str] = set()
     for p in member_paths(sources):
-        name = base = member_name(p)
+        name = base = runs.member_name(p)
         k = 2
         while name in names:
             name, k = f"{base}-{k}", k + 1

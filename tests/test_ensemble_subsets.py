@@ -35,9 +35,3 @@ def test_subset_table_scores_every_subset_by_mean_softmax():
         (("b", "c"), 0.5, 0.5),
         (("c",), 0.75, 0.0),
     ]
-
-
-def test_member_labels_tell_snapshots_of_one_run_apart():
-    label = _bench().member_label
-    runs = [Path("experiments/r"), Path("experiments/r/best.keras"), Path("x/r/snapshot_1.keras"), Path("x/r/snapshot_2.keras")]
-    assert [label(p) for p in runs] == ["r", "r", "r/snapshot_1", "r/snapshot_2"]

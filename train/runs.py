@@ -95,6 +95,17 @@ def best_epoch(history: list[dict[str, float]]) -> tuple[int, float]:
     return int(best["epoch"]), best["val_accuracy"]
 
 
+def member_name(path: str | Path) -> str:
+    """A member's name: its run's name for a run directory or its ``best.keras``/``last.keras``;
+    ``run/stem`` for another ``.keras`` file of a run (``r/snapshot_1`` and ``r/snapshot_2`` differ)."""
+    p = Path(path)
+    if p.suffix != ".keras":
+        return p.name
+    if p.name in (BEST, LAST) and p.parent.name:
+        return p.parent.name
+    return f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem
+
+
 def member_paths(path: str | Path) -> list[Path]:
     """The ``best.keras`` files of a run, an ensemble directory, or a ``.keras`` file itself."""
     p = Path(path)

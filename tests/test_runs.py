@@ -1,0 +1,12 @@
+"""fer_train.runs: the one rule that names ensemble members (used by fer-export's manifest and bench/ensemble_subsets)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fer_train import runs
+
+
+def test_member_names_tell_snapshots_of_one_run_apart():
+    paths = [Path("experiments/r"), Path("experiments/r/best.keras"), Path("x/r/last.keras"),
+             Path("x/r/snapshot_1.keras"), Path("x/r/snapshot_2.keras"), Path("solo.keras")]
+    assert [runs.member_name(p) for p in paths] == ["r", "r", "r", "r/snapshot_1", "r/snapshot_2", "solo"]
