@@ -29,6 +29,7 @@ from fer_runtime.atomic import atomic_write
 from fer_runtime.labels import LABELS
 from fer_runtime.manifest import Manifest, read_manifest
 from fer_runtime.predictor import default_model_dir
+from fer_runtime.tta import modes_within, view_count
 from fer_train.data import DataFormatError, Split, load_kaggle_csv
 from fer_train.metrics import classification_report
 from fer_train.plots import plot_confusion
@@ -56,9 +57,9 @@ class Scored:
 
 
 def settings(names: list[str], mp: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
-    """(model, tta, probs) of every member and the ensemble, without and (if the graph has a flip view) with TTA."""
+    """(model, tta, probs) of every member and the ensemble under each TTA mode whose views the graph has."""
     m, v = mp.shape[1], mp.shape[2]
-    ttas = [("none", slice(0, 1))] + ([("flip", slice(0, 2))] if v == 2 else [])
+    ttas = [(t, slice(0, n)) for t, n in modes_within(v)]
     out = []
     if m > 1:
         out += [(f"member {names[k]}", t, mp[:, k, s].mean(1)) for k in range(m) for t, s in ttas]
@@ -86,8 +87,10 @@ def score_variant(p: Predictor, data: dict[str, Split]) -> list[Scored]:
             if gap > 1e-5:
                 raise BenchError(f"variant {p.variant}: mean of member_probs differs from probs by {gap:.2g}")
             probs = settings(names, mp)
-            full = "flip" if mp.shape[2] == 2 else "none"
-            shipped = {(probs[-1][0], full)}
+            if mp.shape[2] != view_count(spec.tta):
+                raise BenchError(f"variant {p.variant}: TTA {spec.tta} has {view_count(spec.tta)} views, "
+                                 f"member_probs has {mp.shape[2]}")
+            shipped = {(probs[-1][0], spec.tta)}
         for model, tta, pr in probs:
             row = rows.setdefault((model, tta), Scored(model, tta, (model, tta) in shipped))
             row.reports[split] = classification_report(y, pr.astype(np.float64))

@@ -2,12 +2,13 @@
 
 Usage (from the repo, with the ``train`` extra installed):
 
-    python bench/ensemble_subsets.py experiments/cnn_main experiments/cnn_fp ... [--data ../shared/data/fer2013/fer2013.csv.gz]
+    python bench/ensemble_subsets.py experiments/cnn_main experiments/cnn_fp ... [--tta crops] [--data ../shared/data/fer2013/fer2013.csv.gz]
 
-Each run's softmax (T = 1) on the PublicTest rows is computed once without and once with flip TTA
-(``fer_train.inference.predict_probs``); every non-empty subset is then scored as the mean of its
-members' softmaxes. Prints one Markdown table, best flip-TTA accuracy first. PrivateTest is never
-read: member choice is a decision, and decisions are made on PublicTest.
+Each run's logits on the PublicTest rows are computed once on every view of ``--tta`` (default flip;
+``fer_train.inference.member_logits``); its softmax (T = 1) under each nested TTA mode up to it (none,
+flip, crops: :mod:`fer_runtime.tta`) is the mean over that mode's views. Every non-empty subset is then
+scored as the mean of its members' softmaxes. Prints one Markdown table, best accuracy under ``--tta``
+first. PrivateTest is never read: member choice is a decision, and decisions are made on PublicTest.
 """
 from __future__ import annotations
 
@@ -15,35 +16,40 @@ import argparse
 import itertools
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from fer_runtime.tta import TTA_MODES, modes_within
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
-TTAS = ("none", "flip")
 
 
-def subset_table(probs: dict[str, dict[str, np.ndarray]], y: np.ndarray) -> list[tuple[tuple[str, ...], float, float]]:
-    """(members, accuracy without TTA, accuracy with flip TTA) for every subset, best flip accuracy first."""
+def subset_table(probs: dict[str, dict[str, np.ndarray]], y: np.ndarray,
+                 ttas: tuple[str, ...] = ("none", "flip")) -> list[tuple[Any, ...]]:
+    """(members, accuracy under each of ``ttas``) for every subset; best under the last TTA first, then the
+    ones before it, then fewer members."""
     names = list(probs)
     rows = []
     for r in range(1, len(names) + 1):
         for sub in itertools.combinations(names, r):
-            acc = [float((np.mean([probs[n][t] for n in sub], axis=0).argmax(1) == y).mean()) for t in TTAS]
-            rows.append((sub, acc[0], acc[1]))
-    return sorted(rows, key=lambda row: (-row[2], -row[1], len(row[0])))
+            acc = [float((np.mean([probs[n][t] for n in sub], axis=0).argmax(1) == y).mean()) for t in ttas]
+            rows.append((sub, *acc))
+    return sorted(rows, key=lambda row: (*(-a for a in row[:0:-1]), len(row[0])))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run directories or .keras files (one member each)")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the Kaggle fer2013.csv(.gz)")
+    ap.add_argument("--tta", default="flip", choices=TTA_MODES[1:], help="the largest TTA mode to score")
     args = ap.parse_args()
 
     from fer_train.data import load_kaggle_csv
-    from fer_train.inference import load_models, predict_probs
+    from fer_train.inference import load_models, member_logits, member_probs
     from fer_train.runs import member_name
 
     public = load_kaggle_csv(args.data)["PublicTest"]
@@ -53,12 +59,13 @@ def main() -> None:
         name = member_name(p)
         if name in probs:
             raise SystemExit(f"error: {run} is the same member as an earlier argument ({name})")
-        models = load_models(p)
-        probs[name] = {t: predict_probs(models, public.x, tta=t) for t in TTAS}
+        mp = member_probs(member_logits(load_models(p), public.x, tta=args.tta))  # [N, M, V, 7]
+        probs[name] = {t: mp[:, :, :n].mean((1, 2)) for t, n in modes_within(mp.shape[2])}
+    ttas = tuple(probs[name])
     print(f"PublicTest ({len(public.y):,} images), mean member softmax at T = 1\n")
-    print("| members | no TTA | flip TTA |\n|---|---:|---:|")
-    for sub, none, flip in subset_table(probs, public.y):
-        print(f"| {' + '.join(sub)} | {none:.4f} | {flip:.4f} |")
+    print("| members | " + " | ".join(f"TTA {t}" for t in ttas) + " |\n|---|" + "---:|" * len(ttas))
+    for sub, *accs in subset_table(probs, public.y, ttas):
+        print(f"| {' + '.join(sub)} | " + " | ".join(f"{a:.4f}" for a in accs) + " |")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset (13..18; tf2onnx refuses 19+)."),
     temperature: str = typer.Option("1.0", help="Divide member logits by this before the softmax (calibration); "
                                                 "'auto' fits it on the PublicTest split of --verify-data."),
-    tta: str = typer.Option("none", help="Test-time augmentation inside the graph: none or flip."),
+    tta: str = typer.Option("none", help="Test-time augmentation inside the graph: none, flip, or crops "
+                                                "(12 views: image, five 44x44 crops resized to 48, each with its mirror)."),
     verify_data: Optional[Path] = typer.Option(None, help="Data for verification (and PublicTest accuracy if it is a "
                                                          "Kaggle CSV); default: the repo's test fixture."),
     verify_count: int = typer.Option(200, help="At most this many real images for the numeric verification."),

@@ -7,8 +7,8 @@ temperature, saliency of the mean logit), which is also TF's own reference the e
 verified against (:mod:`fer_export.verify`). The forward graph's outputs:
 ``logits = mean over members and views of the member logits``;
 ``probs = mean over members and views of softmax(member logits / temperature)``;
-``member_probs[n, m, v] = softmax(logits of member m on view v / temperature)`` ([N, M, V, 7]; view 0
-is the image, view 1 its mirror), so ``probs = member_probs.mean((1, 2))``;
+``member_probs[n, m, v] = softmax(logits of member m on view v / temperature)`` ([N, M, V, 7]; views as
+:mod:`fer_runtime.tta` defines them), so ``probs = member_probs.mean((1, 2))``;
 the saliency graph's ``saliency[n] = d logits[n, class[n]] / d image[n]`` (temperature does not enter it).
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def make_forward_fn(models: Sequence[Any], temperature: float = 1.0, tta: str = 
 
     @tf.function(input_signature=[IMAGE_SPEC])
     def forward(image):
-        zs = term_logits(fns, image, tta, twin.flip_width)
+        zs = term_logits(fns, image, tta, twin.flip_width, twin.crop_view)
         ps = _term_probs(zs, temperature)  # member-major, view-minor: the order of the reshape below
         return {"probs": tf.add_n(ps) * (1.0 / len(ps)), "logits": tf.add_n(zs) * (1.0 / len(zs)),
                 "member_probs": tf.reshape(tf.stack(ps, axis=1), shape)}
@@ -77,7 +77,7 @@ def make_saliency_fn(models: Sequence[Any], temperature: float = 1.0, tta: str =
     def saliency(image, cls):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(image)
-            zs = term_logits(fns, image, tta, twin.flip_width)
+            zs = term_logits(fns, image, tta, twin.flip_width, twin.crop_view)
         seed = tf.one_hot(cls, NUM_CLASSES, dtype=tf.float32) * (1.0 / len(zs))
         grad = tape.gradient(zs, image, output_gradients=[seed] * len(zs))
         return {"probs": _mean_probs(zs, temperature), "saliency": grad}

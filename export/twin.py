@@ -13,7 +13,9 @@ whose backward pass is written with ops that convert (Conv, Where, Mul, Reshape,
   MaxPoolGrad does; 2x2 average pooling spreads ``dy/4``;
 * batch norm (inference), rescaling and dense layers are affine maps folded into constants; a batch
   norm right after a linear convolution is folded into that convolution's kernel and bias;
-* flatten and global average pooling reshape/broadcast back to the static input shape.
+* flatten and global average pooling reshape/broadcast back to the static input shape;
+* the TTA views: a mirror mirrors ``dy``; a crop view ``R @ x @ C.T`` (two constant matrices) sends
+  back ``R.T @ dy @ C``.
 
 Weights are read once into numpy at planning time and enter the graph as constants, so the
 traced functions are self-contained. Anything the twins cannot reproduce exactly is refused
@@ -210,6 +212,21 @@ def flatten(x: tf.Tensor) -> tf.Tensor:
     @tf.custom_gradient
     def f(x):
         return tf.reshape(x, [-1, int(np.prod(shape))]), lambda dy: tf.reshape(dy, [-1, *shape])
+    return f(x)
+
+
+def crop_view(x: tf.Tensor, rows: np.ndarray, cols: np.ndarray) -> tf.Tensor:
+    """A crop TTA view ``rows @ x @ cols.T`` of [N,48,48,1] (:func:`fer_train.inference.crop_view`);
+    backward ``rows.T @ dy @ cols``."""
+    back_rows = np.ascontiguousarray(rows.T)
+
+    @tf.custom_gradient
+    def f(x):
+        def grad(dy):
+            d = tf.reshape(dy, [-1, IMAGE_SIZE, IMAGE_SIZE])
+            return tf.reshape(tf.matmul(tf.matmul(tf.constant(back_rows), d), tf.constant(cols)),
+                              [-1, IMAGE_SIZE, IMAGE_SIZE, 1])
+        return inference.crop_view(x, rows, cols), grad
     return f(x)
 
 

@@ -78,9 +78,21 @@ def images(n_real: int = 24, seed: int = 0) -> np.ndarray:
     return np.concatenate([real, noise, flat])
 
 
-def ref_outputs(models, x, temperature=1.0, flip=False):
-    """Independent reference: mean member softmax(logits/T) and mean logits over members (and the flip view)."""
-    views = [x, x[:, :, ::-1, :]] if flip else [x]
+def ref_views(x, tta="none"):
+    """The TTA views, written independently of fer_runtime.tta: the image, its mirror, and five 44x44
+    crops (centre, then the corners) resized back by tf.image.resize, each followed by its mirror."""
+    xt = tf.convert_to_tensor(x)
+    if tta == "none":
+        return [xt]
+    bases = [xt]
+    if tta == "crops":
+        bases += [tf.image.resize(xt[:, r:r + 44, c:c + 44, :], [48, 48]) for r, c in [(2, 2), (0, 0), (0, 4), (4, 0), (4, 4)]]
+    return [v for b in bases for v in (b, tf.reverse(b, [2]))]
+
+
+def ref_outputs(models, x, temperature=1.0, tta="none"):
+    """Independent reference: mean member softmax(logits/T) and mean logits over members (and the TTA views)."""
+    views = ref_views(x, tta)
     ps, zs = [], []
     for m in models:
         sub = keras.Model(m.inputs[0], m.get_layer("logits").output)
@@ -95,13 +107,13 @@ def ref_outputs(models, x, temperature=1.0, flip=False):
     return np.mean(ps, 0), np.mean(zs, 0)
 
 
-def ref_saliency(models, x, cls, flip=False):
+def ref_saliency(models, x, cls, tta="none"):
     """TF's own gradient of the mean member logit of class ``cls[i]`` w.r.t. image i."""
     subs = [keras.Model(m.inputs[0], m.get_layer("logits").output) for m in models]
     xt = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(xt)
-        views = [xt, tf.reverse(xt, [2])] if flip else [xt]
+        views = ref_views(xt, tta)
         z = tf.add_n([s(v, training=False) for s in subs for v in views]) / (len(subs) * len(views))
         score = tf.reduce_sum(z * tf.one_hot(cls, 7), axis=1)
     return tape.gradient(score, xt).numpy()
@@ -186,6 +198,33 @@ def test_single_model_onnx_matches_keras_and_tf_gradient(case):
     # The exporter's own verifier agrees, and its report reflects the numbers.
     rep = verify_export(fs, ss, [m], x, real_images=24)
     assert rep.forward_prob_max_abs < 1e-5 and rep.saliency_min_cosine >= 0.999 and rep.saliency_worst_median_rel_err < 1e-4
+
+
+def test_crop_tta_graphs_match_keras_on_resized_crops_and_tf_gradient():
+    """TTA crops: 12 views (image, five 44x44 crops resized to 48, each with its mirror) in both graphs."""
+    models = [tiny(seed=21), tiny(seed=22, cnn_activation="elu", pool="avg")]
+    # Flat images stay exactly flat through the crop matrices at 0 and 128 (not at 200: rounding noise,
+    # whose max-pool ties nothing can reproduce), so the gray one here is the exporter's 128.
+    x = np.concatenate([images(12, seed=3)[:-1], np.full((1, 48, 48, 1), 128.0, np.float32)])
+    cls = (np.arange(len(x)) * 5 % 7).astype(np.int64)
+    fs, ss = sessions_for(models, temperature=1.5, tta="crops")
+    p_ref, z_ref = ref_outputs(models, x, 1.5, "crops")
+    p, z, mp = fs.run(["probs", "logits", "member_probs"], {"image": x})
+    ps, g = ss.run(["probs", "saliency"], {"image": x, "class": cls})
+    assert mp.shape == (len(x), 2, 12, 7)
+    np.testing.assert_allclose(p, p_ref, atol=1e-5)
+    np.testing.assert_allclose(ps, p_ref, atol=1e-5)
+    np.testing.assert_allclose(z, z_ref, atol=1e-4 * max(1.0, np.abs(z_ref).max()))
+    assert_saliency_close(g, ref_saliency(models, x, cls, "crops"))
+    # Each view in its place (member 0): the image, its mirror, then each crop followed by its mirror.
+    for v, view in enumerate(ref_views(x, "crops")):
+        np.testing.assert_allclose(mp[:, 0, v], ref_outputs(models[:1], view.numpy(), 1.5)[0], atol=1e-5, err_msg=f"view {v}")
+    # The flip-TTA result is the first two views; the crops change the answer.
+    p_flip, _ = ref_outputs(models, x, 1.5, "flip")
+    np.testing.assert_allclose(mp[:, :, :2].mean((1, 2)), p_flip, atol=1e-5)
+    assert np.abs(p_flip - p_ref).max() > 1e-3
+    rep = verify_export(fs, ss, models, x, temperature=1.5, tta="crops")
+    assert rep.forward_prob_max_abs < 1e-5 and rep.saliency_min_cosine >= 0.999
 
 
 def test_saliency_depends_on_the_requested_class():
@@ -358,20 +397,19 @@ def exported(tmp_path_factory):
 def test_ensemble_matches_mean_of_members(exported, name):
     out, result = exported
     res, models, opts = result[name]
-    flip = opts["tta"] == "flip"
     x = images(16, seed=7)
     cls = (np.arange(len(x)) * 3 % 7).astype(np.int64)
     fs = ort.InferenceSession(str(res.forward), providers=["CPUExecutionProvider"])
     ss = ort.InferenceSession(str(res.saliency), providers=["CPUExecutionProvider"])
-    p_ref, z_ref = ref_outputs(models, x, opts["temperature"], flip)
+    p_ref, z_ref = ref_outputs(models, x, opts["temperature"], opts["tta"])
     p, z = fs.run(["probs", "logits"], {"image": x})
     ps, g = ss.run(["probs", "saliency"], {"image": x, "class": cls})
     np.testing.assert_allclose(p, p_ref, atol=1e-5)
     np.testing.assert_allclose(ps, p_ref, atol=1e-5)
     np.testing.assert_allclose(z, z_ref, atol=1e-4 * max(1.0, np.abs(z_ref).max()))
-    assert_saliency_close(g, ref_saliency(models, x, cls, flip))
+    assert_saliency_close(g, ref_saliency(models, x, cls, opts["tta"]))
     # The ensemble is not just one member.
-    p0, _ = ref_outputs(models[:1], x, opts["temperature"], flip)
+    p0, _ = ref_outputs(models[:1], x, opts["temperature"], opts["tta"])
     assert np.abs(p0 - p_ref).max() > 1e-3
     rep = res.report
     assert rep.real_images == 30 and rep.forward_prob_max_abs <= 1e-4 and rep.saliency_min_cosine >= 0.999

@@ -223,7 +223,7 @@ def self_train_cmd(
 def evaluate(
     run: Path = typer.Argument(..., help="Run, ensemble directory or .keras file."),
     split: str = typer.Option("PublicTest", help="PublicTest | PrivateTest | val | Training"),
-    tta: str = typer.Option("none", help="none | flip"),
+    tta: str = typer.Option("none", help="none | flip | crops (image, mirror, five 44x44 crops resized, and their mirrors)"),
     data: Optional[Path] = typer.Option(None, help="Data source (default: the one the run was trained on)."),
     out: Optional[Path] = typer.Option(None, help="Where to write metrics.json and the confusion matrix."),
 ) -> None:
@@ -241,7 +241,7 @@ def predict(
     run: Path = typer.Argument(..., help="Run, ensemble directory or .keras file."),
     test_csv: Path = typer.Argument(..., help="Course test.csv (id,feature)."),
     out: Path = typer.Option(..., "--out", help="Submission CSV (id,label)."),
-    tta: str = typer.Option("none", help="none | flip"),
+    tta: str = typer.Option("none", help="none | flip | crops (image, mirror, five 44x44 crops resized, and their mirrors)"),
 ) -> None:
     """Write the Kaggle submission format (id,label) for a course test.csv."""
     from fer_train.data import load_course_test

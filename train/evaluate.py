@@ -53,7 +53,7 @@ def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", dat
     s = split_of(source, split)
     probs = predict_probs(load_models(path), s.x, tta)
     rep = classification_report(s.y, probs)
-    key = split + ("+flip" if tta == "flip" else "")
+    key = split + ("" if tta == "none" else f"+{tta}")
     # paths relative to the metrics file, so a committed metrics.json holds nothing of this machine
     members = [os.path.relpath(m.resolve(), out.resolve()) for m in runs.member_paths(path)]
     rep.update({"split": split, "tta": tta, "members": members, "data": Path(data).name if data else source.path.name})

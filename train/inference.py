@@ -1,6 +1,7 @@
 """Keras ensemble inference, written once: loading members, member logits, probabilities, reference saliency.
 
-For an ensemble of M members and V views (V=2 with flip TTA: view 0 is the image, view 1 its mirror):
+For an ensemble of M members and V views (:mod:`fer_runtime.tta`: V=2 with flip TTA, view 0 the image and
+view 1 its mirror; V=12 with crop TTA):
 
 * ``member_logits[n, m, v]``: the logits of member m on view v, [N, M, V, 7];
 * ``probs = mean over members and views of softmax(member_logits / temperature)``;
@@ -21,9 +22,8 @@ import numpy as np
 from fer_runtime.errors import FerError
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
 from fer_runtime.numeric import softmax
+from fer_runtime.tta import TTA_MODES, crop_matrices, view_count
 from fer_train import runs
-
-TTA_MODES = ("none", "flip")
 
 
 class KerasInferenceError(FerError, ValueError):
@@ -39,9 +39,9 @@ def check_options(temperature: float = 1.0, tta: str = "none") -> None:
 
 
 def views_of(tta: str) -> int:
-    """Number of TTA views averaged over (1, or 2 with flip)."""
+    """Number of TTA views averaged over (:func:`fer_runtime.tta.view_count`)."""
     check_options(1.0, tta)
-    return 2 if tta == "flip" else 1
+    return view_count(tta)
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -102,10 +102,29 @@ def mirror(image: Any) -> Any:
     return tf.reverse(image, [2])
 
 
-def term_logits(fns: Sequence[Callable[[Any], Any]], image: Any, tta: str, flip: Callable[[Any], Any] = mirror) -> list[Any]:
+def crop_view(image: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
+    """``rows @ image @ cols.T`` per image of a [N,48,48,1] batch (TF tensor): a crop TTA view."""
+    import tensorflow as tf
+
+    x = tf.reshape(image, [-1, IMAGE_SIZE, IMAGE_SIZE])
+    y = tf.matmul(tf.matmul(tf.constant(rows), x), tf.constant(np.ascontiguousarray(cols.T)))
+    return tf.reshape(y, [-1, IMAGE_SIZE, IMAGE_SIZE, 1])
+
+
+def views(image: Any, tta: str, flip: Callable[[Any], Any] = mirror,
+          crop: Callable[[Any, np.ndarray, np.ndarray], Any] = crop_view) -> list[Any]:
+    """The TTA views of an image batch in :mod:`fer_runtime.tta`'s order (each base view, then its mirror)."""
+    if tta == "none":
+        return [image]
+    bases = [image] + ([crop(image, r, c) for r, c in crop_matrices()] if tta == "crops" else [])
+    return [v for b in bases for v in (b, flip(b))]
+
+
+def term_logits(fns: Sequence[Callable[[Any], Any]], image: Any, tta: str, flip: Callable[[Any], Any] = mirror,
+                crop: Callable[[Any, np.ndarray, np.ndarray], Any] = crop_view) -> list[Any]:
     """The logits of every (member, view) term, member-major and view-minor (the order of [N, M, V, 7])."""
-    views = [image, flip(image)] if tta == "flip" else [image]
-    return [f(v) for f in fns for v in views]
+    vs = views(image, tta, flip, crop)
+    return [f(v) for f in fns for v in vs]
 
 
 def image_spec() -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -96,14 +97,15 @@ def best_epoch(history: list[dict[str, float]]) -> tuple[int, float]:
 
 
 def member_name(path: str | Path) -> str:
-    """A member's name: its run's name for a run directory or its ``best.keras``/``last.keras``;
-    ``run/stem`` for another ``.keras`` file of a run (``r/snapshot_1`` and ``r/snapshot_2`` differ)."""
+    """A member's name: a run's name for the run or its ``best.keras``/``last.keras``; ``run/snapshot_K`` for
+    a run's snapshot (the snapshots of one run differ); the file's stem for any other ``.keras`` file."""
     p = Path(path)
     if p.suffix != ".keras":
         return p.name
     if p.name in (BEST, LAST) and p.parent.name:
         return p.parent.name
-    return f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem
+    is_snapshot = re.fullmatch(r"snapshot_\d+\.keras", p.name) is not None
+    return f"{p.parent.name}/{p.stem}" if is_snapshot and p.parent.name else p.stem
 
 
 def member_paths(path: str | Path) -> list[Path]:
