@@ -218,15 +218,12 @@ def flatten(x: tf.Tensor) -> tf.Tensor:
 def crop_view(x: tf.Tensor, rows: np.ndarray, cols: np.ndarray) -> tf.Tensor:
     """A crop TTA view ``rows @ x @ cols.T`` of [N,48,48,1] (:func:`fer_train.inference.crop_view`);
     backward ``rows.T @ dy @ cols``."""
-    back_rows = np.ascontiguousarray(rows.T)
+    back_rows, back_cols = np.ascontiguousarray(rows.T), np.ascontiguousarray(cols.T)
 
     @tf.custom_gradient
     def f(x):
-        def grad(dy):
-            d = tf.reshape(dy, [-1, IMAGE_SIZE, IMAGE_SIZE])
-            return tf.reshape(tf.matmul(tf.matmul(tf.constant(back_rows), d), tf.constant(cols)),
-                              [-1, IMAGE_SIZE, IMAGE_SIZE, 1])
-        return inference.crop_view(x, rows, cols), grad
+        # rows.T @ dy @ cols is itself a crop view, with the transposed matrices
+        return inference.crop_view(x, rows, cols), lambda dy: inference.crop_view(dy, back_rows, back_cols)
     return f(x)
 
 
