@@ -11,3 +11,8 @@ def test_member_names_tell_snapshots_of_one_run_apart():
              Path("x/r/snapshot_1.keras"), Path("x/r/snapshot_2.keras"), Path("solo.keras"), Path("tmp/other.keras")]
     assert [runs.member_name(p) for p in paths] == ["r", "r", "r", "r/snapshot_1", "r/snapshot_2", "solo", "other"]
     assert runs.snapshot_name(3) == "snapshot_3.keras" and runs.member_name(Path("r") / runs.snapshot_name(3)) == "r/snapshot_3"
+
+
+def test_only_snapshot_name_files_are_snapshots():
+    assert all(runs.is_snapshot(Path("r") / runs.snapshot_name(k)) for k in (1, 2, 12))
+    assert not any(runs.is_snapshot(n) for n in ("snapshot_.keras", "snapshot_x.keras", "snapshot_1.h5", "best.keras"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,9 +20,19 @@ BEST = "best.keras"
 LAST = "last.keras"
 
 
+SNAPSHOT_PREFIX = "snapshot_"  # snapshot members are SNAPSHOT_PREFIX + cycle number + ".keras"
+
+
 def snapshot_name(k: int) -> str:
     """File name of the snapshot member saved at the end of cosine cycle ``k`` (1-based)."""
-    return f"snapshot_{k}.keras"
+    return f"{SNAPSHOT_PREFIX}{k}.keras"
+
+
+def is_snapshot(path: str | Path) -> bool:
+    """Whether ``path`` names a snapshot member file (``snapshot_name(k)`` for some k)."""
+    name = Path(path).name
+    number = name.removeprefix(SNAPSHOT_PREFIX).removesuffix(".keras")
+    return name == snapshot_name(int(number)) if number.isdigit() else False
 
 
 CURVES = "learning_curves.png"
@@ -104,8 +113,7 @@ def member_name(path: str | Path) -> str:
         return p.name
     if p.name in (BEST, LAST) and p.parent.name:
         return p.parent.name
-    is_snapshot = re.fullmatch(r"snapshot_\d+\.keras", p.name) is not None
-    return f"{p.parent.name}/{p.stem}" if is_snapshot and p.parent.name else p.stem
+    return f"{p.parent.name}/{p.stem}" if is_snapshot(p) and p.parent.name else p.stem
 
 
 def member_paths(path: str | Path) -> list[Path]:
