@@ -456,7 +456,7 @@ def test_help_is_quiet_and_shows_whole_option_names():
     assert r.returncode == 0 and r.stderr == "" and "fit" in r.stdout
     r = subprocess.run([sys.executable, "-m", "fer_train.cli", "fit", "--help"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "…" not in r.stdout
-    for name in ("--cnn-activation-alpha", "--dnn-activation-alpha", "--distill-temperature", "--val-fraction"):
+    for name in ("--cnn-activation-alpha", "--dnn-activation-alpha", "--distill-temperature", "--teacher-tta", "--val-fraction"):
         assert name in r.stdout, name
 
 

@@ -144,3 +144,37 @@ def test_fit_blends_ferplus_and_teacher_targets(tmp_path):
         TrainConfig(**base, ferplus=str(votes), ferplus_weight=0.6, teacher="t", distill_weight=0.6).validate()
     with pytest.raises(ValueError, match="needs --teacher"):
         TrainConfig(**base, distill_weight=0.5).validate()
+
+
+@pytest.mark.tf
+def test_teacher_follows_its_tta_and_a_run_reads_its_cached_probabilities(tmp_path, monkeypatch):
+    import fer_train.inference as inference
+    from fer_train import runs
+    from fer_train.fit import TrainConfig, fit, training_targets
+    from fer_train.models import ModelConfig
+    from fer_train.pipeline import AugmentConfig
+    from fer_train.targets import teacher_targets
+
+    src, usage, _ = _fixture_rows()
+    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
+    base = dict(data=str(FIX), epochs=1, batch_size=64, schedule="constant", warmup_epochs=0,
+                augment=AugmentConfig(enabled=False))
+    fit(tmp_path / "teacher", tiny, TrainConfig(**base), log=lambda s: None)
+    cfg = TrainConfig(**base, teacher=str(tmp_path / "teacher"), distill_weight=1.0, distill_temperature=2.0,
+                      teacher_tta="crops")
+    train, run = src["Training"], tmp_path / "student"
+    models = inference.load_models(tmp_path / "teacher")
+    crops = soften(inference.predict_probs(models, train.x, tta="crops"), 2.0)
+    assert np.abs(crops - soften(inference.predict_probs(models, train.x, tta="flip"), 2.0)).max() > 1e-3
+    np.testing.assert_allclose(training_targets(cfg, train, len(usage), lambda s: None, run), crops, atol=1e-6)
+    assert (run / runs.TEACHER_PROBS).exists()
+
+    def no_predicting(*a, **k):
+        raise AssertionError("predicted again")
+    monkeypatch.setattr(inference, "predict_probs", no_predicting)
+    np.testing.assert_allclose(training_targets(cfg, train, len(usage), lambda s: None, run), crops, atol=1e-6)
+    for tta, x in (("flip", train.x), ("crops", train.x[:-1])):  # another TTA or other images: predicted again
+        with pytest.raises(AssertionError, match="predicted again"):
+            teacher_targets(tmp_path / "teacher", x, 2.0, tta, run / runs.TEACHER_PROBS)
+    with pytest.raises(ValueError, match="unknown teacher TTA"):
+        TrainConfig(**base, teacher="t", distill_weight=0.5, teacher_tta="ten").validate()

@@ -149,7 +149,8 @@ def fit(
     hide_labels: float = typer.Option(0.0, help="Withhold this fraction of Training labels (for self-train)."),
     ferplus: Optional[Path] = typer.Option(None, help="ferplus_votes.csv (FER2013 row order): soft targets from crowd votes."),
     ferplus_weight: float = typer.Option(0.0, help="Weight of the FER+ vote distribution in the targets (0..1)."),
-    teacher: Optional[Path] = typer.Option(None, help="Run or ensemble to distil from (its flip-TTA probabilities)."),
+    teacher: Optional[Path] = typer.Option(None, help="Run or ensemble to distil from (its probabilities, see --teacher-tta)."),
+    teacher_tta: str = typer.Option("flip", help="The teacher's test-time augmentation: none | flip | crops."),
     distill_weight: float = typer.Option(0.0, help="Weight of the teacher's probabilities in the targets (0..1)."),
     distill_temperature: float = typer.Option(2.0, help="Soften the teacher's probabilities by this temperature."),
     as_json: bool = typer.Option(False, "--json", help="End with the result as one JSON line instead of a summary."),
@@ -175,7 +176,8 @@ def fit(
                                weight_decay=weight_decay,
                                strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment, erase=erase, mixup=mixup, cutmix=cutmix),
                                ferplus=str(ferplus or ""), ferplus_weight=ferplus_weight, teacher=str(teacher or ""),
-                               distill_weight=distill_weight, distill_temperature=distill_temperature)
+                               distill_weight=distill_weight, distill_temperature=distill_temperature,
+                               teacher_tta=teacher_tta)
             tcfg.validate()
             result = _run_fit(out, mcfg, tcfg, resume=False)
     typer.echo(json.dumps(result) if as_json else _fit_summary(result))

@@ -1,12 +1,13 @@
 """The training configuration of a run (everything but the architecture), as stored in config.json."""
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fer_runtime.manifest import sha256_file
+from fer_runtime.tta import TTA_MODES
 from fer_train.distribute import STRATEGIES
 from fer_train.models import ModelConfig
 from fer_train.pipeline import AugmentConfig
@@ -43,6 +44,7 @@ class TrainConfig:
     teacher: str = ""  # run/ensemble whose probabilities are blended into targets with distill_weight
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
+    teacher_tta: str = "flip"  # the teacher's test-time augmentation (fer_runtime.tta.TTA_MODES)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +80,8 @@ class TrainConfig:
                 raise ValueError(f"{name} weight must be in [0, 1], got {w}")
             if w > 0 and not src:
                 raise ValueError(f"a {name} weight needs --{name}")
+        if self.teacher_tta not in TTA_MODES:
+            raise ValueError(f"unknown teacher TTA {self.teacher_tta!r}; choose from {', '.join(TTA_MODES)}")
         if self.ferplus_weight + self.distill_weight > 1:
             raise ValueError("ferplus weight + distill weight must not exceed 1")
 
@@ -109,11 +113,7 @@ def data_record(path: str | os.PathLike[str], run: Path) -> dict[str, Any]:
     p = Path(path)
     rec: dict[str, Any] = {"path": os.path.relpath(p.resolve(), Path(run).resolve()), "file": p.name}
     if p.is_file():
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        rec["sha256"] = h.hexdigest()
+        rec["sha256"] = sha256_file(p)
     return rec
 
 

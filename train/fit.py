@@ -93,10 +93,11 @@ def _setup(cfg: TrainConfig, precision: str):
 
 
 def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
-                     log: Callable[[str], None] = print) -> np.ndarray:
+                     log: Callable[[str], None] = print, run: Path | None = None) -> np.ndarray:
     """Targets [N,7] for ``train``: one-hot labels, blended with FER+ votes and/or a teacher as configured.
 
-    ``data_rows`` is the data file's row count (FER+ votes must match it row for row).
+    ``data_rows`` is the data file's row count (FER+ votes must match it row for row). The teacher's
+    probabilities are cached in ``run`` (``runs.TEACHER_PROBS``), so a resumed run reads them back.
     """
     from fer_train import targets
 
@@ -106,8 +107,11 @@ def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
         log(f"FER+ votes for {int(mask.sum())}/{len(train)} rows, weight {cfg.ferplus_weight:g}")
         parts.append((cfg.ferplus_weight, dist, mask))
     if cfg.distill_weight > 0:
-        log(f"teacher {cfg.teacher}: predicting {len(train)} training images (flip TTA, T={cfg.distill_temperature:g})")
-        parts.append((cfg.distill_weight, targets.teacher_targets(cfg.teacher, train.x, cfg.distill_temperature), None))
+        log(f"teacher {cfg.teacher}: probabilities on {len(train)} training images "
+            f"({cfg.teacher_tta} TTA, T={cfg.distill_temperature:g})")
+        cache = run / runs.TEACHER_PROBS if run is not None else None
+        parts.append((cfg.distill_weight, targets.teacher_targets(cfg.teacher, train.x, cfg.distill_temperature,
+                                                                  cfg.teacher_tta, cache), None))
     return targets.blend(train.y, parts)
 
 
@@ -209,7 +213,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
 
     x_tr = train.x
     data_rows = 1 + max(int(s.ids.max()) for s in source.splits.values() if len(s))
-    t_tr = training_targets(cfg, train, data_rows, log)
+    t_tr = training_targets(cfg, train, data_rows, log, run)
     if moved:  # every moved input has been read: record where they are now
         conf["train"] = stored_inputs(cfg, run).to_dict()
         conf["data"].update(data_record(cfg.data, run))

@@ -1,7 +1,7 @@
 """The run directory and ensemble directory formats, defined once.
 
 A run directory holds ``config.json``, ``history.csv``, ``best.keras``, ``last.keras`` (with the
-optimizer, for ``--resume``), ``learning_curves.png`` and ``summary.txt``. An ensemble directory
+optimizer, for ``--resume``), ``learning_curves.png`` and ``summary.txt``; a distilled run also ``teacher_probs.npz``. An ensemble directory
 holds ``ensemble.json`` listing member runs (paths relative to it) or member ``.keras`` files.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ def is_snapshot(path: str | Path) -> bool:
     return name == snapshot_name(int(number)) if number.isdigit() else False
 
 
+TEACHER_PROBS = "teacher_probs.npz"  # a distilled run's cached teacher probabilities (fer_train.targets)
 CURVES = "learning_curves.png"
 SUMMARY = "summary.txt"
 ENSEMBLE = "ensemble.json"

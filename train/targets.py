@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from fer_runtime.labels import NUM_CLASSES
+from fer_runtime.manifest import sha256_file
 from fer_runtime.numeric import softmax
 from fer_train.data import DataFormatError, Split
 
@@ -72,11 +74,38 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(np.clip(probs, 1e-12, 1.0)), temperature, axis=1).astype(np.float32)
 
 
-def teacher_targets(teacher: str | Path, x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """A teacher run's or ensemble's flip-averaged probabilities on ``x``, softened by ``temperature``."""
+def teacher_key(teacher: str | Path, x: np.ndarray, tta: str) -> str:
+    """What a teacher's probabilities depend on: the member files' bytes, the TTA mode and the images."""
+    from fer_train.runs import member_paths
+
+    h = hashlib.sha256(tta.encode())
+    for p in member_paths(teacher):
+        h.update(sha256_file(p).encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+def teacher_targets(teacher: str | Path, x: np.ndarray, temperature: float = 1.0, tta: str = "flip",
+                    cache: Path | None = None) -> np.ndarray:
+    """A teacher run's or ensemble's ``tta``-averaged probabilities on ``x``, softened by ``temperature``.
+
+    With ``cache`` (an ``.npz`` file) the probabilities are read from it when they were computed from the
+    same member files, TTA and images (:func:`teacher_key`), and written to it otherwise: a resumed run
+    does not predict again.
+    """
+    from fer_runtime.atomic import atomic_path
     from fer_train.inference import load_models, predict_probs
 
-    return soften(predict_probs(load_models(teacher), x, tta="flip"), temperature)
+    key = teacher_key(teacher, x, tta)
+    if cache is not None and cache.exists():
+        with np.load(cache) as f:
+            if str(f["key"]) == key:
+                return soften(f["probs"], temperature)
+    probs = predict_probs(load_models(teacher), x, tta=tta)
+    if cache is not None:
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, probs=probs, key=np.array(key))
+    return soften(probs, temperature)
 
 
 def blend(labels: np.ndarray, parts: list[tuple[float, np.ndarray, np.ndarray | None]]) -> np.ndarray:
