@@ -1,8 +1,9 @@
 """The run directory and ensemble directory formats, defined once.
 
 A run directory holds ``config.json``, ``history.csv``, ``best.keras``, ``last.keras`` (with the
-optimizer, for ``--resume``), ``learning_curves.png`` and ``summary.txt``; a distilled run also ``teacher_probs.npz``. An ensemble directory
-holds ``ensemble.json`` listing member runs (paths relative to it) or member ``.keras`` files.
+optimizer, for ``--resume``), ``learning_curves.png`` and ``summary.txt``; a distilled run also
+``teacher_probs.npz``. An ensemble directory holds ``ensemble.json`` listing member runs (paths
+relative to it) or member ``.keras`` files.
 """
 from __future__ import annotations
 
