@@ -14,6 +14,12 @@ error jumps to a few 1e-3 while the cosine stays > 0.9999. Measured on the shipp
 300, and TF's own eager and graph gradients disagree on it the same way; the ONNX graph agrees
 with the TF graph of the twins to 5e-7 there. A real error (wrong scale, slope, routing) hits most
 images, so it still fails. Max abs error is not used for the same reason.
+
+In a small net one unit carries more of the map, and such an image can exceed 1e-2 (measured: 0.029
+on one of 306 images for a 4-block, 1-conv-per-block student). An image over 1e-2 is therefore
+still allowed, within the same count, when TF disagrees with itself on it: its gradient computed
+alone differs from the batched one by more than 1e-3, and the ONNX map agrees with the lone one to
+1e-3. A real error is not explained this way: TF alone agrees with TF batched there.
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ class VerifyReport:
     saliency_min_cosine: float  # worst image
     saliency_typical_rel_err: float = 0.0  # median over images of the per-image median relative error
     saliency_rel_outliers: int = 0  # images over REL_TOL (allowed: max(1, 1%), each <= REL_OUTLIER_TOL)
+    saliency_rel_explained: int = 0  # outliers over REL_OUTLIER_TOL where TF alone disagrees with TF batched
     forward_member_prob_max_abs: float = 0.0  # member_probs [N,M,V,7] against Keras
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,7 +70,8 @@ class VerifyReport:
             ("saliency-graph probs: max |onnx - keras|", f"{self.saliency_prob_max_abs:.2e}", f"<= {PROB_TOL:g}"),
             ("saliency: median rel err, typical", f"{self.saliency_typical_rel_err:.2e}", f"<= {REL_TOL:g}"),
             ("saliency: median rel err, worst", f"{self.saliency_worst_median_rel_err:.2e}",
-             f"<= {REL_TOL:g} ({self.saliency_rel_outliers} over, {allowed_outliers(self.images)} allowed <= {REL_OUTLIER_TOL:g})"),
+             f"<= {REL_TOL:g} ({self.saliency_rel_outliers} over, {allowed_outliers(self.images)} allowed <= {REL_OUTLIER_TOL:g}"
+             f" or TF-self-inconsistent: {self.saliency_rel_explained})"),
             ("saliency: cosine, worst", f"{self.saliency_min_cosine:.6f}", f">= {COS_TOL:g}"),
         ]
 
@@ -126,6 +134,14 @@ def saliency_agreement(got: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np
     return rel, cosine_similarity(g, r)
 
 
+def _tf_disagrees_with_itself(models: Sequence[Any], x: np.ndarray, classes: np.ndarray, i: int,
+                              ref: np.ndarray, got: np.ndarray, tta: str, rel_tol: float) -> bool:
+    """Image ``i``'s TF gradient computed alone differs from the batched ``ref``, and ``got`` matches the lone one."""
+    alone = inference.reference_saliency(models, x[i:i + 1], classes[i:i + 1], tta)
+    tf_self = saliency_agreement(alone, ref[i:i + 1])[0][0]
+    return bool(tf_self > rel_tol and saliency_agreement(got[i:i + 1], alone)[0][0] <= rel_tol)
+
+
 def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
     n = len(next(iter(feeds.values())))
     parts: list[list[np.ndarray]] = [[] for _ in outputs]
@@ -181,11 +197,16 @@ def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[
         raise ExportError(f"saliency graph probabilities differ from Keras by {rep.saliency_prob_max_abs:.3g} "
                           f"(> {prob_tol:g}) on verification image {i}")
     over = np.flatnonzero(rel > rel_tol)
-    if len(over) > allowed_outliers(len(x)) or (len(over) and rel.max() > REL_OUTLIER_TOL):
-        i = int(rel.argmax())
+    too_many = len(over) > allowed_outliers(len(x))
+    big = [int(i) for i in over if rel[i] > REL_OUTLIER_TOL]
+    unexplained = big if too_many else [
+        i for i in big if not _tf_disagrees_with_itself(models, x, classes, i, ref_g, sg, tta, rel_tol)]
+    rep.saliency_rel_explained = len(big) - len(unexplained)
+    if too_many or unexplained:
+        i = int(rel.argmax()) if too_many else unexplained[0]
         raise ExportError(f"saliency differs from TF's gradient: median relative error over {rel_tol:g} on "
-                          f"{len(over)} of {len(x)} images (allowed {allowed_outliers(len(x))}, each <= {REL_OUTLIER_TOL:g}); "
-                          f"worst {rel[i]:.3g} on verification image {i} (class {classes[i]})")
+                          f"{len(over)} of {len(x)} images (allowed {allowed_outliers(len(x))}, each <= {REL_OUTLIER_TOL:g} "
+                          f"unless TF disagrees with itself there); {rel[i]:.3g} on verification image {i} (class {classes[i]})")
     if rep.saliency_min_cosine < cos_tol:
         i = int(cos.argmin())
         raise ExportError(f"saliency differs from TF's gradient: cosine {cos[i]:.6f} (< {cos_tol:g}) "

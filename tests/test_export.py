@@ -281,6 +281,27 @@ def test_verifier_rejects_wrong_probs_and_wrong_saliency():
     assert rel[0] == 0 and cos[0] == 1
 
 
+def test_verifier_allows_a_big_outlier_only_where_tf_disagrees_with_itself(monkeypatch):
+    """A rounding-decided kink makes TF's batched gradient differ from the same image's lone gradient."""
+    from fer_export import verify
+    m = tiny(seed=5)
+    x = images(8)
+    fs, ss = sessions_for([m])
+    honest = verify.inference.reference_saliency
+
+    def batch_dependent(models, imgs, classes, tta="none", batch_size=64):
+        g = honest(models, imgs, classes, tta, batch_size)
+        if len(imgs) > 1:
+            g[0] *= 1.05  # image 0 computed in a batch lands on the other side of a kink
+        return g
+    monkeypatch.setattr(verify.inference, "reference_saliency", batch_dependent)
+    rep = verify_export(fs, ss, [m], x)  # ONNX matches TF's lone gradient of image 0
+    assert rep.saliency_rel_outliers == 1 and rep.saliency_rel_explained == 1
+    assert rep.saliency_worst_median_rel_err > 1e-2
+    with pytest.raises(ExportError, match="unless TF disagrees with itself"):  # ONNX matches neither
+        verify_export(fs, _Tampered(ss, "saliency", lambda g: np.concatenate([g[:1] * 0.95, g[1:]])), [m], x)
+
+
 # ----------------------------------------------------------------------------- refusals
 
 def _functional(build) -> keras.Model:
