@@ -545,6 +545,10 @@ def test_recorded_accuracy_sources(tmp_path):
     assert recorded_accuracy(a / "best.keras") == (pytest.approx(0.42), "history.csv")
     assert recorded_accuracy(b / "best.keras") == (pytest.approx(0.5555), "metrics.json")
     assert recorded_accuracy(c / "best.keras") == (None, "unknown")
+    bf16 = "".join(line + (",precision\n" if i == 0 else ",float32\n" if i == 1 else ",bfloat16\n")
+                   for i, line in enumerate(hist.splitlines()))
+    d = _run_dir(tmp_path, "d", 4, history=bf16)  # best epoch 2 was validated in bfloat16
+    assert recorded_accuracy(d / "best.keras") == (None, "unknown")
 
 
 def test_cli_exports_run_dirs_and_reports(tmp_path):
