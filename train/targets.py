@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -85,22 +86,31 @@ def teacher_key(teacher: str | Path, x: np.ndarray, tta: str) -> str:
     return h.hexdigest()
 
 
+def _read_cache(cache: Path, key: str, rows: int) -> np.ndarray | None:
+    """The cached probabilities if ``cache`` holds them for ``key``; None if it is missing, unreadable or another key's."""
+    try:
+        with np.load(cache) as f:
+            if str(f["key"]) == key and f["probs"].shape == (rows, NUM_CLASSES):
+                return np.asarray(f["probs"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # missing or damaged: predict again and rewrite it
+        pass
+    return None
+
+
 def teacher_targets(teacher: str | Path, x: np.ndarray, temperature: float = 1.0, tta: str = "flip",
                     cache: Path | None = None) -> np.ndarray:
     """A teacher run's or ensemble's ``tta``-averaged probabilities on ``x``, softened by ``temperature``.
 
     With ``cache`` (an ``.npz`` file) the probabilities are read from it when they were computed from the
-    same member files, TTA and images (:func:`teacher_key`), and written to it otherwise: a resumed run
-    does not predict again.
+    same member files, TTA and images (:func:`teacher_key`), and written to it otherwise (also when it is
+    damaged): a resumed run does not predict again.
     """
     from fer_runtime.atomic import atomic_path
     from fer_train.inference import load_models, predict_probs
 
     key = teacher_key(teacher, x, tta)
-    if cache is not None and cache.exists():
-        with np.load(cache) as f:
-            if str(f["key"]) == key:
-                return soften(f["probs"], temperature)
+    if cache is not None and (cached := _read_cache(cache, key, len(x))) is not None:
+        return soften(cached, temperature)
     probs = predict_probs(load_models(teacher), x, tta=tta)
     if cache is not None:
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
