@@ -54,7 +54,7 @@ class VerifyReport:
     saliency_worst_median_rel_err: float  # worst image
     saliency_min_cosine: float  # worst image
     saliency_typical_rel_err: float = 0.0  # median over images of the per-image median relative error
-    saliency_rel_outliers: int = 0  # images over REL_TOL (allowed: max(1, 1%), each <= REL_OUTLIER_TOL)
+    saliency_rel_outliers: int = 0  # images over REL_TOL (allowed: max(1, 1%), each <= REL_OUTLIER_TOL or explained)
     saliency_rel_explained: int = 0  # outliers over REL_OUTLIER_TOL where TF alone disagrees with TF batched
     forward_member_prob_max_abs: float = 0.0  # member_probs [N,M,V,7] against Keras
 
