@@ -90,8 +90,8 @@ def _read_cache(cache: Path, key: str, rows: int) -> np.ndarray | None:
     """The cached probabilities if ``cache`` holds them for ``key``; None if it is missing, unreadable or another key's."""
     try:
         with np.load(cache) as f:
-            if str(f["key"]) == key and f["probs"].shape == (rows, NUM_CLASSES):
-                return np.asarray(f["probs"])
+            if str(f["key"]) == key and (probs := f["probs"]).shape == (rows, NUM_CLASSES):  # each f[...] reads the file
+                return probs
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # missing or damaged: predict again and rewrite it
         pass
     return None
