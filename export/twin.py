@@ -12,7 +12,8 @@ whose backward pass is written with ops that convert (Conv, Where, Mul, Reshape,
 * 2x2 max pooling: the gradient goes to the FIRST maximum of each window (row-major), as TF's
   MaxPoolGrad does; 2x2 average pooling spreads ``dy/4``;
 * batch norm (inference), rescaling and dense layers are affine maps folded into constants; a batch
-  norm right after a linear convolution is folded into that convolution's kernel and bias;
+  norm right after a linear convolution is folded into that convolution's kernel and bias, and an
+  input scaling (``Rescaling`` with no offset) right before a convolution into its kernel;
 * flatten and global average pooling reshape/broadcast back to the static input shape;
 * the TTA views: a mirror mirrors ``dy``; a crop view ``R @ x @ C.T`` (two constant matrices) sends
   back ``R.T @ dy @ C``.
@@ -299,9 +300,10 @@ def _check_conv(layer: Any) -> None:
         raise _refuse(layer, f"has groups={layer.groups}", "groups=1 only")
 
 
-def _plan_conv(layer: Any, in_shape: tuple) -> TwinStep:
+def _plan_conv(layer: Any, in_shape: tuple, in_scale: float = 1.0) -> TwinStep:
+    """A Conv2D; ``in_scale`` is a scaling of its input folded into the kernel (zero padding stays zero)."""
     _check_conv(layer)
-    k = _np(layer.kernel)
+    k = _np(layer.kernel) * np.float32(in_scale)
     b = _np(layer.bias) if layer.use_bias else None
     return TwinStep(layer.name, "conv", _with_activation(layer, lambda x: conv2d_same(x, k, b)))
 
@@ -339,8 +341,9 @@ def _plan_batch_norm(layer: Any, in_shape: tuple) -> TwinStep:
     return TwinStep(layer.name, "batch_norm", lambda x: affine(x, a, c))
 
 
-def _plan_conv_bn(conv: Any, bn: Any, in_shape: tuple) -> TwinStep:
-    """A linear Conv2D followed by BatchNormalization as ONE convolution with the BN folded in.
+def _plan_conv_bn(conv: Any, bn: Any, in_shape: tuple, in_scale: float = 1.0) -> TwinStep:
+    """A linear Conv2D followed by BatchNormalization as ONE convolution with the BN folded in
+    (and ``in_scale``, a scaling of its input, as in :func:`_plan_conv`).
 
     tf2onnx folds the BN scale into the forward kernel anyway; folding it here too makes the
     backward kernel an exact flip/transpose of the forward one, so :mod:`fer_export.share` can
@@ -348,13 +351,16 @@ def _plan_conv_bn(conv: Any, bn: Any, in_shape: tuple) -> TwinStep:
     """
     _check_conv(conv)
     a, c = _batch_norm_affine(bn, tuple(conv.output.shape))
-    k = _np(conv.kernel) * a  # HWIO: scale each output channel (float32 * float32)
+    k = _np(conv.kernel) * a * np.float32(in_scale)  # HWIO: scale each output channel (float32 * float32)
     b = (_np(conv.bias) * a + c) if conv.use_bias else c
     return TwinStep(f"{conv.name}+{bn.name}", "conv", lambda x: conv2d_same(x, k, b))
 
 
-def _plan_layer(layer: Any, in_shape: tuple) -> TwinStep | None:
-    """The twin step of one layer (None for inference no-ops); raises ExportError if unsupported."""
+def _plan_layer(layer: Any, in_shape: tuple, in_scale: float = 1.0) -> TwinStep | None:
+    """The twin step of one layer (None for inference no-ops); raises ExportError if unsupported.
+
+    ``in_scale`` (a folded input scaling) applies to a Conv2D only.
+    """
     t = type(layer).__name__
     if getattr(layer, "quantization_mode", None):
         raise _refuse(layer, f"is quantized ({layer.quantization_mode})", "float32 layers only")
@@ -363,7 +369,7 @@ def _plan_layer(layer: Any, in_shape: tuple) -> TwinStep | None:
     if t == "Rescaling":
         return TwinStep(layer.name, "rescaling", lambda x, s=_np(layer.scale), o=_np(layer.offset): affine(x, s, o))
     if t == "Conv2D":
-        return _plan_conv(layer, in_shape)
+        return _plan_conv(layer, in_shape, in_scale)
     if t == "Dense":
         if len(in_shape) != 2:
             raise _refuse(layer, f"is applied to a rank-{len(in_shape)} input", "Dense on flattened [N, features] inputs only")
@@ -455,19 +461,30 @@ def plan_model(model: Any) -> list[TwinStep]:
         if l.compute_dtype != "float32":
             raise ExportError(f"layer {l.name!r} ({type(l).__name__}) computes in {l.compute_dtype}; load members "
                               "with fer_train.inference.load_model (float32) first")
-    i = 0
+    i, in_scale = 0, 1.0
     while i < len(chain):
         l, nxt = chain[i], chain[i + 1] if i + 1 < len(chain) else None
         in_shape = tuple(l.input.shape)
-        if _foldable(l, nxt):
-            steps.append(_plan_conv_bn(l, nxt, in_shape))
-            i += 2
+        if _pure_scale(l) and nxt is not None and type(nxt).__name__ == "Conv2D":
+            in_scale = float(_np(l.scale))  # x/255 costs a pass over the image; the next kernel absorbs it
+            i += 1
             continue
-        step = _plan_layer(l, in_shape)
-        if step is not None:
-            steps.append(step)
-        i += 1
+        if _foldable(l, nxt):
+            steps.append(_plan_conv_bn(l, nxt, in_shape, in_scale))
+            i += 2
+        else:
+            step = _plan_layer(l, in_shape, in_scale)
+            if step is not None:
+                steps.append(step)
+            i += 1
+        in_scale = 1.0
     return steps
+
+
+def _pure_scale(layer: Any) -> bool:
+    """A Rescaling by one scalar with a zero offset (foldable into a following convolution)."""
+    return (type(layer).__name__ == "Rescaling" and np.size(_np(layer.scale)) == 1
+            and not np.any(_np(layer.offset)))
 
 
 def _foldable(layer: Any, nxt: Any) -> bool:

@@ -200,6 +200,29 @@ def test_single_model_onnx_matches_keras_and_tf_gradient(case):
     assert rep.forward_prob_max_abs < 1e-5 and rep.saliency_min_cosine >= 0.999 and rep.saliency_worst_median_rel_err < 1e-4
 
 
+def test_input_scaling_is_folded_into_the_first_convolution_only_without_offset():
+    """x/255 would cost a pass over every image: the first kernel absorbs it. An offset cannot be
+    folded (the convolution's zero padding would no longer match) and stays a separate step."""
+    m = tiny(seed=5)
+    assert [s.kind for s in twin.plan_model(m)][:2] == ["conv", "relu"]
+    fwd = convert.to_onnx(graphs.make_forward_fn([m]), 17, "forward")
+    assert not [n.op_type for n in fwd.graph.node if "image" in n.input and n.op_type in ("Mul", "Add")]
+    fs, ss = sessions_for([m])  # the folded kernel keeps both graphs exact
+    x = images()
+    cls = (np.arange(len(x)) % 7).astype(np.int64)
+    np.testing.assert_allclose(fs.run(["probs"], {"image": x})[0], ref_outputs([m], x)[0], atol=1e-5)
+    assert_saliency_close(ss.run(["saliency"], {"image": x, "class": cls})[0], ref_saliency([m], x, cls))
+
+    inp = keras.Input((48, 48, 1), name="image")
+    y = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inp)
+    y = layers.Conv2D(3, 3, padding="same", name="conv", activation="relu")(y)
+    y = layers.Dense(7, name="logits")(layers.Flatten(name="flatten")(y))
+    shifted = randomize(keras.Model(inp, layers.Activation("softmax", name="probs")(y)), 6)
+    assert [s.kind for s in twin.plan_model(shifted)][:2] == ["rescaling", "conv"]
+    z_ref = keras.Model(shifted.inputs[0], shifted.get_layer("logits").output)(x).numpy()
+    np.testing.assert_allclose(twin.logits_fn(shifted)(tf.constant(x)).numpy(), z_ref, atol=1e-4 * np.abs(z_ref).max())
+
+
 def test_crop_tta_graphs_match_keras_on_resized_crops_and_tf_gradient():
     """TTA crops: 12 views (image, five 44x44 crops resized to 48, each with its mirror) in both graphs."""
     models = [tiny(seed=21), tiny(seed=22, cnn_activation="elu", pool="avg")]
