@@ -1,18 +1,17 @@
 """bench/ensemble_subsets.py: every subset is scored as the mean of its members' softmaxes."""
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_script import load_bench  # noqa: E402
+
 
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "ensemble_subsets.py"
-    spec = importlib.util.spec_from_file_location("bench_ensemble_subsets", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("ensemble_subsets")
 
 
 def test_subset_table_scores_every_subset_by_mean_softmax():

@@ -40,6 +40,9 @@ from fer_runtime.manifest import read_manifest  # noqa: E402
 from fer_train.data import load_kaggle_csv  # noqa: E402
 from fer_train.models import ModelConfig, build_model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_script import load_bench  # noqa: E402  (tests/bench_script.py)
+
 tf.get_logger().setLevel("ERROR")
 
 FIX = Path(__file__).parent / "fixtures" / "fer2013_small.csv.gz"
@@ -718,13 +721,7 @@ def test_temperature_auto_needs_kaggle_public_test(tmp_path):
 # ------------------------------------------------------------------------- bench/accuracy.py
 
 def _bench():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_accuracy", Path(__file__).resolve().parents[1] / "bench" / "accuracy.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("accuracy")
 
 
 def _accuracy_rows(printed: str) -> dict[str, list[list[str]]]:

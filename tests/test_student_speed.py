@@ -1,19 +1,18 @@
 """bench/student_speed.py: candidate specs become the model configs they name, timed as our forward graph."""
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_script import load_bench  # noqa: E402
+
 
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "student_speed.py"
-    spec = importlib.util.spec_from_file_location("bench_student_speed", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("student_speed")
 
 
 def test_candidate_specs_name_filters_convs_head_and_blocks():
