@@ -62,7 +62,8 @@ def _fit_summary(result: dict) -> str:
     mins = result.get("minutes_per_epoch")
     return (f"{result['run']}: {result['epochs_done']} epoch(s) done, best val_accuracy "
             f"{result['best_val_accuracy']:.4f} at epoch {result['best_epoch']} "
-            f"({result['params']:,} params{f', {mins:.2f} min/epoch' if mins else ''})")
+            f"({result['params']:,} params{f', {mins:.2f} min/epoch' if mins else ''})"
+            + (f"; swa.keras val_accuracy {result['swa_val_accuracy']:.4f}" if result.get("swa_val_accuracy") is not None else ""))
 
 
 def _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation, cnn_activation_alpha, pool,
@@ -153,6 +154,10 @@ def fit(
     teacher_tta: str = typer.Option("flip", help="The teacher's test-time augmentation: none | flip | crops."),
     distill_weight: float = typer.Option(0.0, help="Weight of the teacher's probabilities in the targets (0..1)."),
     distill_temperature: float = typer.Option(2.0, help="Soften the teacher's probabilities by this temperature."),
+    init: Optional[Path] = typer.Option(None, help="Start from this run's best.keras weights and architecture "
+                                        "(fine-tuning; the architecture options are ignored)."),
+    swa_start: int = typer.Option(0, help="Average the weights from this epoch (1-based) to the end: swa.keras, "
+                                  "batch norm recomputed (stochastic weight averaging; 0 = off)."),
     as_json: bool = typer.Option(False, "--json", help="End with the result as one JSON line instead of a summary."),
 ) -> None:
     """Fit one model into a run directory (resumable with --resume RUN_DIR)."""
@@ -166,9 +171,14 @@ def fit(
         else:
             if data is None or out is None:
                 _fail("--data and --out are required (or --resume RUN_DIR)")
-            mcfg = _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation,
-                                 cnn_activation_alpha, pool, conv_dropout, units, dense_layers, dnn_activation,
-                                 dnn_activation_alpha, dense_dropout, batch_norm, head, match_params)
+            if init is not None:
+                from fer_train.config import read_run_config
+
+                mcfg = read_run_config(init)[1]  # RunError if it is not a run
+            else:
+                mcfg = _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation,
+                                     cnn_activation_alpha, pool, conv_dropout, units, dense_layers, dnn_activation,
+                                     dnn_activation_alpha, dense_dropout, batch_norm, head, match_params)
             tcfg = TrainConfig(data=str(data), val_fraction=val_fraction, random_seed=random_seed, epochs=epochs,
                                batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
                                warmup_epochs=warmup_epochs, cycles=cycles, label_smoothing=label_smoothing,
@@ -177,7 +187,7 @@ def fit(
                                strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment, erase=erase, mixup=mixup, cutmix=cutmix),
                                ferplus=str(ferplus or ""), ferplus_weight=ferplus_weight, teacher=str(teacher or ""),
                                distill_weight=distill_weight, distill_temperature=distill_temperature,
-                               teacher_tta=teacher_tta)
+                               teacher_tta=teacher_tta, init=str(init or ""), swa_start=swa_start)
             tcfg.validate()
             result = _run_fit(out, mcfg, tcfg, resume=False)
     typer.echo(json.dumps(result) if as_json else _fit_summary(result))

@@ -45,6 +45,8 @@ class TrainConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
     teacher_tta: str = "flip"  # the teacher's test-time augmentation (fer_runtime.tta.TTA_MODES)
+    init: str = ""  # a run whose best.keras weights the run starts from (fine-tuning); "" = random
+    swa_start: int = 0  # average the weights from this epoch (1-based) on (fer_train.swa); 0 = off
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,20 +86,25 @@ class TrainConfig:
             raise ValueError(f"unknown teacher TTA {self.teacher_tta!r}; choose from {', '.join(TTA_MODES)}")
         if self.ferplus_weight + self.distill_weight > 1:
             raise ValueError("ferplus weight + distill weight must not exceed 1")
+        if not 0 <= self.swa_start <= self.epochs:
+            raise ValueError(f"--swa-start must be an epoch of the run (1..{self.epochs}) or 0, got {self.swa_start}")
+        if self.swa_start and self.strategy == "multiworker":
+            raise ValueError("--swa-start does not support --strategy multiworker")
 
 
 INPUT_FIELDS = ("data", "ferplus", "teacher")  # the paths a run reads; stored relative to the run directory
+PATH_FIELDS = (*INPUT_FIELDS, "init")  # init is read once, when the run starts, so a resume does not need it
 
 
 def stored_inputs(cfg: TrainConfig, run: Path) -> TrainConfig:
     """``cfg`` with its input paths relative to ``run``, as config.json stores them (machine-independent)."""
-    rel = {k: os.path.relpath(Path(v).resolve(), Path(run).resolve()) for k in INPUT_FIELDS if (v := getattr(cfg, k))}
+    rel = {k: os.path.relpath(Path(v).resolve(), Path(run).resolve()) for k in PATH_FIELDS if (v := getattr(cfg, k))}
     return replace(cfg, **rel)
 
 
 def resolved_inputs(cfg: TrainConfig, run: Path) -> TrainConfig:
     """``cfg`` with relative input paths resolved against ``run`` (absolute ones, from older runs, are kept)."""
-    return replace(cfg, **{k: str(Path(run) / v) for k in INPUT_FIELDS if (v := getattr(cfg, k)) and not Path(v).is_absolute()})
+    return replace(cfg, **{k: str(Path(run) / v) for k in PATH_FIELDS if (v := getattr(cfg, k)) and not Path(v).is_absolute()})
 
 
 def read_run_config(run: Path) -> tuple[dict[str, Any], ModelConfig, TrainConfig]:

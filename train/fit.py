@@ -205,6 +205,10 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
             from fer_train.distribute import synchronize_batch_norm
 
             synchronize_batch_norm(model)
+        if cfg.init and not resume:  # before compiling: best.keras holds no optimizer state to match
+            init = runs.member_paths(cfg.init)[0]
+            model.load_weights(init)
+            log(f"weights from {init}")
         model.compile(make_optimizer(cfg), keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
         if resume:
             model.optimizer.build(model.trainable_variables)
@@ -263,7 +267,13 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
                 current["epoch"] = epoch
                 epoch_var.assign(epoch)  # before Keras starts the epoch's data iterator
 
-        callbacks = [_EpochTracker(), rec]
+        callbacks = [_EpochTracker(), rec]  # rec saves last.keras before the averager saves its mean
+        if cfg.swa_start:
+            from fer_train.swa import WeightAverager
+
+            averager = WeightAverager(run, cfg.swa_start, log)
+            averager.resume(start)
+            callbacks.append(averager)
         if cfg.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau("val_accuracy", factor=0.5, patience=4, min_lr=1e-6))
         warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
@@ -275,6 +285,12 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     be, bv = runs.best_epoch(history)
     result = {"run": str(run), "epochs_done": len(history), "best_epoch": be, "best_val_accuracy": bv,
               "params": int(model.count_params()), "minutes_per_epoch": float(np.mean([r["seconds"] for r in history]) / 60) if history else None}
+    if cfg.swa_start:
+        from fer_train import swa
+
+        accuracy = lambda m: float(m.evaluate(ds_va, verbose=0, return_dict=True)["accuracy"])  # noqa: E731
+        done = swa.finish(model, run, ds_tr.take(steps), accuracy, log)  # model now holds the mean weights
+        result["swa_val_accuracy"] = done["val_accuracy"] if done else None
     write_summary(model, run, extra=f"Best val_accuracy {bv:.4f} at epoch {be} of {len(history)}\n")
     plot_run_curves(run)
     return result

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json``, ``history.csv``, ``best.keras``, ``last.keras`` (with the
 optimizer, for ``--resume``), ``learning_curves.png`` and ``summary.txt``; a distilled run also
-``teacher_probs.npz``. An ensemble directory holds ``ensemble.json`` listing member runs (paths
+``teacher_probs.npz``; a run with weight averaging ``swa_state.npz``, then ``swa.keras`` and ``swa.json``.
+An ensemble directory holds ``ensemble.json`` listing member runs (paths
 relative to it) or member ``.keras`` files.
 """
 from __future__ import annotations
@@ -37,6 +38,9 @@ def is_snapshot(path: str | Path) -> bool:
 
 
 TEACHER_PROBS = "teacher_probs.npz"  # a distilled run's cached teacher probabilities (fer_train.targets)
+SWA_STATE = "swa_state.npz"  # running mean of the weights of a run with --swa-start (fer_train.swa)
+SWA_MODEL = "swa.keras"  # that mean, batch norm statistics recomputed: a member like best.keras
+SWA_RESULT = "swa.json"  # how many epochs it averages and its validation accuracy
 CURVES = "learning_curves.png"
 SUMMARY = "summary.txt"
 ENSEMBLE = "ensemble.json"

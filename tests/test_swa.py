@@ -1,0 +1,134 @@
+"""Weight averaging (fer_train.swa) and fine-tuning from a run (--init): the mean, its batch norm, resumes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.tf
+
+import keras  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from fer_train import runs, swa  # noqa: E402
+from fer_train.cli import app  # noqa: E402
+from fer_train.fit import TrainConfig, fit  # noqa: E402
+from fer_train.models import ModelConfig  # noqa: E402
+from fer_train.pipeline import AugmentConfig  # noqa: E402
+
+FIX = Path(__file__).parent / "fixtures" / "fer2013_small.csv.gz"
+TINY = ModelConfig(filters=8, blocks=2, convs_per_block=1, units=32, conv_dropout=0.0, dense_dropout=0.0)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(data=str(FIX), epochs=3, batch_size=32, lr=2e-3, schedule="constant", warmup_epochs=0,
+                limit_train=256, augment=AugmentConfig(enabled=False))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    return [v.numpy() for v in keras.models.load_model(path, compile=False).trainable_weights]
+
+
+def _bn_model() -> keras.Model:
+    inp = keras.Input((3, 3, 2))
+    y = keras.layers.BatchNormalization(momentum=0.9, name="bn")(inp)
+    return keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(y)))
+
+
+def test_recompute_batch_norm_sets_the_mean_of_the_batch_statistics():
+    model = _bn_model()
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc, 1 + loc, (5, 3, 3, 2)).astype(np.float32) for loc in (0.0, 2.0, 5.0)]
+    assert swa.recompute_batch_norm(model, ((b, None) for b in batches)) == 3
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b.mean((0, 1, 2)) for b in batches], 0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b.var((0, 1, 2)) for b in batches], 0), rtol=1e-5)
+    assert bn.momentum == 0.9  # restored
+
+
+def test_averager_keeps_a_running_mean_that_a_resumed_run_continues(tmp_path):
+    model = _bn_model()
+    snaps = []
+
+    def epoch_end(averager, epoch):
+        for v in model.trainable_weights:
+            v.assign(np.full(v.shape, float(epoch + 1) ** 2, np.float32))
+        snaps.append([v.numpy() for v in model.trainable_weights])
+        averager.on_epoch_end(epoch)
+
+    a = swa.WeightAverager(tmp_path, start=2, log=lambda s: None)
+    a.set_model(model)
+    for e in range(3):  # epochs 1..3; epoch 1 is before the start
+        epoch_end(a, e)
+    mean, count, last = swa.read_state(tmp_path)
+    assert (count, last) == (2, 3)
+    for m, s2, s3 in zip(mean, snaps[1], snaps[2]):
+        np.testing.assert_allclose(m, (s2 + s3) / 2)
+    b = swa.WeightAverager(tmp_path, start=2, log=lambda s: None)  # a resumed run after epoch 3
+    b.set_model(model)
+    b.resume(3)
+    epoch_end(b, 3)
+    mean, count, last = swa.read_state(tmp_path)
+    assert (count, last) == (3, 4)
+    for m, s2, s3, s4 in zip(mean, snaps[1], snaps[2], snaps[3]):
+        np.testing.assert_allclose(m, (s2 + s3 + s4) / 3)
+    with pytest.raises(runs.RunError, match="averaged up to epoch 4, but the run has only 3"):
+        swa.WeightAverager(tmp_path, start=2).resume(3)
+    said = []
+    swa.WeightAverager(tmp_path, start=2, log=said.append).resume(5)
+    assert "epoch 5 is missing from the average" in said[0]
+    (tmp_path / runs.SWA_STATE).write_bytes(b"not an npz")
+    with pytest.raises(runs.RunError, match="unreadable"):
+        swa.read_state(tmp_path)
+
+
+def test_fit_saves_the_mean_with_fresh_batch_norm_statistics(tmp_path):
+    run = tmp_path / "run"
+    res = fit(run, TINY, _cfg(epochs=3, swa_start=3), log=lambda s: None)
+    done = json.loads((run / runs.SWA_RESULT).read_text())
+    assert done["epochs_averaged"] == 1 and done["last_epoch"] == 3 and done["bn_batches"] == 8  # 256 rows / 32
+    assert res["swa_val_accuracy"] == pytest.approx(done["val_accuracy"])
+    for a, b in zip(_weights(run / runs.SWA_MODEL), _weights(run / runs.LAST)):  # the mean of one epoch: itself
+        np.testing.assert_array_equal(a, b)
+    swa_m, last = (keras.models.load_model(run / n, compile=False) for n in (runs.SWA_MODEL, runs.LAST))
+    bn = [l.name for l in swa_m.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bn and all(not np.allclose(swa_m.get_layer(n).moving_mean.numpy(), last.get_layer(n).moving_mean.numpy())
+                      for n in bn)
+
+
+def test_interrupted_swa_run_resumes_to_the_uninterrupted_mean(tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    fit(ref, TINY, _cfg(epochs=4, swa_start=2), log=lambda s: None)
+
+    def stop(epoch, step, steps):
+        if epoch == 3 and step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(run, TINY, _cfg(epochs=4, swa_start=2), log=lambda s: None, progress=stop)
+    assert swa.read_state(run)[1:] == (2, 3) and not (run / runs.SWA_MODEL).exists()
+    fit(run, resume=True, log=lambda s: None)
+    assert json.loads((run / runs.SWA_RESULT).read_text())["epochs_averaged"] == 3
+    for a, b in zip(_weights(run / runs.SWA_MODEL), _weights(ref / runs.SWA_MODEL)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_init_starts_from_a_runs_weights_and_architecture(tmp_path):
+    src = tmp_path / "src"
+    fit(src, TINY, _cfg(epochs=1), log=lambda s: None)
+    tuned = tmp_path / "tuned"
+    r = CliRunner().invoke(app, ["fit", "--data", str(FIX), "--out", str(tuned), "--init", str(src), "--filters", "99",
+                                 "--epochs", "1", "--lr", "0", "--schedule", "constant", "--warmup-epochs", "0",
+                                 "--optimizer", "sgd", "--limit-train", "64", "--no-augment"])
+    assert r.exit_code == 0, r.output
+    conf = json.loads((tuned / runs.CONFIG).read_text())
+    assert conf["model"]["filters"] == 8 and conf["train"]["init"] == "../src"
+    for a, b in zip(_weights(tuned / runs.LAST), _weights(src / runs.BEST)):  # lr 0: the weights it started from
+        np.testing.assert_array_equal(a, b)
+    r = CliRunner().invoke(app, ["fit", "--data", str(FIX), "--out", str(tmp_path / "x"), "--init", str(tmp_path / "nope")])
+    assert r.exit_code != 0 and "nope" in r.output and "Traceback" not in r.output
