@@ -8,8 +8,9 @@ from fer_train import runs
 
 def test_member_names_tell_snapshots_of_one_run_apart():
     paths = [Path("experiments/r"), Path("experiments/r/best.keras"), Path("x/r/last.keras"),
-             Path("x/r/snapshot_1.keras"), Path("x/r/snapshot_2.keras"), Path("solo.keras"), Path("tmp/other.keras")]
-    assert [runs.member_name(p) for p in paths] == ["r", "r", "r", "r/snapshot_1", "r/snapshot_2", "solo", "other"]
+             Path("x/r/snapshot_1.keras"), Path("x/r/snapshot_2.keras"), Path("x/r/swa.keras"), Path("solo.keras"),
+             Path("tmp/other.keras")]
+    assert [runs.member_name(p) for p in paths] == ["r", "r", "r", "r/snapshot_1", "r/snapshot_2", "r/swa", "solo", "other"]
     assert runs.snapshot_name(3) == "snapshot_3.keras" and runs.member_name(Path("r") / runs.snapshot_name(3)) == "r/snapshot_3"
 
 

@@ -112,14 +112,15 @@ def best_epoch(history: list[dict[str, float]]) -> tuple[int, float]:
 
 
 def member_name(path: str | Path) -> str:
-    """A member's name: a run's name for the run or its ``best.keras``/``last.keras``; ``run/snapshot_K`` for
-    a run's snapshot (the snapshots of one run differ); the file's stem for any other ``.keras`` file."""
+    """A member's name: a run's name for the run or its ``best.keras``/``last.keras``; ``run/snapshot_K`` or
+    ``run/swa`` for a run's snapshot or weight average (one run's members differ); the file's stem for any
+    other ``.keras`` file."""
     p = Path(path)
     if p.suffix != ".keras":
         return p.name
     if p.name in (BEST, LAST) and p.parent.name:
         return p.parent.name
-    return f"{p.parent.name}/{p.stem}" if is_snapshot(p) and p.parent.name else p.stem
+    return f"{p.parent.name}/{p.stem}" if (is_snapshot(p) or p.name == SWA_MODEL) and p.parent.name else p.stem
 
 
 def member_paths(path: str | Path) -> list[Path]:
