@@ -89,9 +89,11 @@ def test_averager_keeps_a_running_mean_that_a_resumed_run_continues(tmp_path):
 
 def test_fit_saves_the_mean_with_fresh_batch_norm_statistics(tmp_path):
     run = tmp_path / "run"
-    res = fit(run, TINY, _cfg(epochs=3, swa_start=3), log=lambda s: None)
+    # lr 0: validation accuracy levels off (only batch-norm statistics move), which would stop the run after
+    # epoch 3 with patience 1, but an averaging run does not stop early
+    res = fit(run, TINY, _cfg(epochs=4, swa_start=4, patience=1, lr=0.0), log=lambda s: None)
     done = json.loads((run / runs.SWA_RESULT).read_text())
-    assert done["epochs_averaged"] == 1 and done["last_epoch"] == 3 and done["bn_batches"] == 8  # 256 rows / 32
+    assert len(runs.read_history(run)) == 4 and done["epochs_averaged"] == 1 and done["last_epoch"] == 4 and done["bn_batches"] == 8  # 256 rows / 32
     assert res["swa_val_accuracy"] == pytest.approx(done["val_accuracy"])
     for a, b in zip(_weights(run / runs.SWA_MODEL), _weights(run / runs.LAST)):  # the mean of one epoch: itself
         np.testing.assert_array_equal(a, b)

@@ -257,7 +257,9 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         if snapshots:
             log(f"{cfg.cycles} cosine cycles: snapshot members at epochs {', '.join(map(str, snapshots))}; "
                 "no early stopping (each cycle restarts the rate)")
-        rec = Recorder(run, history, epochs=cfg.epochs, patience=cfg.epochs if snapshots else cfg.patience,
+        if cfg.swa_start:
+            log(f"weights averaged from epoch {cfg.swa_start} to {cfg.epochs}: no early stopping")
+        rec = Recorder(run, history, epochs=cfg.epochs, patience=cfg.epochs if snapshots or cfg.swa_start else cfg.patience,
                        precision=precision, snapshot_epochs=snapshots,
                        lr_for_epoch=lambda e: lr_at(cfg, e) if fixed_lr or e <= cfg.warmup_epochs else None,
                        on_batch=on_batch, log=log)
