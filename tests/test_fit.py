@@ -20,19 +20,12 @@ from typer.testing import CliRunner  # noqa: E402
 
 from fer_train import runs  # noqa: E402
 from fer_train.cli import app  # noqa: E402
-from fer_train.fit import TrainConfig, fit, lr_at  # noqa: E402
-from fer_train.models import ModelConfig  # noqa: E402
+from fer_train.fit import fit, lr_at  # noqa: E402
 from fer_train.pipeline import AugmentConfig  # noqa: E402
 
-FIX = Path(__file__).parent / "fixtures" / "fer2013_small.csv.gz"
-TINY = ModelConfig(filters=8, blocks=2, convs_per_block=1, units=32, conv_dropout=0.0, dense_dropout=0.0)
-
-
-def _cfg(**kw) -> TrainConfig:
-    base = dict(data=str(FIX), epochs=3, batch_size=32, lr=2e-3, schedule="constant", warmup_epochs=0,
-                augment=AugmentConfig(enabled=False))
-    base.update(kw)
-    return TrainConfig(**base)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_runs import FIX, TINY  # noqa: E402  (tests/tiny_runs.py)
+from tiny_runs import tiny_train_config as _cfg  # noqa: E402
 
 
 def test_short_fit_lowers_loss_and_writes_run(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +17,13 @@ from typer.testing import CliRunner  # noqa: E402
 from fer_train import runs, swa  # noqa: E402
 from fer_train.cli import app  # noqa: E402
 from fer_train.fit import TrainConfig, fit  # noqa: E402
-from fer_train.models import ModelConfig  # noqa: E402
-from fer_train.pipeline import AugmentConfig  # noqa: E402
 
-FIX = Path(__file__).parent / "fixtures" / "fer2013_small.csv.gz"
-TINY = ModelConfig(filters=8, blocks=2, convs_per_block=1, units=32, conv_dropout=0.0, dense_dropout=0.0)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_runs import FIX, TINY, tiny_train_config  # noqa: E402  (tests/tiny_runs.py)
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(data=str(FIX), epochs=3, batch_size=32, lr=2e-3, schedule="constant", warmup_epochs=0,
-                limit_train=256, augment=AugmentConfig(enabled=False))
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(**{"limit_train": 256, **kw})
 
 
 def _weights(path: Path) -> list[np.ndarray]:
