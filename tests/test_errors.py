@@ -86,8 +86,11 @@ def test_closed_stdout_ends_quietly_with_141(model_dir: Path) -> None:
 def test_ctrl_c_exits_130_with_one_line(model_dir: Path, tmp_path: Path) -> None:
     for i in range(800):  # ~120 KB of rows: more than a pipe holds, so the run cannot finish unread
         shutil.copy(EXAMPLES / "happy_0.png", tmp_path / f"{i:04d}.png")
-    proc = subprocess.Popen([*FER_INFER, str(tmp_path), "--model-dir", str(model_dir), "--model", "fast", "-q",
-                             "--faces", "crop"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # As started from a terminal: a background job (`cmd &` without job control, as CI may run this suite)
+    # inherits SIGINT ignored, and Python keeps it ignored, so the run would finish and exit 0.
+    with_ctrl_c = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " + FER_INFER[2]
+    proc = subprocess.Popen([sys.executable, "-c", with_ctrl_c, str(tmp_path), "--model-dir", str(model_dir), "--model",
+                             "fast", "-q", "--faces", "crop"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
     assert first.startswith(b"path,")  # running: the first rows are out
     proc.send_signal(signal.SIGINT)
