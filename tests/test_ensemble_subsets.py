@@ -1,12 +1,9 @@
 """bench/ensemble_subsets.py: every subset is scored as the mean of its members' softmaxes."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_script import load_bench  # noqa: E402
 
 

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,6 @@ from fer_runtime.manifest import read_manifest  # noqa: E402
 from fer_train.data import load_kaggle_csv  # noqa: E402
 from fer_train.models import ModelConfig, build_model  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_script import load_bench  # noqa: E402  (tests/bench_script.py)
 
 tf.get_logger().setLevel("ERROR")

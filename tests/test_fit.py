@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from fer_train.cli import app  # noqa: E402
 from fer_train.fit import fit, lr_at  # noqa: E402
 from fer_train.pipeline import AugmentConfig  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_runs import FIX, TINY  # noqa: E402  (tests/tiny_runs.py)
 from tiny_runs import tiny_train_config as _cfg  # noqa: E402
 

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fuzz_corpus import Case, build_corpus  # noqa: E402
 
 from fer_runtime.images import DEFAULT_MAX_PIXELS  # noqa: E402

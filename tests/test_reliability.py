@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fuzz_corpus import EXAMPLES, _png_header_only, png_of_zeros  # noqa: E402
 
 from fer_runtime.errors import ImageTooLargeError, InvalidImageError  # noqa: E402

@@ -1,13 +1,10 @@
 """bench/student_speed.py: candidate specs become the model configs they name, timed as our forward graph."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_script import load_bench  # noqa: E402
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from fer_train import runs, swa  # noqa: E402
 from fer_train.cli import app  # noqa: E402
 from fer_train.fit import TrainConfig, fit  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_runs import FIX, TINY, tiny_train_config  # noqa: E402  (tests/tiny_runs.py)
 
 
