@@ -90,7 +90,7 @@ def infer(
     130 interrupted, 141 stdout closed by its reader.
     """
     from fer_runtime.errors import FerRuntimeError
-    from fer_runtime.inputs import collect_inputs, common_root, exclude_under
+    from fer_runtime.inputs import collect_inputs, exclude_under
     from fer_runtime.results import format_for
     from fer_runtime.video import is_video_file
 
@@ -159,7 +159,7 @@ def infer(
             n_rows, n_faces, n_failed = _write_image_rows(
                 out, format_for(out, fmt), predictor, files, missing, resume, lambda n: progress.advance(task, n),
                 faces=faces, saliency_dir=saliency_dir, max_pixels=limit, quiet=not verbose, detector=detector,
-                saliency_root=common_root(files) if saliency_dir is not None else None)
+                saliency_inputs=files)
     except BrokenPipeError:
         raise  # cli_errors: exit 141, quietly
     except OSError as e:
@@ -232,7 +232,7 @@ def _write_image_rows(out: Optional[Path], fmt: str, predictor: Any, files: list
     """
     from fer_runtime.pipeline import error_row, infer_chunks
     from fer_runtime.results import RowWriter, columns
-    from fer_runtime.resume import ResumableWriter
+    from fer_runtime.resume import ResumableWriter, run_settings
 
     chunks = chunks or infer_chunks
     cols = columns(predictor.labels)
@@ -247,9 +247,8 @@ def _write_image_rows(out: Optional[Path], fmt: str, predictor: Any, files: list
                 n_rows, n_faces, n_failed = n_rows + 1, n_faces + (row.fields.get("label") is not None), n_failed + row.failed
         return n_rows, n_faces, n_failed
 
-    spec = predictor.manifest.variants[predictor.variant]
-    settings = {"faces": options.get("faces"), "model": predictor.variant,
-                "model_sha256": predictor.manifest.files[spec.forward].sha256,
+    settings = {**run_settings(predictor, faces=options["faces"], detector=options["detector"],
+                               max_pixels=options["max_pixels"]),
                 "saliency_dir": None if options.get("saliency_dir") is None else str(options["saliency_dir"])}
     with ResumableWriter(out, fmt, cols, [*missing, *map(str, files)], settings, resume=resume) as w:
         skip = w.inputs_done

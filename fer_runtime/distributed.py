@@ -407,11 +407,10 @@ def predict_to_parquet(predictor: "Predictor", files: Sequence[str], missing: Se
     from fer_runtime.atomic import atomic_path, atomic_write
     from fer_runtime.pipeline import error_row
     from fer_runtime.results import columns
+    from fer_runtime.resume import run_settings
 
     cols = columns(predictor.labels)
-    spec = predictor.manifest.variants[predictor.variant]
-    settings = {"columns": cols, "faces": faces, "detector": str(detector), "model": predictor.variant,
-                "model_sha256": predictor.manifest.files[spec.forward].sha256}
+    settings = {"columns": cols, **run_settings(predictor, faces=faces, detector=detector, max_pixels=max_pixels)}
     if out.exists() and not out.is_dir():
         raise DistributedError(f"--out {out} is a file; a Parquet output is a folder")
     marker = out / SETTINGS_FILE

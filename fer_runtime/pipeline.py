@@ -3,7 +3,7 @@ videos to one row per face per processed frame."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,25 +63,34 @@ def _one_line(e: BaseException) -> str:
 
 
 class _FigureNames:
-    """The saliency figure of face ``k`` of ``path``: ``<folders>/<stem>_face<k>.png`` in the saliency folder, where
-    ``<folders>`` are the input's folders below ``root`` (the inputs' common folder), so inputs with the same
-    name in different folders get different figures; made unique within one run (``a.png`` and ``a.jpg``)."""
+    """The saliency figure of face ``k`` of an input: ``<folders>/<stem>_face<k>.png`` in the saliency folder,
+    where ``<folders>`` are the input's folders below the inputs' common folder, so inputs with the same name in
+    different folders get different figures. Inputs that would share a name (``a.png`` and ``a.jpg``) get
+    ``<stem>_<n>`` in input order. Names are fixed from the whole input list up front, so a resumed run that
+    reads only the rest of it names each figure as the first run did."""
 
-    def __init__(self, folder: Path, root: Path | None) -> None:
-        self.folder, self.root, self.used = folder, root, set()
+    def __init__(self, folder: Path, inputs: Sequence[str]) -> None:
+        self.folder, self.bases = folder, {}
+        root = common_root(inputs)
+        used: set[Path] = set()
+        for item in inputs:
+            if item in self.bases:  # the same input twice: the same figures
+                continue
+            rel = Path(Path(item).name)
+            if root is not None:
+                try:
+                    rel = Path(os.path.abspath(item)).relative_to(root)
+                except ValueError:  # a name that is no path below the root (a URI)
+                    pass
+            base, n = rel.parent / rel.stem, 1
+            while base in used:
+                base, n = rel.parent / f"{rel.stem}_{n}", n + 1
+            used.add(base)
+            self.bases[item] = base
 
-    def __call__(self, path: Path, k: int) -> Path:
-        rel = Path(path.name)
-        if self.root is not None:
-            try:
-                rel = Path(os.path.abspath(path)).relative_to(self.root)
-            except ValueError:  # not under the root it was given
-                pass
-        name, n = rel.parent / f"{rel.stem}_face{k}.png", 1
-        while name in self.used:
-            name, n = rel.parent / f"{rel.stem}_{n}_face{k}.png", n + 1
-        self.used.add(name)
-        return self.folder / name
+    def __call__(self, item: str, k: int) -> Path:
+        base = self.bases[item]
+        return self.folder / base.parent / f"{base.name}_face{k}.png"
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ def infer_files(predictor: Predictor, files: Iterable[Path | Source], faces: str
                 margin: float | None = None, saliency_dir: Path | None = None,
                 on_file: Callable[[Path], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                 quiet: bool = True, *, detector: str | FaceDetector = DEFAULT_DETECTOR,
-                saliency_root: Path | None = None) -> Iterator[Row]:
+                saliency_inputs: Sequence[Path | Source] | None = None) -> Iterator[Row]:
     """Yield result rows for ``files`` in order: one per face, or one error row per unreadable file.
 
     ``faces``: ``crop`` (the whole image is the face), ``detect`` (only detected faces; an image without one
@@ -108,14 +117,14 @@ def infer_files(predictor: Predictor, files: Iterable[Path | Source], faces: str
     label, no probabilities and no error. ``detector`` (an engine name or object, :mod:`fer_runtime.detectors`)
     finds the faces; ``margin`` replaces its crop rule (:func:`fer_runtime.faces.detect_faces`).
     Faces are predicted ``predictor.batch_size`` at a time. With ``saliency_dir`` a figure is
-    written per face, named after the file's path below ``saliency_root`` (default: the folder holding all of
-    ``files``; pass the one of the whole input list when ``files`` is a part of it), and the row's
+    written per face, named after the file's path below the folder holding all of ``saliency_inputs`` (default:
+    ``files``; pass the whole input list when ``files`` is the rest of it, as a resumed run does), and the row's
     ``saliency_png`` column holds its path. ``on_file`` is called after each file is read. Files whose header declares more than
     ``max_pixels`` pixels get an error row without being decoded; ``quiet`` keeps the codecs' messages off
     stderr (:func:`fer_runtime.images.read_image`).
     """
     for rows, _ in infer_chunks(predictor, files, faces, margin, saliency_dir, on_file, max_pixels, quiet,
-                                detector=detector, saliency_root=saliency_root):
+                                detector=detector, saliency_inputs=saliency_inputs):
         yield from rows
 
 
@@ -123,7 +132,7 @@ def infer_chunks(predictor: Predictor, files: Iterable[Path | Source], faces: st
                  margin: float | None = None, saliency_dir: Path | None = None,
                  on_file: Callable[[Path], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  quiet: bool = True, *, detector: str | FaceDetector = DEFAULT_DETECTOR,
-                 saliency_root: Path | None = None) -> Iterator[tuple[list[Row], int]]:
+                 saliency_inputs: Sequence[Path | Source] | None = None) -> Iterator[tuple[list[Row], int]]:
     """:func:`infer_files` in chunks: ``(rows, files_done)`` after each batch.
 
     All rows of a file are in one chunk, so ``files_done`` (counted from the start of ``files``) is the
@@ -133,10 +142,9 @@ def infer_chunks(predictor: Predictor, files: Iterable[Path | Source], faces: st
         raise ValueError(f"faces must be one of {', '.join(FACE_MODES)}, got {faces!r}")
     names = None
     if saliency_dir is not None:
-        if saliency_root is None:
-            files = list(files)
-            saliency_root = common_root(f.name if isinstance(f, Source) else f for f in files)
-        names = _FigureNames(saliency_dir, saliency_root)
+        if saliency_inputs is None:
+            files = saliency_inputs = list(files)
+        names = _FigureNames(saliency_dir, [_key(f) for f in saliency_inputs])
     labels = predictor.labels
     # the engine is loaded (and its file verified) before the first file is read
     engine = get_detector(detector, predictor.model_dir) if faces != "crop" else None
@@ -152,12 +160,16 @@ def infer_chunks(predictor: Predictor, files: Iterable[Path | Source], faces: st
     yield list(_flush(predictor, labels, batch)), done
 
 
+def _key(item: Path | Source) -> str:
+    """An input's path column: a Source's name or the path as given."""
+    return item.name if isinstance(item, Source) else str(item)
+
+
 def _read_faces(item: Path | Source, mode: str, margin: float | None, names: _FigureNames | None, batch: _Batch,
                 max_pixels: int | None = DEFAULT_MAX_PIXELS, quiet: bool = True,
                 detector: FaceDetector | None = None) -> None:
     """Decode one file (or :class:`Source`) and queue its faces (or an error row)."""
-    p = item.name if isinstance(item, Source) else str(item)
-    path = Path(p)
+    p = _key(item)
     try:
         image = item.load() if isinstance(item, Source) else read_image(item, max_pixels=max_pixels, quiet=quiet)
     except (InvalidImageError, OSError, cv2.error) as e:  # read_image types its own; the others in case
@@ -178,7 +190,7 @@ def _read_faces(item: Path | Source, mode: str, margin: float | None, names: _Fi
             if names is not None:  # keep only a figure-sized copy, never the full-size crop
                 s = min(1.0, PANEL / max(crop.shape[:2]))
                 face.display = resize(crop, max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))).copy()
-                face.figure = names(path, k)
+                face.figure = names(p, k)
             queued.append(face)
     except InvalidImageError as e:  # a decodable file whose content we cannot use; anything else is a bug
         batch.rows.append(error_row(p, _one_line(e)))

@@ -28,6 +28,17 @@ PROGRESS_SUFFIX = ".progress.json"
 PROGRESS_VERSION = 1
 
 
+def run_settings(predictor: Any, *, faces: str, detector: Any, max_pixels: int | None) -> dict[str, Any]:
+    """What an interrupted run and the run resuming it must share, besides the inputs and the output's format and
+    columns: the model file, the face mode, the face detector (unless ``faces`` is ``crop``) and the pixel limit.
+    Used by the CSV/JSON-lines writer here and by the Parquet output of :mod:`fer_runtime.distributed`."""
+    spec = predictor.manifest.variants[predictor.variant]
+    return {"faces": faces, "detector": None if faces == "crop" else str(getattr(detector, "name", detector)),
+            "max_pixels": max_pixels, "model": predictor.variant,
+            "model_sha256": predictor.manifest.files[spec.forward].sha256}
+
+
+
 class ResumeError(FerError):
     """The interrupted run's files cannot be continued (other inputs or settings, or a damaged partial file)."""
 

@@ -191,13 +191,53 @@ def test_resume_refuses_other_inputs_or_settings(model_dir: Path, many: Path, tm
     _kill_when(proc, progress_path(out), 20, len(list(many.iterdir())))
     partial = partial_path(out).read_bytes()
     for other in (_cli(model_dir, str(FACES[0]), "--out", str(out), "--faces", "crop", "--resume"),
-                  [*cmd[:cmd.index("crop")], "auto", *cmd[cmd.index("crop") + 1:], "--resume"]):
+                  [*cmd[:cmd.index("crop")], "auto", *cmd[cmd.index("crop") + 1:], "--resume"],
+                  [*cmd, "--max-pixels", "1000000", "--resume"]):
         res = subprocess.run(other, capture_output=True, text=True, timeout=TIMEOUT)
         assert res.returncode == 2 and res.stderr.startswith("error: cannot resume"), res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
         assert partial_path(out).read_bytes() == partial and not out.exists()
+    # where faces are detected, the detector is a setting too
+    out2 = tmp_path / "detected.csv"
+    cmd2 = _cli(model_dir, str(many), "--out", str(out2), "--faces", "auto", "--batch-size", "8")
+    proc = subprocess.Popen(cmd2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, progress_path(out2), 20, len(list(many.iterdir())))
+    res = subprocess.run([*cmd2, "--detector", "haar", "--resume"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert res.returncode == 2 and res.stderr.startswith("error: cannot resume") and "detector" in res.stderr
     res = subprocess.run(_cli(model_dir, str(many), "--resume"), capture_output=True, text=True, timeout=TIMEOUT)
     assert res.returncode == 2 and "--resume needs --out" in res.stderr
+
+
+def test_a_resumed_run_names_the_saliency_figures_as_an_uninterrupted_one(model_dir: Path, many: Path,
+                                                                            tmp_path: Path) -> None:
+    """``a.bmp`` ... ``a.webp`` share a stem, so all but the first get ``a_<n>``: a resumed run that reads only
+    the rest of the inputs must neither rename nor overwrite a figure of the run it continues."""
+    import cv2
+
+    from fer_runtime.images import IMAGE_EXTENSIONS
+
+    d = tmp_path / "in"
+    d.mkdir()
+    crop = cv2.imread(str(FACES[0]), cv2.IMREAD_GRAYSCALE)
+    for ext in sorted(IMAGE_EXTENSIONS):  # first in the input order: the kill comes after 1 of them
+        cv2.imwrite(str(d / f"a{ext}"), crop)
+    for f in sorted(many.iterdir())[:20]:
+        shutil.copy(f, d / f"z_{f.name}")
+    figures = {}
+    for name, interrupted in (("whole", False), ("resumed", True)):
+        out, sal = tmp_path / f"{name}.csv", tmp_path / f"{name}_saliency"
+        cmd = _cli(model_dir, str(d), "--out", str(out), "--faces", "crop", "--batch-size", "1",
+                   "--saliency-dir", str(sal))
+        if interrupted:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            assert _kill_when(proc, progress_path(out), 1, 20 + len(IMAGE_EXTENSIONS)) < len(IMAGE_EXTENSIONS)
+            cmd = [*cmd, "--resume"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+        assert res.returncode == 0, res.stderr
+        figures[name] = {r["path"]: Path(r["saliency_png"]).relative_to(sal) for r in _rows(out)}
+        assert sorted(p.relative_to(sal) for p in sal.rglob("*.png")) == sorted(figures[name].values())
+    assert figures["resumed"] == figures["whole"]
+    assert len(set(figures["whole"].values())) == len(figures["whole"]) == 20 + len(IMAGE_EXTENSIONS)
 
 
 def test_resumable_writer_drops_rows_after_the_last_commit(tmp_path: Path) -> None:
