@@ -127,7 +127,7 @@ class BlazeFaceDetector:
                  min_score: float = 0.5, nms_iou: float = 0.3, device: str = "cpu",
                  providers: Sequence[prov.ProviderSpec] | None = None, threads: int | None = None,
                  batch_size: int = 32, tiles: int = 1) -> None:
-        import onnxruntime as ort
+        ort = prov.onnxruntime()
 
         from fer_runtime.predictor import default_model_dir
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from fer_runtime.errors import FerRuntimeError
 from fer_runtime.manifest import Manifest, load_verified
+from fer_runtime.providers import onnxruntime
 
 MIN_ORT_FOR_EXTERNAL = "1.24"  # SessionOptions.add_external_initializers_from_files_in_memory
 
@@ -28,7 +29,7 @@ class VerifiedGraph:
 
     def session_options(self, options: Any = None) -> Any:
         """``options`` (a new ``onnxruntime.SessionOptions`` if None), given this graph's external weights."""
-        import onnxruntime as ort
+        ort = onnxruntime()
 
         so = options if options is not None else ort.SessionOptions()
         if self.external:
@@ -43,7 +44,7 @@ class VerifiedGraph:
 
     def session(self, providers: list[Any], options: Any = None) -> Any:
         """An ``onnxruntime.InferenceSession`` built from these bytes (onnxruntime's own errors propagate)."""
-        import onnxruntime as ort
+        ort = onnxruntime()
 
         return ort.InferenceSession(self.data, sess_options=self.session_options(options), providers=providers)
 

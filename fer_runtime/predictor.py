@@ -200,8 +200,7 @@ class Predictor:
     # -- internals --------------------------------------------------------------------------------
     def _session(self, filename: str, inputs: list[str], outputs: list[str]) -> Any:
         """Verify ``filename`` (and its weights file) against the manifest; build an InferenceSession from those bytes."""
-        import onnxruntime as ort
-
+        ort = prov.onnxruntime()
         from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
 
         graph = read_graph(self.model_dir, self.manifest, filename, self._weights)

@@ -26,11 +26,20 @@ def provider_names(specs: Sequence[ProviderSpec]) -> list[str]:
     return [_name(p) for p in specs]
 
 
+def onnxruntime() -> Any:
+    """The onnxruntime module; :class:`ProviderUnavailableError` saying what to install if it is missing (a bare
+    ``pip install fer-toolkit`` has none: the cpu and gpu extras choose the build)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ProviderUnavailableError(f"onnxruntime cannot be imported ({e}); install fer-toolkit[cpu] "
+                                       "(onnxruntime) or fer-toolkit[gpu] (onnxruntime-gpu), not both") from None
+    return ort
+
+
 def available_providers() -> list[str]:
     """The providers this onnxruntime build offers (imports onnxruntime)."""
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
+    return list(onnxruntime().get_available_providers())
 
 
 def requested_providers(device: str = "auto", providers: Sequence[ProviderSpec] | None = None) -> list[ProviderSpec]:

@@ -52,6 +52,18 @@ def test_auto_falls_back_to_cpu_when_cuda_fails_but_cuda_is_an_error(model_dir: 
         Predictor(model_dir, device="cuda")
 
 
+def test_without_onnxruntime_the_cli_says_what_to_install(model_dir: Path, tmp_path: Path) -> None:
+    """A bare ``pip install fer-toolkit`` has no onnxruntime: one line naming the extras, exit 2, no output file."""
+    code = ("import sys; sys.modules['onnxruntime'] = None  # what a missing package looks like to import\n"
+            "from fer_runtime.cli import main; main()")
+    out = tmp_path / "preds.csv"
+    res = subprocess.run([sys.executable, "-c", code, str(EXAMPLES), "--out", str(out), "--model-dir", str(model_dir),
+                          "-q"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: onnxruntime cannot be imported") and "fer-toolkit[cpu]" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_a_missing_haar_cascade_is_a_typed_error(monkeypatch, tmp_path: Path) -> None:
     import cv2
 
