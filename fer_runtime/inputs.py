@@ -18,8 +18,9 @@ def _images_under(folder: Path) -> list[Path]:
     """Every entry under ``folder`` named like an image, whatever it is: a dangling symbolic link, a link loop,
     a FIFO or a folder called ``x.png`` is listed too, so that it gets an error row instead of vanishing.
     Hidden entries are skipped: dot-files, and everything in a dot-folder (which is not searched).
-    Symbolic links to folders are not followed (no loops)."""
-    return _entries_under(folder, is_image_path)
+    Symbolic links to folders are not followed (no loops). A folder that cannot be listed is listed itself, for
+    its error row (``permission denied``)."""
+    return _entries_under(folder, is_image_path, keep_unlisted=True)
 
 
 def videos_in(args: Iterable[str]) -> list[Path]:
@@ -31,11 +32,17 @@ def videos_in(args: Iterable[str]) -> list[Path]:
             for f in _entries_under(Path(a), lambda n: Path(n).suffix.lower() in VIDEO_EXTENSIONS)]
 
 
-def _entries_under(folder: Path, match: Callable[[str], bool]) -> list[Path]:
+def _entries_under(folder: Path, match: Callable[[str], bool], keep_unlisted: bool = False) -> list[Path]:
     """Every entry under ``folder`` whose name ``match``es, files and folders alike, sorted; dot-names are skipped
-    and dot-folders not searched; symbolic links to folders are listed but not followed."""
+    and dot-folders not searched; symbolic links to folders are listed but not followed. ``keep_unlisted``: a
+    folder that cannot be listed is an entry too, whatever its name (otherwise it is passed over)."""
     found: list[Path] = []
-    for top, dirs, names in os.walk(folder):
+
+    def unlisted(e: OSError) -> None:
+        if keep_unlisted and e.filename is not None:
+            found.append(Path(e.filename))
+
+    for top, dirs, names in os.walk(folder, onerror=unlisted):
         dirs[:] = [d for d in dirs if not is_hidden(d)]
         found += (Path(top) / n for n in (*dirs, *names) if not is_hidden(n) and match(n))
     return sorted(found, key=lambda f: str(f))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import re
@@ -124,6 +125,29 @@ def test_hidden_files_are_skipped_in_folders_but_taken_when_named(tmp_path: Path
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a.png", "sub/d.png"] and missing == []
     files, _ = collect_inputs([str(tmp_path / ".hidden.png"), str(tmp_path / ".cache")])
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [".hidden.png", ".cache/b.png"]
+
+
+def test_a_folder_that_cannot_be_listed_gets_an_error_row(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Not passed over in silence (``os.walk`` skips what it cannot list unless told otherwise)."""
+    for rel in ("a.png", "locked/b.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EXAMPLES / "happy_0.png", tmp_path / rel)
+    real = os.scandir
+
+    def scandir(path="."):  # what a folder without read permission does (tests may run as root)
+        if Path(path) == tmp_path / "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    files, missing = collect_inputs([str(tmp_path)])
+    assert files == [tmp_path / "a.png", tmp_path / "locked"] and missing == []
+    out = tmp_path / "preds.csv"
+    res = runner.invoke(app, [str(tmp_path), "--out", str(out), "--model-dir", str(model_dir), "--model", "fast", "-q"])
+    assert res.exit_code == 1, res.output  # some input failed
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert rows["a.png"]["label"] and rows["locked"]["error"] and not rows["locked"]["label"]
 
 
 # -- --version ------------------------------------------------------------------------------------------
