@@ -163,7 +163,7 @@ def infer(
     except BrokenPipeError:
         raise  # cli_errors: exit 141, quietly
     except OSError as e:
-        raise fatal(f"cannot write {out}: {e.strerror or e}") from None
+        raise fatal(f"cannot write {out if out is not None else 'stdout'}: {e.strerror or e}") from None
     if not quiet:
         where = out if out is not None else "stdout"
         console.print(f"{n_faces} face(s) from {len(files)} file(s), {n_failed} failed "
@@ -376,7 +376,7 @@ def _infer_video(path: Path, out: Optional[Path], fmt: Optional[Format], device:
     except BrokenPipeError:
         raise  # cli_errors: exit 141, quietly
     except OSError as e:
-        raise fatal(f"cannot write {out}: {e.strerror or e}") from None
+        raise fatal(f"cannot write {out if out is not None else 'stdout'}: {e.strerror or e}") from None
     if not quiet:
         console.print(f"{n_rows} face row(s) from {n_frames} processed frame(s) of {path} -> "
                       f"{out if out is not None else 'stdout'} ({', '.join(predictor.providers)})",

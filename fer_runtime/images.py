@@ -140,12 +140,15 @@ def _read_bytes(p: Path) -> bytes:
 
 
 def write_image(path: str | PathLike[str], image: np.ndarray) -> None:
-    """Encode ``image`` by the suffix of ``path`` and write it (non-ASCII paths work)."""
+    """Encode ``image`` by the suffix of ``path`` and write it atomically (non-ASCII paths work): a failed write
+    leaves what was at ``path`` before."""
+    from fer_runtime.atomic import atomic_write
+
     p = Path(path)
     ok, buf = cv2.imencode(p.suffix or ".png", image)
     if not ok:
         raise InvalidImageError(f"cannot encode image as {p.suffix or '.png'}")
-    buf.tofile(p)
+    atomic_write(p, buf.tobytes())
 
 
 def _to_float255(image: np.ndarray) -> np.ndarray:

@@ -86,6 +86,14 @@ def test_a_bug_is_not_turned_into_error_rows(predictor, monkeypatch) -> None:
         list(pipeline.infer_files(predictor, [EXAMPLES / "happy_0.png"], faces="crop"))
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_stdout_is_named_as_stdout(model_dir: Path) -> None:
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([*FER_INFER, str(EXAMPLES), "--model-dir", str(model_dir), "--model", "fast", "-q"],
+                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr == "error: cannot write stdout: No space left on device\n", res.stderr
+
+
 def test_closed_stdout_ends_quietly_with_141(model_dir: Path) -> None:
     proc = subprocess.Popen([*FER_INFER, str(EXAMPLES), "--model-dir", str(model_dir), "--model", "fast", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -107,6 +107,25 @@ def test_pixel_limit_is_settable(model_dir: Path, tmp_path: Path) -> None:
     assert DEFAULT_MAX_PIXELS == 2 * 89_478_485  # Pillow's own error threshold
 
 
+def test_a_figure_write_that_fails_leaves_the_previous_figure(tmp_path: Path) -> None:
+    """``write_image`` under a file-size limit (``ulimit -f``): an error, and the old file whole, no temp file."""
+    fig = tmp_path / "a_face0.png"
+    fig.write_bytes(b"the previous figure")
+    code = ("import resource, signal, sys\n"
+            "import numpy as np\n"
+            "from fer_runtime.images import write_image\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+            "noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)  # ~200 KB as PNG\n"
+            "try:\n"
+            "    write_image(sys.argv[1], noise)\n"
+            "except OSError as e:\n"
+            "    sys.exit(f'refused: {e.strerror}')\n")
+    res = subprocess.run([sys.executable, "-c", code, str(fig)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and res.stderr.startswith("refused: File too large"), res.stderr
+    assert fig.read_bytes() == b"the previous figure" and [p.name for p in tmp_path.iterdir()] == [fig.name]
+
+
 # -- killed and resumed runs ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
