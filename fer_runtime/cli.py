@@ -208,16 +208,10 @@ def _make_out_folder(out: Optional[Path]) -> None:
 
 
 def _pixel_limit(max_pixels: int | None) -> int | None:
-    """The --max-pixels value as read_image's ``max_pixels`` (0: none of ours); lets Pillow's header check size
-    images up to it (this process is ours, so Pillow's global limit may follow the option)."""
+    """The --max-pixels value as read_image's ``max_pixels``: the default when not given, None (no limit) for 0."""
     from fer_runtime.images import DEFAULT_MAX_PIXELS
 
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
-    if limit is None or limit > DEFAULT_MAX_PIXELS:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None if limit is None else limit // 2 + 1
-    return limit
+    return DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
 
 
 def _write_image_rows(out: Optional[Path], fmt: str, predictor: Any, files: list[Path], missing: list[str],

@@ -9,7 +9,10 @@ import errno
 import io
 import os
 import stat
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 
@@ -80,16 +83,16 @@ def decode_image(data: bytes | np.ndarray, *, max_pixels: int | None = DEFAULT_M
     return to_uint8(image)
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
+def header_size(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int] | None:
     """(width, height) from the image header alone (Pillow reads the header, not the pixels); None if unknown.
 
     Raises :class:`ImageTooLargeError` if Pillow itself refuses the size (more than
-    2 x ``PIL.Image.MAX_IMAGE_PIXELS``, its decompression-bomb limit).
+    2 x ``PIL.Image.MAX_IMAGE_PIXELS``, its decompression-bomb limit) and ``max_pixels`` does not go above it.
     """
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
+        with _pillow_limit(max_pixels), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # only a probe: its bomb and corrupt-EXIF warnings are noise here
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
@@ -102,11 +105,30 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return int(w), int(h)
 
 
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's bomb check off while a header is probed for a ``max_pixels`` above its limit (ours applies)."""
+    from PIL import Image
+
+    if max_pixels is not None and max_pixels <= DEFAULT_MAX_PIXELS:
+        yield
+        return
+    with _PILLOW_LIMIT:  # a module global: one raised probe at a time, and put back after it
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def check_pixel_limit(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
     """Raise :class:`ImageTooLargeError` if the header of ``data`` declares more than ``max_pixels`` pixels."""
     if max_pixels is None:
         return
-    size = header_size(data)
+    size = header_size(data, max_pixels)
     if size is not None and size[0] * size[1] > max_pixels:
         raise ImageTooLargeError(f"image too large: {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
                                  f"the limit is {max_pixels:,} (raise it with --max-pixels / max_pixels=)")

@@ -95,6 +95,11 @@ def test_pixel_limit_is_settable(model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "in" / "big.png").write_bytes(_png_header_only(15000, 15000))
     with pytest.raises(ImageTooLargeError):
         read_image(tmp_path / "in" / "big.png")
+    with pytest.raises(InvalidImageError, match="not a readable image"):  # the library's limit, not Pillow's
+        read_image(tmp_path / "in" / "big.png", max_pixels=300_000_000)
+    from PIL import Image
+
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's own limit is back after the probe
     for limit, expect in ((None, "image too large"), ("300000000", "not a readable image"),
                           ("0", "not a readable image"), ("1000", "image too large")):
         out = tmp_path / f"preds_{limit}.csv"
