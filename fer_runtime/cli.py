@@ -102,6 +102,8 @@ def infer(
             raise fatal("--saliency-dir and --faces crop are for images, not video")
         if resume:
             raise fatal("--resume is for image runs with --out, not video")
+        if ray_address is not None or workers is not None:
+            raise fatal("--ray and --workers are for images; a video runs in this process")
         _infer_video(Path(videos[0]), out, fmt, device, model_dir, model, batch_size, threads, quiet, every,
                      detect_every, detector)
         return

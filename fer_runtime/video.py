@@ -38,10 +38,11 @@ class VideoFrame:
 
 
 def is_video_file(path: str | PathLike[str]) -> bool:
-    """True for a video suffix, or for any other non-image file that OpenCV opens with more than one frame."""
+    """True for a video suffix (a folder excepted), or for any other non-image file that OpenCV opens with more
+    than one frame."""
     p = Path(path)
     if p.suffix.lower() in VIDEO_EXTENSIONS:
-        return True
+        return not p.is_dir()
     if not p.is_file() or is_image_path(p):
         return False
     cap = cv2.VideoCapture(str(p))

@@ -313,6 +313,22 @@ def test_cli_corrupt_video_is_a_one_line_error(tmp_path: Path, model_dir: Path) 
     assert not out.exists()
     res = runner.invoke(app, [str(bad), str(EXAMPLES), "--out", str(out)])
     assert res.exit_code == 2 and "one video at a time" in res.output
+    for extra in (["--workers", "2"], ["--ray", "local"]):  # refused, not silently ignored
+        res = runner.invoke(app, [str(bad), "--out", str(out), *extra])
+        assert res.exit_code == 2 and res.output.startswith("error: --ray and --workers are for images")
+
+
+def test_a_folder_named_like_a_video_is_searched_for_images(tmp_path: Path, model_dir: Path) -> None:
+    folder = tmp_path / "clips.mkv"
+    folder.mkdir()
+    (folder / "face.png").write_bytes((EXAMPLES / "happy_0.png").read_bytes())
+    assert not is_video_file(folder) and is_video_file(tmp_path / "missing.mkv")  # the latter: "no such video"
+    out = tmp_path / "preds.csv"
+    res = runner.invoke(app, [str(folder), "--out", str(out), "--model-dir", str(model_dir), "--model", "fast", "-q"])
+    assert res.exit_code == 0, res.output
+    with open(out, newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["path"] == str(folder / "face.png") and row["label"]
 
 
 # -- examples/camera_app.py -------------------------------------------------------------------------
