@@ -28,7 +28,7 @@ from fer_runtime import providers as prov
 from fer_runtime.boxes import Box
 from fer_runtime.choices import DETECTORS
 from fer_runtime.errors import ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError
-from fer_runtime.images import to_uint8
+from fer_runtime.images import to_bgr, to_uint8
 from fer_runtime.manifest import DetectorEntry, Manifest, read_manifest
 from fer_runtime.model_files import read_graph
 
@@ -45,18 +45,6 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> list[Box]: ...
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]: ...
-
-
-def _bgr(image: np.ndarray) -> np.ndarray:
-    """Any supported image as uint8 3-channel BGR."""
-    img = to_uint8(np.asarray(image))
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return img
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -183,7 +171,7 @@ class BlazeFaceDetector:
         """The faces in each image; all views of all images go through the graph ``batch_size`` at a time."""
         views: list[tuple[int, Region]] = []  # (image index, region of that image)
         inputs = []
-        bgr = [_bgr(im) for im in images]
+        bgr = [to_bgr(im) for im in images]
         for k, im in enumerate(bgr):
             for region in tile_regions(im.shape[0], im.shape[1], self.size, self.tiles):
                 x0, y0, x1, y1 = region

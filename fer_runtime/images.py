@@ -173,6 +173,16 @@ def write_image(path: str | PathLike[str], image: np.ndarray) -> None:
     atomic_write(p, buf.tobytes())
 
 
+def to_bgr(image: np.ndarray) -> np.ndarray:
+    """Any supported image (HxW, HxWx1, BGR, BGRA; any dtype :func:`to_uint8` takes) as uint8 HxWx3 BGR."""
+    img = to_uint8(np.asarray(image))
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR) if img.shape[2] == 4 else img
+
+
 def _to_float255(image: np.ndarray) -> np.ndarray:
     """Any supported dtype to float32 on the 0..255 scale (channels unchanged)."""
     dt = image.dtype

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fer_runtime.images import resize, to_uint8
+from fer_runtime.images import resize, to_bgr
 from fer_runtime.numeric import normalise_saliency
 
 PANEL = 160  # side of each square panel, pixels
@@ -12,13 +12,6 @@ CAPTION = 24  # height of the caption bar above the panels
 THRESHOLD = 0.6  # saliency level kept in the "focus" panel
 SMOOTH = 0.03  # Gaussian blur of the map, sigma as a fraction of the panel (~1.5 px of the 48 px input)
 FIGURE_SHAPE = (CAPTION + PANEL, 3 * PANEL)  # (height, width) of every figure
-
-
-def _bgr(image: np.ndarray) -> np.ndarray:
-    im = to_uint8(np.asarray(image))
-    if im.ndim == 2 or im.shape[2] == 1:
-        return cv2.cvtColor(im.reshape(im.shape[:2]), cv2.COLOR_GRAY2BGR)
-    return cv2.cvtColor(im, cv2.COLOR_BGRA2BGR) if im.shape[2] == 4 else im
 
 
 def _fit(image: np.ndarray, side: int = PANEL) -> np.ndarray:
@@ -46,7 +39,7 @@ def saliency_figure(face: np.ndarray, saliency: np.ndarray, caption: str, thresh
     the face); ``caption``: ASCII text such as ``"Happy 93%"``. Raw gradients are speckled, so the map is
     blurred (``smooth`` x panel side) and renormalised before the heatmap and the ``>= threshold`` mask.
     """
-    face_bgr = _bgr(face)
+    face_bgr = to_bgr(face)
     h, w = face_bgr.shape[:2]
     sal = np.clip(resize(np.asarray(saliency, np.float32), w, h), 0.0, 1.0)
     face_p = _fit(face_bgr)
