@@ -1,4 +1,4 @@
-"""The choice lists of the runtime's options, each defined once.
+"""The choice lists and defaults of the runtime's options, each defined once.
 
 The library validates against these tuples and ``fer-infer`` builds its option types from them
 (``Literal[FACE_MODES]``). Only the standard library is imported, so ``fer-infer --help`` stays fast.
@@ -18,3 +18,12 @@ FORMATS = ("csv", "jsonl")
 # Face-detector engines, the default first: BlazeFace (ONNX, in the model folder) or OpenCV's Haar cascade
 # (fer_runtime.detectors).
 DETECTORS = ("blazeface", "haar")
+
+# An image whose longer side is at most the detector's input size (128 px) is taken to be a face crop
+# (FER2013's are 48x48): `--faces auto` classifies it whole instead of looking for faces in it (fer_runtime.faces).
+FACE_CROP_MAX_SIDE = 128
+
+# Images with more pixels are refused from their header, before any decoding: Pillow's own
+# decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS). A BGR image this size takes 537 MB decoded
+# (fer_runtime.images).
+DEFAULT_MAX_PIXELS = 178_956_970

@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal, Optional
 
 import typer
 
-from fer_runtime.choices import DETECTORS, DEVICES, FACE_MODES, FORMATS
+from fer_runtime.choices import DEFAULT_MAX_PIXELS, DETECTORS, DEVICES, FACE_CROP_MAX_SIDE, FACE_MODES, FORMATS
 from fer_runtime.exitcodes import cli_errors, fatal, run_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -40,7 +40,8 @@ def infer(
     fmt: Optional[Format] = typer.Option(None, "--format", "-f",
                                          help="Output format. Default: jsonl for .jsonl/.json outputs, else csv."),
     faces: Faces = typer.Option("auto", "--faces",
-                                help="auto: an image up to 128 px is one face, in a larger one the detected faces (none found: "
+                                help=f"auto: an image up to {FACE_CROP_MAX_SIDE} px is one face, in a larger one the "
+                                     "detected faces (none found: "
                                      "a row with source 'none' and no label); detect: only detected faces; "
                                      "crop: the whole image is one face."),
     detector: Detector = typer.Option(DETECTORS[0], "--detector",
@@ -62,8 +63,8 @@ def infer(
                                      "complete row (a killed run leaves OUT.partial and OUT.progress.json)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=0,
                                              help="Refuse images whose header declares more pixels, before decoding "
-                                                  "them. Default: Pillow's decompression-bomb limit, 178956970 "
-                                                  "(about 179 MP); 0: no limit."),
+                                                  f"them. Default: Pillow's decompression-bomb limit, {DEFAULT_MAX_PIXELS} "
+                                                  f"(about {DEFAULT_MAX_PIXELS / 1e6:.0f} MP); 0: no limit."),
     ray_address: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS",
                                               help="Run on Ray Data: local (start Ray on this machine), auto (the "
                                                    "cluster running here) or a cluster address (ray://host:10001). "
@@ -211,8 +212,6 @@ def _make_out_folder(out: Optional[Path]) -> None:
 
 def _pixel_limit(max_pixels: int | None) -> int | None:
     """The --max-pixels value as read_image's ``max_pixels``: the default when not given, None (no limit) for 0."""
-    from fer_runtime.images import DEFAULT_MAX_PIXELS
-
     return DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fer_runtime.boxes import Box
+from fer_runtime.choices import FACE_CROP_MAX_SIDE
 from fer_runtime.detectors import DEFAULT_DETECTOR, HAAR_MAX_SIDE, FaceDetector, HaarDetector, get_detector
 
 __all__ = ["Box", "CropRule", "FER_CROP", "HAAR_MARGIN", "FACE_CROP_MAX_SIDE", "WHOLE", "DETECTED", "detect_faces",
@@ -22,9 +23,6 @@ __all__ = ["Box", "CropRule", "FER_CROP", "HAAR_MARGIN", "FACE_CROP_MAX_SIDE", "
 
 DETECT_MAX_SIDE = HAAR_MAX_SIDE  # the earlier name
 HAAR_MARGIN = 0.15  # Haar boxes are grown by this fraction of their size on every side
-# An image whose longer side is at most the detector's input size (128 px) is taken to be a face crop
-# (FER2013's are 48x48): `--faces auto` classifies it whole instead of looking for faces in it.
-FACE_CROP_MAX_SIDE = 128
 WHOLE, DETECTED = "whole", "detected"  # where a classified crop came from: the whole image, or a detector box
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_runtime.choices import DEFAULT_MAX_PIXELS
 from fer_runtime.decoder_log import quiet_decoders
 from fer_runtime.errors import ImageTooLargeError, InvalidImageError
 from fer_runtime.labels import IMAGE_SIZE
@@ -30,9 +31,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", "
 # unlike IMREAD_UNCHANGED this also applies the EXIF orientation of photos.
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
-# Images with more pixels are refused from their header, before any decoding: Pillow's own
-# decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS). A BGR image this size takes 537 MB decoded.
-DEFAULT_MAX_PIXELS = 178_956_970
 
 
 def is_image_path(path: str | PathLike[str]) -> bool:
