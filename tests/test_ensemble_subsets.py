@@ -31,3 +31,28 @@ def test_subset_table_scores_every_subset_by_mean_softmax():
         (("b", "c"), 0.5, 0.5),
         (("c",), 0.75, 0.0),
     ]
+
+
+def test_cached_logits_are_reused_only_for_the_same_members_tta_and_images(tmp_path):
+    cached = _bench().cached_logits
+    member, other = tmp_path / "a.keras", tmp_path / "b.keras"
+    member.write_bytes(b"weights a")
+    other.write_bytes(b"weights b")
+    x = np.arange(12, dtype=np.float32).reshape(3, 2, 2, 1)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.full((3, 1, 2, 7), float(len(calls)))
+
+    cache = tmp_path / "cache"
+    first = cached([member], x, "flip", cache, compute)
+    assert np.array_equal(cached([member], x, "flip", cache, compute), first) and len(calls) == 1
+    for args in (([other], x, "flip"), ([member], x, "crops"), ([member], x + 1, "flip")):
+        assert cached(*args, cache, compute)[0, 0, 0, 0] == len(calls)  # computed again
+    assert len(calls) == 4
+    member.write_bytes(b"weights a, retrained")
+    cached([member], x, "flip", cache, compute)
+    assert len(calls) == 5
+    cached([member], x, "flip", None, compute)  # no cache: always computed
+    assert len(calls) == 6 and len(list(cache.iterdir())) == 5
