@@ -146,14 +146,15 @@ class BlazeFaceDetector:
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
+        from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
         try:
             self.session = graph.session(requested, so)
-        except Exception as e:  # onnxruntime raises its own pybind exception types
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-            if e.__class__.__name__ == "EPFail":
-                raise ProviderUnavailableError(f"{self.spec.file}: execution provider failed: {msg}") from None
-            raise ModelIntegrityError(f"{self.model_dir / self.spec.file}: onnxruntime cannot load it ({msg})",
-                                      str(self.model_dir / self.spec.file)) from None
+        except EPFail as e:
+            raise ProviderUnavailableError(f"{self.spec.file}: execution provider failed: {prov.first_line(e)}") from None
+        except prov.onnxruntime_errors() as e:  # a bug of ours (TypeError, ...) keeps its traceback
+            raise ModelIntegrityError(f"{self.model_dir / self.spec.file}: onnxruntime cannot load it "
+                                      f"({prov.first_line(e)})", str(self.model_dir / self.spec.file)) from None
         prov.check_session_providers(requested, self.session, cuda_optional=providers is None and device == "auto")
         have = {o.name for o in self.session.get_outputs()} | {i.name for i in self.session.get_inputs()}
         missing = [n for n in [self._input, *self._outputs] if n not in have]

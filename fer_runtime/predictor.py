@@ -25,23 +25,6 @@ MEMBER_PROBS = "member_probs"
 ClassSpec = int | str | Sequence[int | str] | np.ndarray | None
 
 
-def _ort_errors() -> tuple[type[Exception], ...]:
-    """The exception types onnxruntime's core raises (``Fail``, ``EPFail``, ``InvalidArgument``, ...).
-
-    They are pybind11 classes that derive only from ``Exception``; a bug of ours (TypeError, ...) is not among them.
-    """
-    from onnxruntime.capi import onnxruntime_pybind11_state as C
-
-    found = tuple(v for v in vars(C).values() if isinstance(v, type) and issubclass(v, Exception))
-    return (*found, RuntimeError)
-
-
-def _reason(e: BaseException) -> str:
-    """The first line of onnxruntime's message (its full text repeats the whole call stack)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else e.__class__.__name__
-
-
 # models/ of a source checkout, next to this package's folder (setuptools maps it to fer_runtime.models)
 CHECKOUT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -212,12 +195,12 @@ class Predictor:
         except EPFail as e:  # an execution provider failed to initialise
             if not (self._cuda_optional and prov.CUDA in prov.provider_names(self._requested)):
                 raise ProviderUnavailableError(f"{self.model_dir / filename}: execution provider failed "
-                                               f"({_reason(e)}); use device='cpu'") from None
+                                               f"({prov.first_line(e)}); use device='cpu'") from None
             # device='auto' means CUDA if usable, else CPU: this and every later session of this Predictor use CPU
             self._requested = [prov.CPU]
             return self._session(filename, inputs, outputs)
-        except _ort_errors() as e:
-            raise ModelIntegrityError(f"{self.model_dir / filename}: onnxruntime cannot load it ({_reason(e)})",
+        except prov.onnxruntime_errors() as e:
+            raise ModelIntegrityError(f"{self.model_dir / filename}: onnxruntime cannot load it ({prov.first_line(e)})",
                                       str(self.model_dir / filename)) from None
         prov.check_session_providers(self._requested, sess, cuda_optional=self._cuda_optional)
         have_in = {i.name for i in sess.get_inputs()}
@@ -263,9 +246,9 @@ class Predictor:
         """``sess.run([output], feed)[0]``; an onnxruntime failure becomes :class:`InferenceError`."""
         try:
             return sess.run([output], feed)[0]
-        except _ort_errors() as e:
+        except prov.onnxruntime_errors() as e:
             raise InferenceError(f"{self.model_dir / filename}: onnxruntime failed to run it on "
-                                 f"{', '.join(sess.get_providers())} ({_reason(e)})") from None
+                                 f"{', '.join(sess.get_providers())} ({prov.first_line(e)})") from None
 
     def _class_array(self, classes: ClassSpec, n: int) -> np.ndarray:
         """Class indices (or label names), one for all or one per image, as an int64 array of length n."""

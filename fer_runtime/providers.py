@@ -37,6 +37,23 @@ def onnxruntime() -> Any:
     return ort
 
 
+def onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """The exception types onnxruntime's core raises (``Fail``, ``EPFail``, ``InvalidArgument``, ...).
+
+    They are pybind11 classes that derive only from ``Exception``; a bug of ours (TypeError, ...) is not among them.
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+    found = tuple(v for v in vars(C).values() if isinstance(v, type) and issubclass(v, Exception))
+    return (*found, RuntimeError)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of onnxruntime's message (its full text repeats the whole call stack)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
+
+
 def available_providers() -> list[str]:
     """The providers this onnxruntime build offers (imports onnxruntime)."""
     return list(onnxruntime().get_available_providers())

@@ -6,6 +6,7 @@ made on the example photos, committed in tests/fixtures/blazeface_reference.json
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -134,6 +135,27 @@ def test_tampered_detector_file_is_refused(model_dir: Path, tmp_path: Path) -> N
     path.unlink()
     with pytest.raises(ModelNotFoundError, match="missing"):
         BlazeFaceDetector(d)
+
+
+def test_an_unloadable_detector_is_a_typed_error_and_a_bug_is_not(model_dir: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    d = _detector_copy(model_dir, tmp_path)
+    raw = json.loads((d / MANIFEST_NAME).read_text())
+    name = raw["detectors"]["blazeface"]["file"]
+    junk = b"not an onnx graph, but the bytes the manifest lists"
+    (d / name).write_bytes(junk)
+    raw["files"][name].update(sha256=hashlib.sha256(junk).hexdigest(), bytes=len(junk))
+    (d / MANIFEST_NAME).write_text(json.dumps(raw))
+    with pytest.raises(ModelIntegrityError, match=f"{name}: onnxruntime cannot load it"):
+        BlazeFaceDetector(d)
+    from fer_runtime import model_files
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug of ours")
+
+    monkeypatch.setattr(model_files.VerifiedGraph, "session", bug)
+    with pytest.raises(TypeError, match="a bug of ours"):  # not disguised as a damaged file
+        BlazeFaceDetector(model_dir)
 
 
 def test_manifest_without_a_detector(model_dir: Path, tmp_path: Path) -> None:
