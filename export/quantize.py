@@ -118,6 +118,36 @@ def _as_input(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _check_method(calibrate_method: str) -> None:
+    if calibrate_method not in CALIBRATE_METHODS:
+        raise ExportError(f"unknown calibration method {calibrate_method!r}; choose from {', '.join(CALIBRATE_METHODS)}")
+
+
+def quantize_graph(model: Any, calibration: np.ndarray, input_name: str, calibrate_method: str = "minmax") -> Any:
+    """The static int8 (QDQ) ``onnx.ModelProto`` of the float forward graph ``model`` (weights inside it).
+
+    onnxruntime's ``quant_pre_process`` then ``quantize_static``: int8 weights per channel (symmetric), int8
+    activations whose ranges ``calibrate_method`` sets from ``calibration`` (float32 [N,48,48,1] model inputs,
+    fed in equal batches), Softmax left in float. No gate: :func:`quantize_variant` adds that.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    _check_method(calibrate_method)
+    with tempfile.TemporaryDirectory(prefix="fer-quantize-") as tmp:
+        whole, pre, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, str(whole))
+        quant_pre_process(str(whole), str(pre), skip_symbolic_shape=True)
+        # Softmax stays float: 8-bit probabilities would be coarse (steps of 1/255) and tie in argmax.
+        softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
+        quantize_static(str(pre), str(int8), _calibration_reader(calibration, input_name),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, calibrate_method=getattr(CalibrationMethod, CALIBRATE_METHODS[calibrate_method]),
+                        nodes_to_exclude=softmax, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        return onnx.load(str(int8))
+
+
 def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.ndarray, eval_images: np.ndarray,
                      eval_labels: np.ndarray, *, source: str = "fast", target: str = "fast-int8",
                      min_agreement: float = MIN_AGREEMENT, max_accuracy_loss: float = MAX_ACCURACY_LOSS,
@@ -134,15 +164,12 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     """
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from fer_export import convert
     from fer_export.exporter import file_names
     from fer_export.share import internalize
 
-    if calibrate_method not in CALIBRATE_METHODS:
-        raise ExportError(f"unknown calibration method {calibrate_method!r}; choose from {', '.join(CALIBRATE_METHODS)}")
+    _check_method(calibrate_method)
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     if source not in manifest.variants:
@@ -159,19 +186,9 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     input_name = manifest.input.name
     fp32 = read_graph(model_dir, manifest, src.forward)
 
-    with tempfile.TemporaryDirectory(prefix="fer-quantize-") as tmp:
-        whole, pre, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(internalize(onnx.load_from_string(fp32.data), fp32.external), str(whole))  # weights inside
-        log(f"pre-processing {src.forward} (shape inference, graph optimization)")
-        quant_pre_process(str(whole), str(pre), skip_symbolic_shape=True)
-        # Softmax stays float: 8-bit probabilities would be coarse (steps of 1/255) and tie in argmax.
-        softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
-        log(f"calibrating on {len(calib)} images")
-        quantize_static(str(pre), str(int8), _calibration_reader(calib, input_name), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=getattr(CalibrationMethod, CALIBRATE_METHODS[calibrate_method]), nodes_to_exclude=softmax,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        proto = onnx.load(str(int8))
+    log(f"quantizing {src.forward}: calibrating on {len(calib)} images")
+    proto = quantize_graph(internalize(onnx.load_from_string(fp32.data), fp32.external), calib, input_name,
+                           calibrate_method)
 
     fwd_name = file_names(target)[0]
     desc = f"static int8 (QDQ) of {source!r}; saliency from the float graph"

@@ -30,3 +30,24 @@ def test_candidate_session_runs_the_exported_forward_graph():
     assert params == build_model(ModelConfig(**cfg)).count_params()
     probs = sess.run(["probs"], {"image": np.zeros((3, 48, 48, 1), np.float32)})[0]
     assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_int8_candidate_session_runs_the_quantized_graph(monkeypatch):
+    from fer_export import quantize
+
+    mod = _bench()
+    made = []
+    real = quantize.quantize_graph
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(quantize, "quantize_graph", spy)
+    calib = np.random.default_rng(0).integers(0, 256, (40, 48, 48, 1)).astype(np.float32)
+    sess, _ = mod.candidate_session(mod.parse_candidate("8x1:gap:b2"), calib)
+    (proto,) = made
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") >= 3 and "Softmax" in ops  # the convs run in int8, softmax in float
+    probs = sess.run(["probs"], {"image": calib[:5]})[0]
+    assert probs.shape == (5, 7) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
