@@ -32,7 +32,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", "
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
-
 def is_image_path(path: str | PathLike[str]) -> bool:
     """True if the file name has one of the supported image suffixes."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS

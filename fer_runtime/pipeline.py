@@ -70,7 +70,8 @@ class _FigureNames:
     reads only the rest of it names each figure as the first run did."""
 
     def __init__(self, folder: Path, inputs: Sequence[str]) -> None:
-        self.folder, self.bases = folder, {}
+        self.folder = folder
+        self.bases: dict[str, Path] = {}  # input -> figure name without _face<k>.png
         root = common_root(inputs)
         used: set[Path] = set()
         for item in inputs:
