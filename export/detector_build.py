@@ -117,10 +117,10 @@ def convert(tflite: bytes, workdir: Path) -> Any:
 
 def reference_inputs(size: int, examples: Path, seed: int = 0) -> np.ndarray:
     """Letterboxed example photos (RGB in [-1, 1], NHWC) and random inputs."""
-    from fer_runtime.detectors import _bgr, letterbox
-    from fer_runtime.images import read_image
+    from fer_runtime.detectors import letterbox
+    from fer_runtime.images import read_image, to_bgr
 
-    photos = [letterbox(_bgr(read_image(p)), size)[0] for p in sorted(examples.glob("*.jpg"))]
+    photos = [letterbox(to_bgr(read_image(p)), size)[0] for p in sorted(examples.glob("*.jpg"))]
     x = np.stack(photos).astype(np.float32) / 127.5 - 1.0 if photos else np.zeros((0, size, size, 3), np.float32)
     rnd = np.random.default_rng(seed).uniform(-1, 1, (4, size, size, 3)).astype(np.float32)
     return np.concatenate([x, rnd])
@@ -169,8 +169,8 @@ def reference_detections(wheel: Path, images: list[Path]) -> dict[str, list[dict
     ``_convert_to_detections`` and plain (not weighted) non-maximum suppression decode it. Per file name: the
     faces as {"box": [x, y, w, h], "score", "keypoints": [[x, y], ...]} in the image's pixels. Needs TensorFlow.
     """
-    from fer_runtime.detectors import _bgr, letterbox
-    from fer_runtime.images import read_image
+    from fer_runtime.detectors import letterbox
+    from fer_runtime.images import read_image, to_bgr
 
     size = DECODING["input_size"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +189,7 @@ def reference_detections(wheel: Path, images: list[Path]) -> dict[str, list[dict
             out = {}
             for path in images:
                 image = read_image(path)
-                lb, scale, px, py = letterbox(_bgr(image), size)
+                lb, scale, px, py = letterbox(to_bgr(image), size)
                 fd.interpreter.set_tensor(fd.input_index, (lb.astype(np.float32) / 127.5 - 1.0)[None])
                 fd.interpreter.invoke()
                 boxes = fd._decode_boxes(fd.interpreter.get_tensor(fd.bbox_index))
