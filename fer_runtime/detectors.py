@@ -93,6 +93,11 @@ def letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float, int,
     return out, scale, px, py
 
 
+def blazeface_input(letterboxed: np.ndarray) -> np.ndarray:
+    """Letterboxed RGB uint8 pixels (any leading dims, channels last) as BlazeFace's float32 input in [-1, 1]."""
+    return letterboxed.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
 class BlazeFaceDetector:
     """MediaPipe BlazeFace (short range) on onnxruntime, from the checksummed file in the model folder.
 
@@ -181,7 +186,7 @@ class BlazeFaceDetector:
                 views.append((k, (x0, y0, x1, y1, scale, px, py)))
         if not inputs:
             return []
-        x = (np.stack(inputs).astype(np.float32) / np.float32(127.5) - np.float32(1.0)).transpose(0, 3, 1, 2)
+        x = blazeface_input(np.stack(inputs)).transpose(0, 3, 1, 2)
         step = 1 if self._fixed_batch == 1 else self.batch_size
         raw_boxes, raw_scores = [], []
         for i in range(0, len(x), step):

@@ -1,15 +1,22 @@
-"""fer_export.detector_build's reference inputs: the bundled photos, letterboxed as the runtime does."""
+"""fer_export.detector_build: its reference inputs (the bundled photos, letterboxed as the runtime does), its\nerrors and its atomic install."""
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
+from typer.testing import CliRunner
 
+from fer_export import detector_build
 from fer_export.detector_build import reference_inputs
 from fer_runtime.detectors import letterbox
 from fer_runtime.images import read_image, to_bgr
 
 PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "images"
+MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def test_reference_inputs_start_with_the_letterboxed_example_photos() -> None:
@@ -19,3 +26,54 @@ def test_reference_inputs_start_with_the_letterboxed_example_photos() -> None:
     assert x.shape[0] > len(paths) and x.shape[1:] == (128, 128, 3) and x.dtype == np.float32
     first = letterbox(to_bgr(read_image(paths[0])), 128)[0].astype(np.float32) / 127.5 - 1.0
     np.testing.assert_allclose(x[0], first)
+
+
+def _models_copy(tmp_path: Path) -> Path:
+    out = tmp_path / "models"
+    out.mkdir()
+    for name in ("manifest.json", "face_detector.onnx"):
+        shutil.copy(MODELS / name, out / name)
+    return out
+
+
+def _fake_build(monkeypatch: pytest.MonkeyPatch, model: object) -> None:
+    """Skip the download, tflite2onnx and the tflite comparison: ``model`` is the converted graph."""
+    monkeypatch.setattr(detector_build, "extract_tflite", lambda wheel: b"tflite")
+    monkeypatch.setattr(detector_build, "convert", lambda tflite, workdir: model)
+    monkeypatch.setattr(detector_build, "verify", lambda data, tflite, x, tol: ((0.0, 0.0), 0.0))
+
+
+def test_build_with_a_wrong_wheel_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    out = _models_copy(tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    wheel = tmp_path / detector_build.WHEEL_FILE
+    wheel.write_bytes(b"not a wheel")
+    result = CliRunner().invoke(detector_build.app, ["--out", str(out), "--wheel", str(wheel)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sha256" in lines[0] and "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_install_changes_detector_and_manifest_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while writing the manifest leaves the old detector in place (they are staged together)."""
+    onnx = pytest.importorskip("onnx")
+    out = _models_copy(tmp_path)
+    before = (out / "face_detector.onnx").read_bytes()
+    model = onnx.load_from_string(before)
+    model.doc_string = "rebuilt"  # other bytes, same graph
+    _fake_build(monkeypatch, model)
+
+    def broken_manifest(folder: Path, manifest: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr("fer_runtime.manifest.write_manifest", broken_manifest)
+        with pytest.raises(OSError):
+            detector_build.install(out, tmp_path / "any.whl", 1e-5, PHOTOS, None)
+    assert (out / "face_detector.onnx").read_bytes() == before
+    detector_build.install(out, tmp_path / "any.whl", 1e-5, PHOTOS, None)
+    data = (out / "face_detector.onnx").read_bytes()
+    assert data != before
+    entry = json.loads((out / "manifest.json").read_text())["files"]["face_detector.onnx"]
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
