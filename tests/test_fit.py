@@ -170,6 +170,25 @@ def test_cyclic_cosine_restarts_each_cycle():
         _cfg(epochs=7, schedule="step", warmup_epochs=1, cycles=3).validate()
 
 
+@pytest.mark.parametrize("setting, flag", [
+    (dict(lr=0.0), "--lr"), (dict(weight_decay=-1e-4), "--weight-decay"), (dict(patience=0), "--patience"),
+    (dict(label_smoothing=1.5), "--label-smoothing"), (dict(hide_labels=1.0), "--hide-labels"),
+    (dict(limit_train=-5), "--limit-train"), (dict(distill_temperature=0.0), "--distill-temperature"),
+    (dict(warmup_epochs=-1), "--warmup-epochs")])
+def test_out_of_range_settings_are_refused_by_name(setting, flag):
+    with pytest.raises(ValueError, match=f"^{flag} must be"):
+        _cfg(**setting).validate()
+
+
+def test_config_with_an_unknown_setting_is_refused_by_name():
+    from fer_train.config import TrainConfig
+
+    d = _cfg().to_dict()
+    assert TrainConfig.from_dict(d) == _cfg()
+    with pytest.raises(ValueError, match="unknown training settings ema, gradient_clip"):
+        TrainConfig.from_dict({**d, "ema": 0.999, "gradient_clip": 1.0})
+
+
 def test_snapshot_members_are_saved_at_cycle_ends_and_gathered(tmp_path):
     """Two cosine cycles: snapshot_1 is the epoch-3 model, snapshot_2 the final one; no early stop between."""
     import keras

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class TrainConfig:
         legacy = d.pop("mixed_precision", None)  # runs from before --precision
         if legacy is not None and "precision" not in d:
             d["precision"] = "mixed_float16" if legacy else "float32"
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training settings {', '.join(unknown)} (a config.json from a newer fer-train?)")
         aug = AugmentConfig(**d.pop("augment", {}))
         return cls(**d, augment=aug)
 
@@ -75,6 +78,16 @@ class TrainConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be positive")
+        ranges = (("--lr", self.lr, self.lr > 0, "> 0"), ("--weight-decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+                  ("--patience", self.patience, self.patience >= 1, ">= 1"),
+                  ("--label-smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "in [0, 1)"),
+                  ("--hide-labels", self.hide_labels, 0 <= self.hide_labels < 1, "in [0, 1)"),
+                  ("--limit-train", self.limit_train, self.limit_train >= 0, ">= 0 (0 = all rows)"),
+                  ("--distill-temperature", self.distill_temperature, self.distill_temperature > 0, "> 0"),
+                  ("--warmup-epochs", self.warmup_epochs, self.warmup_epochs >= 0, ">= 0"))
+        for flag, value, ok, rule in ranges:
+            if not ok:
+                raise ValueError(f"{flag} must be {rule}, got {value}")
         check_cycles(self.schedule, self.epochs, self.warmup_epochs, self.cycles)
         self.augment.check(self.class_weights)
         for name, w, src in (("ferplus", self.ferplus_weight, self.ferplus), ("teacher", self.distill_weight, self.teacher)):
