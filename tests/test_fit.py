@@ -73,6 +73,22 @@ def test_resume_after_interrupt_mid_epoch(tmp_path):
     assert [int(r["epoch"]) for r in h] == [1, 2, 3, 4] and res["epochs_done"] == 4
 
 
+def test_resume_of_an_early_stopped_run_trains_no_more(tmp_path):
+    """A run whose last ``patience`` epochs brought no gain has ended: --resume must not add an epoch."""
+    run = tmp_path / "run"
+    fit(run, TINY, _cfg(epochs=2), log=lambda s: None)
+    conf = json.loads((run / runs.CONFIG).read_text())
+    conf["train"].update(epochs=4, patience=1)  # as if it had stopped early at epoch 2 of 4
+    (run / runs.CONFIG).write_text(json.dumps(conf))
+    h = runs.read_history(run)
+    h[0]["val_accuracy"], h[1]["val_accuracy"] = 0.9, 0.1
+    runs.write_history(run, h)
+    lines: list[str] = []
+    res = fit(run, resume=True, log=lines.append)
+    assert len(runs.read_history(run)) == 2 and res["epochs_done"] == 2
+    assert any("stopped early after 2/4 epochs" in m for m in lines)
+
+
 def test_resume_after_sigkill_gives_the_uninterrupted_history(tmp_path):
     """A real kill -9 of the CLI mid-run, then --resume: the same epochs and, to float noise, the same losses and
     accuracies as a run that was never interrupted.

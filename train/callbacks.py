@@ -73,6 +73,6 @@ class Recorder(keras.callbacks.Callback):
         self.log(f"epoch {epoch + 1}/{self.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
                  f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['lr']:.2e}  "
                  f"{row['seconds']:.0f}s  (best {bv:.4f} @ {be})")
-        if epoch + 1 - be >= self.patience:
+        if runs.stopped_early(self.history, self.patience):
             self.log(f"early stop: no val_accuracy gain for {self.patience} epochs")
             self.model.stop_training = True

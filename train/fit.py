@@ -241,8 +241,12 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         ds_tr, ds_va = shard_by_data(ds_tr), shard_by_data(ds_va)
     steps = math.ceil(len(x_tr) / cfg.batch_size)
     start = len(history)
+    snapshots = schedules.cycle_ends(cfg.epochs, cfg.warmup_epochs, cfg.cycles)
+    patience = cfg.epochs if snapshots or cfg.swa_start else cfg.patience  # cycles and averaging run to the end
     if start >= cfg.epochs:
         log(f"{run}: already trained {start}/{cfg.epochs} epochs")
+    elif runs.stopped_early(history, patience):
+        log(f"{run}: stopped early after {start}/{cfg.epochs} epochs (no val_accuracy gain for {patience})")
     else:
         current = {"epoch": start}
 
@@ -253,13 +257,12 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         from fer_train.callbacks import Recorder
 
         fixed_lr = cfg.schedule != "plateau"  # ReduceLROnPlateau owns the rate after the first full-rate epoch
-        snapshots = schedules.cycle_ends(cfg.epochs, cfg.warmup_epochs, cfg.cycles)
         if snapshots:
             log(f"{cfg.cycles} cosine cycles: snapshot members at epochs {', '.join(map(str, snapshots))}; "
                 "no early stopping (each cycle restarts the rate)")
         if cfg.swa_start:
             log(f"weights averaged from epoch {cfg.swa_start} to {cfg.epochs}: no early stopping")
-        rec = Recorder(run, history, epochs=cfg.epochs, patience=cfg.epochs if snapshots or cfg.swa_start else cfg.patience,
+        rec = Recorder(run, history, epochs=cfg.epochs, patience=patience,
                        precision=precision, snapshot_epochs=snapshots,
                        lr_for_epoch=lambda e: lr_at(cfg, e) if fixed_lr or e <= cfg.warmup_epochs else None,
                        on_batch=on_batch, log=log)

@@ -111,6 +111,11 @@ def best_epoch(history: list[dict[str, float]]) -> tuple[int, float]:
     return int(best["epoch"]), best["val_accuracy"]
 
 
+def stopped_early(history: list[dict[str, float]], patience: int) -> bool:
+    """Whether the run's last ``patience`` epochs brought no validation gain: the early-stopping rule."""
+    return bool(history) and len(history) - best_epoch(history)[0] >= patience
+
+
 def member_name(path: str | Path) -> str:
     """A member's name: a run's name for the run or its ``best.keras``/``last.keras``; ``run/snapshot_K`` or
     ``run/swa`` for a run's snapshot or weight average (one run's members differ); the file's stem for any
