@@ -311,6 +311,9 @@ def test_cli_fit_evaluate_ensemble_predict(tmp_path):
     r = runner.invoke(app, ["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ens")])
     assert r.exit_code == 0, r.output
     assert [p.resolve() for p in runs.member_paths(tmp_path / "ens")] == [(tmp_path / n / "best.keras").resolve() for n in "ab"]
+    dup = runner.invoke(app, ["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / "best.keras"),
+                              "--out", str(tmp_path / "ens2")])  # the same model twice would count double
+    assert dup.exit_code == 2 and "same member" in dup.output and not (tmp_path / "ens2").exists()
     r = runner.invoke(app, ["evaluate", str(tmp_path / "ens")])
     assert r.exit_code == 0, r.output
     # a course test.csv -> Kaggle submission

@@ -12,10 +12,14 @@ from fer_train.fit import fit
 
 def write_ensemble(out: Path, members: list[Path], data: str = "") -> Path:
     """Write ``out/ensemble.json`` listing ``members`` (run dirs or .keras files) and ``data``, relative to ``out``."""
+    seen: dict[Path, Path] = {}
+    for m in members:
+        for f in runs.member_paths(m):  # raises RunError if it is not a run
+            if (first := seen.setdefault(f.resolve(), m)) is not m:
+                raise runs.RunError(f"{m} and {first} are the same member ({f}); list each model once")
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for m in members:
-        runs.member_paths(m)  # raises RunError if it is not a run
         rel = Path(_relpath(m.resolve(), out.resolve()))
         entry: dict[str, Any] = {"path": str(rel)}
         hist = runs.read_history(m) if m.is_dir() else []
