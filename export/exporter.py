@@ -185,6 +185,9 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
                                          members=[m.manifest_entry() for m in members],
                                          temperature=temperature, tta=tta, description=desc,
                                          calibration=Calibration(**calibration) if calibration else None)
+    for k in [k for k, v in manifest.variants.items() if v.quantization and v.quantization.source == variant]:
+        del manifest.variants[k]  # its int8 graph was made from the graph this export replaces
+        log(f"dropped variant {k!r}: it was quantized from the previous {variant!r}; run fer-quantize again")
     manifest.producer = producer_versions(opset)
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest.default_variant = DEFAULT_VARIANT if DEFAULT_VARIANT in manifest.variants else (
@@ -204,6 +207,7 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
                                          convert.tensor_specs(proto.graph.input), convert.tensor_specs(proto.graph.output),
                                          external=[weights_name])
     used = manifest.referenced_files()  # keeps the face detector's entry too
+    unused = sorted(set(manifest.files) - used)  # files of a dropped variant, or older names: removed from `out`
     manifest.files = {k: v for k, v in manifest.files.items() if k in used}
     Manifest.from_dict(manifest.to_dict())  # the runtime's own validation must accept it
 
@@ -215,6 +219,8 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     # The manifest and the files it hashes change together: a staged copy of `out` is exchanged with it in one
     # step, so a kill or a full disk at any point leaves the previous folder as it was.
     with atomic_dir(out) as stage:
+        for name in unused:
+            (stage / name).unlink(missing_ok=True)
         for name, data_bytes in blobs.items():
             atomic_write(stage / name, data_bytes)
         write_manifest(stage, manifest)

@@ -177,6 +177,10 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
                           f"(variants: {', '.join(sorted(manifest.variants))})")
     if target == source:
         raise ExportError("the quantized variant needs a name of its own")
+    old = manifest.variants.get(target)
+    if old is not None and (old.quantization is None or old.quantization.source != source):
+        raise ExportError(f"variant {target!r} already exists and is not an int8 copy of {source!r}; "
+                          "choose another --target")
     labels = np.asarray(eval_labels).astype(np.int64).ravel()
     calib, evalx = _as_input(calibration_images), _as_input(eval_images)
     calib = calib[:max(1, len(calib) // _CALIB_BATCH) * min(_CALIB_BATCH, len(calib))]  # what _batches feeds

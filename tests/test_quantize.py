@@ -115,6 +115,25 @@ def test_unknown_source_and_bad_images(models: Path, data) -> None:
         quantize_variant(models, x, x, y[:5])
 
 
+def test_target_cannot_replace_a_float_variant_and_reexport_drops_a_stale_int8(models: Path, exported: Path,
+                                                                               data) -> None:
+    tiny = exported.parent / "tiny.keras"
+    export_models([tiny], models, variant="accurate", verify_data=FIX, verify_count=10)
+    x, y = data["PublicTest"].x, data["PublicTest"].y
+    before = _snapshot(models)
+    with pytest.raises(ExportError, match="'accurate' already exists and is not an int8 copy of 'fast'"):
+        quantize_variant(models, data["Training"].x[:60], x, y, target="accurate", min_agreement=0.0,
+                         max_accuracy_loss=1.0)
+    assert _snapshot(models) == before
+    for _ in range(2):  # quantizing again replaces its own int8 copy
+        quantize_variant(models, data["Training"].x[:60], x, y, min_agreement=0.0, max_accuracy_loss=1.0)
+    assert set(read_manifest(models).variants) == {"fast", "fast-int8", "accurate"}
+    export_models([tiny], models, variant="fast", verify_data=FIX, verify_count=10)  # a new fast
+    m = read_manifest(models)
+    assert set(m.variants) == {"fast", "accurate"} and not (models / "fer_fast-int8.onnx").exists()
+    assert m.variants["accurate"].forward in m.files  # the other variant is untouched
+
+
 def test_cli_gate_exit_codes(models: Path) -> None:
     runner = CliRunner()
     before = _snapshot(models)
