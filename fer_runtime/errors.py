@@ -53,3 +53,21 @@ class InvalidVideoError(FerRuntimeError, ValueError):
 
 class InferenceError(FerError):
     """onnxruntime failed while running a model (the message names the model and ORT's reason)."""
+
+
+class MissingDependencyError(FerError, ImportError):
+    """An optional package a command needs is not installed (the message names the extra that installs it)."""
+
+
+# top-level module -> the fer-toolkit extra that installs it (pyproject.toml's optional-dependencies)
+EXTRAS = {"tensorflow": "train", "keras": "train", "tf2onnx": "train", "onnx": "train", "matplotlib": "train",
+          "onnxruntime": "cpu", "ray": "ray", "tflite2onnx": "detector-build"}
+
+
+def missing_dependency(error: ImportError) -> MissingDependencyError | None:
+    """The typed error for an ImportError of one of the optional packages in :data:`EXTRAS`, else None (a bug)."""
+    top = (getattr(error, "name", None) or "").split(".")[0]
+    if not isinstance(error, ModuleNotFoundError) or top not in EXTRAS:
+        return None
+    return MissingDependencyError(f"{top} is not installed; install the {EXTRAS[top]!r} extra: "
+                                  f"pip install 'fer-toolkit[{EXTRAS[top]}]' (or -e '.[{EXTRAS[top]}]' in a checkout)")

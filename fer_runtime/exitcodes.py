@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import typer
 
-from fer_runtime.errors import FerError
+from fer_runtime.errors import FerError, missing_dependency
 
 OK = 0
 PARTIAL = 1
@@ -53,6 +53,10 @@ def cli_errors(*user_errors: type[BaseException]) -> Iterator[None]:
         raise typer.Exit(code=PIPE_CLOSED) from None
     except (FerError, OSError, *user_errors) as e:
         raise fatal(_message(e)) from None
+    except ModuleNotFoundError as e:  # an optional package not installed is the user's to fix; other imports are bugs
+        if (missing := missing_dependency(e)) is None:
+            raise
+        raise fatal(missing) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(code=INTERRUPTED) from None

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -13,13 +14,24 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train and evaluate FER2013 Keras models (CNN family, DNN baseline, ensembles).")
 
 
+_options = {"verbose": False}  # the group's options, set by _root for the command that runs
+
+
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v",
                                        help="Show TensorFlow's own start-up and device messages.")) -> None:
-    """Train and evaluate FER2013 Keras models."""
-    from fer_train.tf_env import import_tensorflow
+    """Train and evaluate FER2013 Keras models."""  # TensorFlow is imported by _running(), so --help stays fast
+    _options["verbose"] = verbose
 
-    import_tensorflow(verbose)
+
+@contextmanager
+def _running() -> Iterator[None]:
+    """A command's body: TensorFlow imported (quietly unless --verbose), errors as one line (exit 2)."""
+    with cli_errors(*_errors()):
+        from fer_train.tf_env import import_tensorflow
+
+        import_tensorflow(_options["verbose"])
+        yield
 
 
 def _fail(msg: str) -> None:
@@ -164,7 +176,7 @@ def fit(
     from fer_train.fit import TrainConfig
     from fer_train.pipeline import AugmentConfig
 
-    with cli_errors(*_errors()):
+    with _running():
         if resume is not None:
             moved = {k: str(v) for k, v in (("data", data), ("ferplus", ferplus), ("teacher", teacher)) if v is not None}
             result = _run_fit(resume, None, None, resume=True, moved=moved or None)
@@ -204,7 +216,7 @@ def ensemble(
     """Train N members (configs x seeds, resumable) or gather existing runs into an ensemble."""
     from fer_train.ensemble import train_ensemble, write_ensemble
 
-    with cli_errors(*_errors()):
+    with _running():
         if like:
             results = train_ensemble(out, list(like), list(seeds or [1, 2, 3]), epochs,
                                      run_fit=_run_fit)
@@ -226,7 +238,7 @@ def self_train_cmd(
     """Semi-supervised self-training: pseudo-label, retrain, compare with the supervised run."""
     from fer_train.selftrain import self_train
 
-    with cli_errors(*_errors()):
+    with _running():
         info = self_train(teacher, out, threshold, unlabelled, epochs, run_fit=_run_fit)
     typer.echo(json.dumps(info, indent=1))
 
@@ -242,7 +254,7 @@ def evaluate(
     """Accuracy, balanced accuracy, per-class P/R/F1 and the confusion matrix (CSV + PNG)."""
     from fer_train.evaluate import evaluate as _evaluate, format_report
 
-    with cli_errors(*_errors()):
+    with _running():
         rep = _evaluate(run, split, tta, str(data) if data else None, out)
     typer.echo(format_report(rep))
     typer.echo("wrote " + ", ".join(rep["outputs"]))
@@ -259,7 +271,7 @@ def predict(
     from fer_train.data import load_course_test
     from fer_train.evaluate import write_submission
 
-    with cli_errors(*_errors()):
+    with _running():
         typer.echo(str(write_submission(run, load_course_test(test_csv), out, tta)))
 
 
