@@ -14,7 +14,7 @@ import numpy as np
 from fer_runtime.errors import FerError
 from fer_runtime.labels import IMAGE_SIZE, LABELS
 from fer_train import runs
-from fer_train.data import DataSource, Split, load_source
+from fer_train.data import DataSource, Split
 
 
 class AnalysisError(FerError, ValueError):
@@ -41,9 +41,9 @@ class Target:
     def source(self) -> DataSource:
         """The data source (loaded on first use)."""
         if self._source is None:
-            from fer_train.evaluate import data_path_of
+            from fer_train.evaluate import data_path_of, load_for
 
-            self._source = load_source(self.data or data_path_of(self.path))
+            self._source = load_for(self.path, self.data or data_path_of(self.path), self.split_name)
         return self._source
 
     @property

@@ -326,6 +326,28 @@ def test_cli_fit_evaluate_ensemble_predict(tmp_path):
     assert [int(s["id"]) for s in sub] == [100, 101, 102, 103, 104] and all(0 <= int(s["label"]) < 7 for s in sub)
 
 
+def test_evaluate_val_uses_the_rows_the_run_validated_on(tmp_path):
+    """A course train.csv has no fixed validation split: evaluate draws the run's own (fraction and seed)."""
+    import gzip
+
+    from fer_train.ensemble import write_ensemble
+    from fer_train.evaluate import evaluate
+
+    rows = [line.split(",") for line in gzip.decompress(FIX.read_bytes()).decode().splitlines()[1:]]
+    course = tmp_path / "train.csv"
+    course.write_text("label,feature\n" + "".join(f"{e},{px}\n" for e, px, _ in rows))
+    for seed in (7, 8):
+        fit(tmp_path / f"r{seed}", TINY, _cfg(data=str(course), epochs=1, val_fraction=0.25, random_seed=seed),
+            log=lambda s: None)
+    conf = json.loads((tmp_path / "r7" / runs.CONFIG).read_text())
+    rep = evaluate(tmp_path / "r7", split="val")
+    assert rep["n"] == conf["data"]["val_rows"] != round(0.1 * len(rows))
+    assert rep["accuracy"] == pytest.approx(runs.best_epoch(runs.read_history(tmp_path / "r7"))[1], abs=1e-6)
+    write_ensemble(tmp_path / "ens", [tmp_path / "r7", tmp_path / "r8"], str(course))
+    with pytest.raises(runs.RunError, match="drew different validation rows"):
+        evaluate(tmp_path / "ens", split="val")
+
+
 def test_cli_errors_are_one_line(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["fit", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r")])

@@ -34,9 +34,42 @@ def data_path_of(path: str | Path) -> str:
     return read_run_config(p)[2].data
 
 
-def split_of(source: DataSource, name: str) -> Split:
+def split_name(name: str) -> str:
+    """A split's name from what a user typed (``validation`` -> ``val``, ``public`` -> ``PublicTest``, ...)."""
     aliases = {"val": "val", "validation": "val", "public": "PublicTest", "private": "PrivateTest"}
-    return source[aliases.get(name.lower(), name)]
+    return aliases.get(name.lower(), name)
+
+
+def split_of(source: DataSource, name: str) -> Split:
+    return source[split_name(name)]
+
+
+def validation_settings(path: str | Path) -> set[tuple[float, int]]:
+    """The (val_fraction, random_seed) each member run of ``path`` drew its validation rows with (data without
+    a fixed validation split: a course train.csv, image folders). Members that are bare .keras files add none."""
+    from fer_train.config import read_run_config
+
+    found = set()
+    for m in runs.member_paths(path):
+        if (m.parent / runs.CONFIG).exists():
+            cfg = read_run_config(m.parent)[2]
+            found.add((cfg.val_fraction, cfg.random_seed))
+    return found
+
+
+def load_for(path: str | Path, data: str | os.PathLike[str], split: str) -> DataSource:
+    """``data`` as ``path``'s runs saw it: its validation rows drawn as they were in training.
+
+    Raises RunError for ``val`` of an ensemble whose members drew different validation rows (each member's
+    are another member's training rows); a fixed split (PublicTest) is fine."""
+    settings = validation_settings(path)
+    frac, seed = min(settings) if settings else (0.1, 1234)  # fer-train fit's defaults
+    source = load_source(data, frac, seed)
+    if split_name(split) == "val" and len(settings) > 1 and source.validation != "PublicTest":
+        raise runs.RunError(f"{path}: its members drew different validation rows from {Path(data).name} "
+                            f"({', '.join(f'{f:g} seed {s}' for f, s in sorted(settings))}); evaluate each member, "
+                            "or on a split none of them trained on")
+    return source
 
 
 def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", data: str | None = None,
@@ -49,7 +82,7 @@ def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", dat
         data = data or data_path_of(path)
         if not Path(data).exists():
             raise runs.RunError(f"{path}: its data is not at {data}; pass --data PATH to say where it is on this machine")
-        source = load_source(data)
+        source = load_for(path, data, split)
     s = split_of(source, split)
     probs = predict_probs(load_models(path), s.x, tta)
     rep = classification_report(s.y, probs)
