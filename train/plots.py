@@ -35,11 +35,15 @@ def plot_run_curves(run: Path) -> Path | None:
     h = runs.read_history(run)
     if not h:
         return None
-    return plot_learning_curves(h, runs.best_epoch(h), run.name, run / runs.CURVES)
+    swa = runs.read_json(run / runs.SWA_RESULT) if (run / runs.SWA_RESULT).exists() else None
+    average = (f"{runs.SWA_MODEL} (mean of {swa['epochs_averaged']} epochs)", swa["val_accuracy"]) if swa else None
+    return plot_learning_curves(h, runs.best_epoch(h), run.name, run / runs.CURVES, average)
 
 
-def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float], title: str, path: Path) -> Path:
-    """Loss and accuracy per epoch, train against validation, with the selected epoch marked."""
+def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float], title: str, path: Path,
+                         average: tuple[str, float] | None = None) -> Path:
+    """Loss and accuracy per epoch, train against validation, with the selected epoch marked; ``average``:
+    (name, validation accuracy) of a weight average, drawn as a level line."""
     plt = pyplot()
     ep = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -50,6 +54,8 @@ def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[1].axvline(best[0], color="gray", ls="--", lw=1, label=f"best {best[1]:.4f} @ epoch {best[0]}")
+    if average is not None:
+        axes[1].axhline(average[1], color="tab:green", ls=":", lw=1.5, label=f"{average[0]}: {average[1]:.4f}")
     axes[0].legend()
     axes[1].legend()
     fig.suptitle(title)
