@@ -43,11 +43,6 @@ class ExportResult:
     report: VerifyReport
 
 
-def file_names(variant: str) -> tuple[str, str]:
-    """(forward, saliency) file names of a variant (the rule is :func:`fer_runtime.manifest.variant_file_names`)."""
-    return variant_file_names(variant)
-
-
 def producer_versions(opset: int) -> dict[str, Any]:
     """Versions of the tools that produced (and verified) the files."""
     import keras
@@ -171,7 +166,7 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     convert.order_outputs(sal_proto, graphs.SALIENCY_OUTPUTS)
     for p in (fwd_proto, sal_proto):
         _batch_dim_as_n(p)
-    fwd_name, sal_name = file_names(variant)
+    fwd_name, sal_name = variant_file_names(variant)
     weights_name = variant_weights_name(variant)
     weights = share.store_once([fwd_proto, sal_proto], weights_name)
     log(f"weights stored once in {weights_name}: {len(weights) / 1e6:.1f} MB")

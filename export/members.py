@@ -17,7 +17,6 @@ from fer_export.errors import ExportError
 from fer_runtime.manifest import MemberEntry
 from fer_train import inference, runs
 
-METRICS = "metrics.json"
 
 
 @dataclass
@@ -73,7 +72,7 @@ def recorded_accuracy(path: Path) -> tuple[float | None, str]:
     if path.name != runs.BEST:
         return None, "unknown"
     run = path.parent
-    mp = run / METRICS
+    mp = run / runs.METRICS
     if mp.exists():
         try:
             rep = json.loads(mp.read_text()).get("PublicTest", {})

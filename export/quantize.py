@@ -20,7 +20,9 @@ import numpy as np
 
 from fer_export.errors import ExportError
 from fer_runtime.atomic import atomic_dir, atomic_write
-from fer_runtime.manifest import FileEntry, Quantization, read_manifest, sha256_bytes, write_manifest
+from fer_runtime.labels import IMAGE_SIZE
+from fer_runtime.manifest import (FileEntry, Quantization, read_manifest, sha256_bytes, variant_file_names,
+                                  write_manifest)
 from fer_runtime.model_files import read_graph
 
 MIN_AGREEMENT = 0.99  # argmax agreement with the float graph
@@ -113,8 +115,8 @@ def _as_input(images: np.ndarray) -> np.ndarray:
     x = np.asarray(images, np.float32)
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[1:] != (48, 48, 1) or len(x) == 0:
-        raise ExportError(f"expected a non-empty batch of 48x48 gray faces, got shape {np.shape(images)}")
+    if x.ndim != 4 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1) or len(x) == 0:
+        raise ExportError(f"expected a non-empty batch of {IMAGE_SIZE}x{IMAGE_SIZE} gray faces, got shape {np.shape(images)}")
     return np.ascontiguousarray(x)
 
 
@@ -166,7 +168,6 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     import onnxruntime as ort
 
     from fer_export import convert
-    from fer_export.exporter import file_names
     from fer_export.share import internalize
 
     _check_method(calibrate_method)
@@ -194,7 +195,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     proto = quantize_graph(internalize(onnx.load_from_string(fp32.data), fp32.external), calib, input_name,
                            calibrate_method)
 
-    fwd_name = file_names(target)[0]
+    fwd_name = variant_file_names(target)[0]
     desc = f"static int8 (QDQ) of {source!r}; saliency from the float graph"
     variant = dataclasses.replace(src, forward=fwd_name, description=desc)
     manifest.variants[target] = variant

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from fer_export.quantize import MAX_ACCURACY_LOSS, MIN_AGREEMENT
 from fer_runtime.exitcodes import PARTIAL, cli_errors, fatal, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -23,9 +24,9 @@ def quantize(
     calibration_count: int = typer.Option(500, "--calibration-count", min=1, help="Training images for calibration."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration sample."),
     method: str = typer.Option("minmax", "--calibrate-method", help="Activation ranges: minmax, entropy or percentile."),
-    min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
+    min_agreement: float = typer.Option(MIN_AGREEMENT, "--min-agreement", min=0.0, max=1.0,
                                         help="Least argmax agreement with the float graph on PublicTest."),
-    max_accuracy_loss: float = typer.Option(0.005, "--max-accuracy-loss", min=0.0,
+    max_accuracy_loss: float = typer.Option(MAX_ACCURACY_LOSS, "--max-accuracy-loss", min=0.0,
                                             help="Most PublicTest accuracy (fraction) the int8 graph may lose."),
 ) -> None:
     """Quantize --source to int8 and add it as --target; exit 1 (writing nothing) if it fails the gate."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.errors import FerError
-from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES, label_index
+from fer_runtime.labels import IMAGE_SIZE, LABELS, label_index
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -285,7 +285,3 @@ def _head(path: Path) -> str:
     if not line.strip():
         raise DataFormatError(f"{path}: file is empty")
     return line.strip()
-
-
-def class_counts(y: np.ndarray) -> list[int]:
-    return np.bincount(y[y >= 0], minlength=NUM_CLASSES).tolist()

@@ -16,9 +16,6 @@ from fer_train.inference import load_models, predict_probs
 from fer_train.metrics import classification_report
 from fer_train.plots import plot_confusion
 
-METRICS = "metrics.json"
-
-
 def data_path_of(path: str | Path) -> str:
     """The training data a run (or an ensemble's first member) was trained on."""
     p = Path(path)
@@ -90,7 +87,7 @@ def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", dat
     # paths relative to the metrics file, so a committed metrics.json holds nothing of this machine
     members = [os.path.relpath(m.resolve(), out.resolve()) for m in runs.member_paths(path)]
     rep.update({"split": split, "tta": tta, "members": members, "data": Path(data).name if data else source.path.name})
-    metrics_path = out / METRICS
+    metrics_path = out / runs.METRICS
     allm = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     allm[key] = rep
     runs.write_json(metrics_path, allm)

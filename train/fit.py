@@ -14,7 +14,7 @@ from fer_runtime.atomic import atomic_write
 from fer_runtime.labels import LABELS, NUM_CLASSES
 from fer_runtime.machine import cpu_model, machine_line
 from fer_train import runs, schedules
-from fer_train.config import (OPTIMIZERS, TrainConfig, data_record, missing_input, read_run_config,  # noqa: F401
+from fer_train.config import (TrainConfig, data_record, missing_input, read_run_config,  # noqa: F401 (re-export)
                               stored_inputs)
 from fer_train.data import DataSource, Split, load_source
 from fer_train.models import ModelConfig, build_model

@@ -43,6 +43,7 @@ SWA_MODEL = "swa.keras"  # that mean, batch norm statistics recomputed: a member
 SWA_RESULT = "swa.json"  # how many epochs it averages and its validation accuracy
 CURVES = "learning_curves.png"
 SUMMARY = "summary.txt"
+METRICS = "metrics.json"  # fer-train evaluate's reports per split (fer_train.evaluate)
 ENSEMBLE = "ensemble.json"
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "precision")
 TEXT_FIELDS = ("precision",)  # history columns that are not numbers
