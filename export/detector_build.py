@@ -53,6 +53,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def sha256(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 

@@ -38,6 +38,7 @@ def split_name(name: str) -> str:
 
 
 def split_of(source: DataSource, name: str) -> Split:
+    """The split of ``source`` that ``name`` (or its alias) means; KeyError listing the splits if none."""
     return source[split_name(name)]
 
 

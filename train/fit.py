@@ -27,7 +27,9 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return schedules.lr_at(cfg.schedule, cfg.lr, cfg.epochs, cfg.warmup_epochs, epoch, cfg.cycles)
 
 
-def make_optimizer(cfg: TrainConfig):
+def make_optimizer(cfg: TrainConfig) -> Any:
+    """The Keras optimizer ``cfg.optimizer`` names at ``cfg.lr`` (SGD: Nesterov momentum 0.9; decoupled weight decay
+    for adamw and sgd)."""
     import keras
 
     if cfg.optimizer == "adam":
@@ -40,6 +42,7 @@ def make_optimizer(cfg: TrainConfig):
 
 
 def environment() -> dict[str, Any]:
+    """Versions, devices and CPU of this machine, as config.json records where a run started."""
     import keras
     import tensorflow as tf
 
@@ -75,6 +78,7 @@ def write_summary(model, run: Path, extra: str = "") -> None:
 
 
 def class_weight_vector(y: np.ndarray) -> np.ndarray:
+    """Per-class weights inversely proportional to the class counts of ``y``."""
     counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
     w = len(y) / (NUM_CLASSES * np.maximum(counts, 1))
     return w.astype(np.float32)

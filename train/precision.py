@@ -23,6 +23,7 @@ def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
 
 
 def has_cuda_gpu() -> bool:
+    """Whether TensorFlow sees a CUDA GPU."""
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))

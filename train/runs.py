@@ -68,10 +68,12 @@ def save_keras(model: Any, path: Path, include_optimizer: bool) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> Any:
+    """The JSON in ``path``; RunError naming the file if it is missing or not valid JSON."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -90,6 +92,7 @@ def read_history(run: Path) -> list[dict[str, Any]]:
 
 
 def write_history(run: Path, rows: Iterable[dict[str, float]]) -> None:
+    """Write the run's history.csv (:data:`HISTORY_FIELDS`), atomically."""
     lines = [",".join(HISTORY_FIELDS)]
     for r in rows:
         lines.append(",".join(_cell(k, r.get(k, "")) for k in HISTORY_FIELDS))
