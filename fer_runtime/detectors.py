@@ -104,8 +104,10 @@ class BlazeFaceDetector:
     Args:
         model_dir: folder whose ``manifest.json`` lists the detector; default the packaged models.
         name: the manifest's ``detectors`` key.
-        min_score: lowest detection score kept (the sigmoid of the model's logit).
-        nms_iou: boxes overlapping a better one by more than this IoU are dropped.
+        min_score: lowest detection score kept (the sigmoid of the model's logit); default the manifest's
+            ``decoding.min_score`` (MediaPipe's 0.5).
+        nms_iou: boxes overlapping a better one by more than this IoU are dropped; default the manifest's
+            ``decoding.nms_iou`` (0.3).
         device, providers, threads: as for :class:`fer_runtime.Predictor` (default CPU: the graph is tiny).
         batch_size: views per ``session.run`` in :meth:`detect_batch`.
         tiles: levels of tiles searched besides the whole image (see :func:`tile_regions`); the short-range
@@ -117,15 +119,13 @@ class BlazeFaceDetector:
     """
 
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, name: str = "blazeface", *,
-                 min_score: float = 0.5, nms_iou: float = 0.3, device: str = "cpu",
+                 min_score: float | None = None, nms_iou: float | None = None, device: str = "cpu",
                  providers: Sequence[prov.ProviderSpec] | None = None, threads: int | None = None,
                  batch_size: int = 32, tiles: int = 1) -> None:
         ort = prov.onnxruntime()
 
         from fer_runtime.predictor import default_model_dir
 
-        if not 0.0 < min_score < 1.0:
-            raise ValueError(f"min_score must be in (0, 1), got {min_score}")
         self.name = name
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         manifest: Manifest = read_manifest(self.model_dir)
@@ -141,7 +141,13 @@ class BlazeFaceDetector:
         self.anchors = ssd_anchors(self.size, dec["strides"], float(dec.get("anchor_offset", 0.5)))
         self.keypoints = int(dec["keypoints"])
         self.score_clip = float(dec.get("score_clip", 80.0))
-        self.min_score, self.nms_iou, self.batch_size = float(min_score), float(nms_iou), int(batch_size)
+        min_score = float(dec.get("min_score", 0.5) if min_score is None else min_score)
+        nms_iou = float(dec.get("nms_iou", 0.3) if nms_iou is None else nms_iou)
+        if not 0.0 < min_score < 1.0:
+            raise ValueError(f"min_score must be in (0, 1), got {min_score}")
+        if not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou}")
+        self.min_score, self.nms_iou, self.batch_size = min_score, nms_iou, int(batch_size)
         self.tiles = int(tiles)
         self._input = str(self.spec.input["name"])
         self._outputs = [self.spec.outputs["boxes"], self.spec.outputs["scores"]]

@@ -158,6 +158,22 @@ def test_an_unloadable_detector_is_a_typed_error_and_a_bug_is_not(model_dir: Pat
         BlazeFaceDetector(model_dir)
 
 
+def test_score_and_overlap_thresholds_come_from_the_manifest(model_dir: Path, tmp_path: Path) -> None:
+    """decoding.min_score and nms_iou in manifest.json set the defaults; arguments still override them."""
+    photo = read_image(EXAMPLES / "photo_one_face.jpg")
+    score = BlazeFaceDetector(model_dir).detect(photo)[0].score  # 0.906 (the tflite reference)
+    d = _detector_copy(model_dir, tmp_path)
+    raw = json.loads((d / MANIFEST_NAME).read_text())
+    raw["detectors"]["blazeface"]["decoding"].update(min_score=round(score + 0.05, 3), nms_iou=0.2)
+    (d / MANIFEST_NAME).write_text(json.dumps(raw))
+    strict = BlazeFaceDetector(d)
+    assert (strict.min_score, strict.nms_iou) == (round(score + 0.05, 3), 0.2)
+    assert strict.detect(photo) == []  # the face scores below the manifest's threshold
+    assert len(BlazeFaceDetector(d, min_score=0.5, nms_iou=0.3).detect(photo)) == 1
+    with pytest.raises(ValueError, match="nms_iou must be in"):
+        BlazeFaceDetector(d, nms_iou=0.0)
+
+
 def test_manifest_without_a_detector(model_dir: Path, tmp_path: Path) -> None:
     d = _detector_copy(model_dir, tmp_path)
     raw = json.loads((d / MANIFEST_NAME).read_text())
