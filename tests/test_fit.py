@@ -187,7 +187,7 @@ def test_cyclic_cosine_restarts_each_cycle():
 
 
 @pytest.mark.parametrize("setting, flag", [
-    (dict(lr=0.0), "--lr"), (dict(weight_decay=-1e-4), "--weight-decay"), (dict(patience=0), "--patience"),
+    (dict(lr=-1e-3), "--lr"), (dict(weight_decay=-1e-4), "--weight-decay"), (dict(patience=0), "--patience"),
     (dict(label_smoothing=1.5), "--label-smoothing"), (dict(hide_labels=1.0), "--hide-labels"),
     (dict(limit_train=-5), "--limit-train"), (dict(distill_temperature=0.0), "--distill-temperature"),
     (dict(warmup_epochs=-1), "--warmup-epochs")])

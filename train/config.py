@@ -78,7 +78,7 @@ class TrainConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be positive")
-        ranges = (("--lr", self.lr, self.lr > 0, "> 0"), ("--weight-decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+        ranges = (("--lr", self.lr, self.lr >= 0, ">= 0"), ("--weight-decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
                   ("--patience", self.patience, self.patience >= 1, ">= 1"),
                   ("--label-smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "in [0, 1)"),
                   ("--hide-labels", self.hide_labels, 0 <= self.hide_labels < 1, "in [0, 1)"),
