@@ -60,8 +60,11 @@ def load_for(path: str | Path, data: str | os.PathLike[str], split: str) -> Data
 
     Raises RunError for ``val`` of an ensemble whose members drew different validation rows (each member's
     are another member's training rows); a fixed split (PublicTest) is fine."""
+    from fer_train.config import TrainConfig
+
     settings = validation_settings(path)
-    frac, seed = min(settings) if settings else (0.1, 1234)  # fer-train fit's defaults
+    default = TrainConfig()  # a bare .keras file: fer-train fit's defaults
+    frac, seed = min(settings) if settings else (default.val_fraction, default.random_seed)
     source = load_source(data, frac, seed)
     if split_name(split) == "val" and len(settings) > 1 and source.validation != "PublicTest":
         raise runs.RunError(f"{path}: its members drew different validation rows from {Path(data).name} "
