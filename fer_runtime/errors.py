@@ -59,7 +59,8 @@ class MissingDependencyError(FerError, ImportError):
     """An optional package a command needs is not installed (the message names the extra that installs it)."""
 
 
-# top-level module -> the fer-toolkit extra that installs it (pyproject.toml's optional-dependencies)
+# top-level module -> the fer-toolkit extra that installs it (pyproject.toml's optional-dependencies; tests/test_missing_deps.py
+# checks the two agree)
 EXTRAS = {"tensorflow": "train", "keras": "train", "tf2onnx": "train", "onnx": "train", "matplotlib": "train",
           "onnxruntime": "cpu", "ray": "ray", "tflite2onnx": "detector-build"}
 

@@ -23,7 +23,7 @@ def test_kaggle_fixture_splits_and_first_pixels(rows):
     src = load_kaggle_csv(FIX)
     assert (len(src["Training"]), len(src["PublicTest"]), len(src["PrivateTest"])) == (280, 70, 70)
     assert src["train"] is src["Training"] and src["val"] is src["PublicTest"]
-    assert src.validation == "PublicTest"
+    assert src.validation == "PublicTest" and src.fixed_validation
     tr = src["Training"]
     assert tr.x.shape == (280, 48, 48, 1) and tr.x.dtype == np.uint8
     assert np.bincount(tr.y, minlength=7).tolist() == [40] * 7
@@ -95,6 +95,7 @@ def test_course_layout_and_stratified_split(tmp_path, rows):
     counts_val = np.bincount(src["val"].y, minlength=7)
     assert np.all(np.abs(counts_val - np.round(counts_all * 0.1)) <= 1)
     assert not set(src["train"].ids) & set(src["val"].ids)
+    assert not src.fixed_validation  # drawn by seed: another seed draws other rows
     again = load_course_train(train, 0.1, 1234)
     assert np.array_equal(again["val"].ids, src["val"].ids)
     other = load_course_train(train, 0.1, 99)

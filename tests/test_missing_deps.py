@@ -47,3 +47,19 @@ def test_train_subcommand_help_needs_no_tensorflow(command: str) -> None:
     res = _run("fer_train.cli:main", ["fer-train", command, "--help"])
     assert res.returncode == 0, res.stderr
     assert "Usage: fer-train " + command in res.stdout
+
+
+def test_every_extra_named_in_errors_installs_that_module() -> None:
+    # errors.EXTRAS maps a module to the extra that installs it; pyproject.toml's extras are the truth
+    import re
+    import tomllib
+
+    from fer_runtime.errors import EXTRAS
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    ships = {"keras": "tensorflow"}  # a module that arrives inside another package
+    for module, extra in EXTRAS.items():
+        assert extra in extras, f"{module}: no extra {extra!r} in pyproject.toml"
+        dists = {re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0].lower().replace("-", "_") for req in extras[extra]}
+        assert ships.get(module, module) in dists, f"{module}: the {extra!r} extra installs {sorted(dists)}"

@@ -50,6 +50,12 @@ class DataSource:
     splits: dict[str, Split] = field(default_factory=dict)
     validation: str = ""
 
+    @property
+    def fixed_validation(self) -> bool:
+        """True when the validation rows are a split the data names (Kaggle's PublicTest), not rows drawn by
+        ``stratified_split`` from a seed (which differ between runs with different seeds)."""
+        return self.validation in self.splits
+
     def __getitem__(self, name: str) -> Split:
         if name not in self.splits:
             raise KeyError(f"split {name!r} not in {self.path} (has: {', '.join(self.splits)})")

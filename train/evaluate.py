@@ -66,7 +66,7 @@ def load_for(path: str | Path, data: str | os.PathLike[str], split: str) -> Data
     default = TrainConfig()  # a bare .keras file: fer-train fit's defaults
     frac, seed = min(settings) if settings else (default.val_fraction, default.random_seed)
     source = load_source(data, frac, seed)
-    if split_name(split) == "val" and len(settings) > 1 and source.validation != "PublicTest":
+    if split_name(split) == "val" and len(settings) > 1 and not source.fixed_validation:
         raise runs.RunError(f"{path}: its members drew different validation rows from {Path(data).name} "
                             f"({', '.join(f'{f:g} seed {s}' for f, s in sorted(settings))}); evaluate each member, "
                             "or on a split none of them trained on")

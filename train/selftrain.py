@@ -70,7 +70,7 @@ def self_train(teacher: Path, out: Path, threshold: float = 0.8, unlabelled: Pat
     resume = (student / runs.LAST).exists()
     run_fit(student, None if resume else mcfg, None if resume else tcfg, resume=resume, source=source,
             extra_train=(pool.x[keep], targets[keep]))
-    split = source.validation if source.validation == "PublicTest" else "val"
+    split = source.validation if source.fixed_validation else "val"
     t_acc = evaluate(teacher, split, source=source)["accuracy"]
     s_acc = evaluate(student, split, source=source)["accuracy"]
     info.update({"split": split, "teacher": str(teacher), "teacher_accuracy": t_acc, "student": str(student),
