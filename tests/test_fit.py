@@ -346,6 +346,21 @@ def test_evaluate_val_uses_the_rows_the_run_validated_on(tmp_path):
     write_ensemble(tmp_path / "ens", [tmp_path / "r7", tmp_path / "r8"], str(course))
     with pytest.raises(runs.RunError, match="drew different validation rows"):
         evaluate(tmp_path / "ens", split="val")
+    # members trained --like r7 keep r7's validation rows (new seeds, same split): evaluable together
+    from fer_train.ensemble import train_ensemble
+
+    train_ensemble(tmp_path / "like", [tmp_path / "r7"], [8, 9], epochs=1)
+    assert {json.loads((tmp_path / "like" / f"r7_s{s}" / runs.CONFIG).read_text())["train"]["random_seed"]
+            for s in (8, 9)} == {8, 9}
+    assert evaluate(tmp_path / "like", split="val")["n"] == conf["data"]["val_rows"]
+    # fer-train fit --split-seed: the rows of that seed, whatever --random-seed is
+    from fer_train.evaluate import validation_settings
+
+    r = CliRunner().invoke(app, ["fit", "--data", str(course), "--out", str(tmp_path / "cli"), "--filters", "4",
+                                 "--blocks", "2", "--units", "8", "--epochs", "1", "--no-augment",
+                                 "--val-fraction", "0.25", "--random-seed", "3", "--split-seed", "7"])
+    assert r.exit_code == 0, r.output
+    assert validation_settings(tmp_path / "cli") == {(0.25, 7)}
 
 
 def test_cli_errors_are_one_line(tmp_path):

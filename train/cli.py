@@ -152,7 +152,10 @@ def fit(
     patience: int = typer.Option(15, help="Early stopping patience in epochs (on validation accuracy)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", "--validate",
                                        help="Validation fraction when the data has no Usage column."),
-    random_seed: int = typer.Option(1234),
+    random_seed: int = typer.Option(1234, help="Seeds initialisation, augmentation and (without --split-seed) "
+                                    "the validation rows."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the validation rows on data without a Usage "
+                                             "column (default: --random-seed)."),
     precision: str = typer.Option("auto", help="auto | float32 | bfloat16 | mixed_float16 (auto: bfloat16 on a CPU "
                                   "with AMX-BF16/AVX512-BF16, mixed_float16 on a CUDA GPU, else float32)."),
     weight_decay: float = typer.Option(1e-4, help="Decoupled weight decay for --optimizer adamw and sgd."),
@@ -191,12 +194,13 @@ def fit(
                 mcfg = _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation,
                                      cnn_activation_alpha, pool, conv_dropout, units, dense_layers, dnn_activation,
                                      dnn_activation_alpha, dense_dropout, batch_norm, head, match_params)
-            tcfg = TrainConfig(data=str(data), val_fraction=val_fraction, random_seed=random_seed, epochs=epochs,
-                               batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
-                               warmup_epochs=warmup_epochs, cycles=cycles, label_smoothing=label_smoothing,
-                               class_weights=class_weights, patience=patience, precision=precision,
-                               weight_decay=weight_decay,
-                               strategy=strategy, limit_train=limit_train, hide_labels=hide_labels, augment=AugmentConfig(enabled=augment, erase=erase, mixup=mixup, cutmix=cutmix),
+            tcfg = TrainConfig(data=str(data), val_fraction=val_fraction, random_seed=random_seed,
+                               split_seed=split_seed, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                               lr=lr, schedule=schedule, warmup_epochs=warmup_epochs, cycles=cycles,
+                               label_smoothing=label_smoothing, class_weights=class_weights, patience=patience,
+                               precision=precision, weight_decay=weight_decay, strategy=strategy,
+                               limit_train=limit_train, hide_labels=hide_labels,
+                               augment=AugmentConfig(enabled=augment, erase=erase, mixup=mixup, cutmix=cutmix),
                                ferplus=str(ferplus or ""), ferplus_weight=ferplus_weight, teacher=str(teacher or ""),
                                distill_weight=distill_weight, distill_temperature=distill_temperature,
                                teacher_tta=teacher_tta, init=str(init or ""), swa_start=swa_start)

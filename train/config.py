@@ -24,6 +24,7 @@ class TrainConfig:
     data: str = ""
     val_fraction: float = 0.1  # validation share when the data has no PublicTest split
     random_seed: int = 1234
+    split_seed: int | None = None  # draws the validation rows (data without a fixed split); None = random_seed
     epochs: int = 40
     batch_size: int = 64
     optimizer: str = "adam"
@@ -48,6 +49,12 @@ class TrainConfig:
     init: str = ""  # a run whose best.keras weights the run starts from (fine-tuning); "" = random
     swa_start: int = 0  # average the weights from this epoch (1-based) on (fer_train.swa); 0 = off
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @property
+    def validation_seed(self) -> int:
+        """The seed the validation rows are drawn with on data without a fixed split (``split_seed``, else
+        ``random_seed`` as in runs from before ``split_seed``)."""
+        return self.random_seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

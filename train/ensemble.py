@@ -43,7 +43,9 @@ def train_ensemble(out: Path, templates: list[Path], seeds: list[int], epochs: i
     for t in templates:
         _, mcfg, template = read_run_config(t)
         for seed in seeds:
-            tcfg = replace(template, random_seed=seed)
+            # a new initialisation and augmentation order; the template's validation rows, so that the members
+            # can be evaluated together on them
+            tcfg = replace(template, random_seed=seed, split_seed=template.validation_seed)
             if epochs:
                 tcfg.epochs = epochs
             data = tcfg.data

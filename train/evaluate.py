@@ -43,7 +43,7 @@ def split_of(source: DataSource, name: str) -> Split:
 
 
 def validation_settings(path: str | Path) -> set[tuple[float, int]]:
-    """The (val_fraction, random_seed) each member run of ``path`` drew its validation rows with (data without
+    """The (val_fraction, validation seed) each member run of ``path`` drew its validation rows with (data without
     a fixed validation split: a course train.csv, image folders). Members that are bare .keras files add none."""
     from fer_train.config import read_run_config
 
@@ -51,7 +51,7 @@ def validation_settings(path: str | Path) -> set[tuple[float, int]]:
     for m in runs.member_paths(path):
         if (m.parent / runs.CONFIG).exists():
             cfg = read_run_config(m.parent)[2]
-            found.add((cfg.val_fraction, cfg.random_seed))
+            found.add((cfg.val_fraction, cfg.validation_seed))
     return found
 
 
@@ -64,7 +64,7 @@ def load_for(path: str | Path, data: str | os.PathLike[str], split: str) -> Data
 
     settings = validation_settings(path)
     default = TrainConfig()  # a bare .keras file: fer-train fit's defaults
-    frac, seed = min(settings) if settings else (default.val_fraction, default.random_seed)
+    frac, seed = min(settings) if settings else (default.val_fraction, default.validation_seed)
     source = load_source(data, frac, seed)
     if split_name(split) == "val" and len(settings) > 1 and not source.fixed_validation:
         raise runs.RunError(f"{path}: its members drew different validation rows from {Path(data).name} "

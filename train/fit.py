@@ -172,7 +172,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
             raise runs.RunError(f"{run}: already holds a run; use --resume or another --out")
     cfg.validate()
     model_cfg = model_cfg.effective()
-    source = source or load_source(cfg.data, cfg.val_fraction, cfg.random_seed)
+    source = source or load_source(cfg.data, cfg.val_fraction, cfg.validation_seed)
     train, val = source["train"], source["val"]
     train = split_hidden(train, cfg)[0]
 

@@ -51,7 +51,7 @@ def self_train(teacher: Path, out: Path, threshold: float = 0.8, unlabelled: Pat
     from fer_train.inference import load_models
 
     _, mcfg, tcfg = read_run_config(teacher)
-    source = load_source(tcfg.data, tcfg.val_fraction, tcfg.random_seed)
+    source = load_source(tcfg.data, tcfg.val_fraction, tcfg.validation_seed)
     if unlabelled is not None:
         pool: Split = load_course_test(unlabelled)
     elif tcfg.hide_labels > 0:
