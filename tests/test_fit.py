@@ -190,7 +190,8 @@ def test_cyclic_cosine_restarts_each_cycle():
     (dict(lr=-1e-3), "--lr"), (dict(weight_decay=-1e-4), "--weight-decay"), (dict(patience=0), "--patience"),
     (dict(label_smoothing=1.5), "--label-smoothing"), (dict(hide_labels=1.0), "--hide-labels"),
     (dict(limit_train=-5), "--limit-train"), (dict(distill_temperature=0.0), "--distill-temperature"),
-    (dict(warmup_epochs=-1), "--warmup-epochs")])
+    (dict(warmup_epochs=-1), "--warmup-epochs"), (dict(random_seed=-1), "--random-seed"),
+    (dict(split_seed=2**32), "--split-seed")])
 def test_out_of_range_settings_are_refused_by_name(setting, flag):
     with pytest.raises(ValueError, match=f"^{flag} must be"):
         _cfg(**setting).validate()

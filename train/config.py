@@ -91,7 +91,9 @@ class TrainConfig:
                   ("--hide-labels", self.hide_labels, 0 <= self.hide_labels < 1, "in [0, 1)"),
                   ("--limit-train", self.limit_train, self.limit_train >= 0, ">= 0 (0 = all rows)"),
                   ("--distill-temperature", self.distill_temperature, self.distill_temperature > 0, "> 0"),
-                  ("--warmup-epochs", self.warmup_epochs, self.warmup_epochs >= 0, ">= 0"))
+                  ("--warmup-epochs", self.warmup_epochs, self.warmup_epochs >= 0, ">= 0"),
+                  ("--random-seed", self.random_seed, 0 <= self.random_seed < 2**32, "in [0, 2**32)"),
+                  ("--split-seed", self.split_seed, 0 <= self.validation_seed < 2**32, "in [0, 2**32)"))
         for flag, value, ok, rule in ranges:
             if not ok:
                 raise ValueError(f"{flag} must be {rule}, got {value}")
