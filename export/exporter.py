@@ -136,6 +136,10 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     auto = temperature == AUTO_TEMPERATURE
     graphs.check_options(1.0 if auto else temperature, tta)
     existing = _existing_manifest(out)
+    ours = {*variant_file_names(variant), variant_weights_name(variant)}
+    if existing and (taken := sorted(ours & existing.files_of_others(variant))):
+        raise ExportError(f"variant {variant!r} would overwrite {', '.join(taken)}, which another variant or detector in "
+                          f"{out / MANIFEST_NAME} uses; choose another --variant")
 
     t0 = time.time()
     data = verify.load_data(verify_data) if verify_data is not None else None

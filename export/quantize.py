@@ -182,6 +182,9 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     if old is not None and (old.quantization is None or old.quantization.source != source):
         raise ExportError(f"variant {target!r} already exists and is not an int8 copy of {source!r}; "
                           "choose another --target")
+    if (fwd_name := variant_file_names(target)[0]) in manifest.files_of_others(target):
+        raise ExportError(f"variant {target!r} would overwrite {fwd_name}, which another variant or detector in "
+                          f"{model_dir / 'manifest.json'} uses; choose another --target")
     labels = np.asarray(eval_labels).astype(np.int64).ravel()
     calib, evalx = _as_input(calibration_images), _as_input(eval_images)
     calib = calib[:max(1, len(calib) // _CALIB_BATCH) * min(_CALIB_BATCH, len(calib))]  # what _batches feeds
@@ -195,7 +198,6 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     proto = quantize_graph(internalize(onnx.load_from_string(fp32.data), fp32.external), calib, input_name,
                            calibrate_method)
 
-    fwd_name = variant_file_names(target)[0]
     desc = f"static int8 (QDQ) of {source!r}; saliency from the float graph"
     variant = dataclasses.replace(src, forward=fwd_name, description=desc)
     manifest.variants[target] = variant

@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -250,6 +250,13 @@ class Manifest:
         used = {f for v in self.variants.values() for f in (v.forward, v.saliency) if f}
         used |= {d.file for d in self.detectors.values()}
         return used | {e for f in used if f in self.files for e in self.files[f].external}
+
+    def files_of_others(self, variant: str) -> set[str]:
+        """The files that a writer of ``variant`` must not overwrite: those the detectors and every other variant
+        name, with their weights files (``variant``'s int8 copies excepted: exporting ``variant`` drops them)."""
+        others = {k: v for k, v in self.variants.items()
+                  if k != variant and not (v.quantization and v.quantization.source == variant)}
+        return replace(self, variants=others).referenced_files()
 
     def metadata_props(self, variant: str) -> dict[str, str]:
         """Flat string metadata for ONNX ``metadata_props`` (file hashes excluded: a file cannot hold its own)."""

@@ -115,6 +115,20 @@ def test_unknown_source_and_bad_images(models: Path, data) -> None:
         quantize_variant(models, x, x, y[:5])
 
 
+def test_a_new_variant_cannot_overwrite_another_variants_files(models: Path, exported: Path, data) -> None:
+    # `fast_saliency`'s forward graph would be named fer_fast_saliency.onnx: `fast`'s saliency graph
+    before = _snapshot(models)
+    x, y = data["PublicTest"].x, data["PublicTest"].y
+    with pytest.raises(ExportError, match="'fast_saliency' would overwrite fer_fast_saliency.onnx, which another"):
+        quantize_variant(models, data["Training"].x[:60], x, y, target="fast_saliency", min_agreement=0.0,
+                         max_accuracy_loss=1.0)
+    with pytest.raises(ExportError, match="'fast_saliency' would overwrite fer_fast_saliency.onnx, which another"):
+        export_models([exported.parent / "tiny.keras"], models, variant="fast_saliency", verify_data=FIX,
+                      verify_count=10)
+    assert _snapshot(models) == before
+    assert Predictor(models, model="fast", device="cpu").predict(x[:4]).shape == (4, 7)  # still verified
+
+
 def test_target_cannot_replace_a_float_variant_and_reexport_drops_a_stale_int8(models: Path, exported: Path,
                                                                                data) -> None:
     tiny = exported.parent / "tiny.keras"
