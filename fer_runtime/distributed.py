@@ -137,6 +137,15 @@ def _read_uri(uri: str, max_pixels: int | None) -> np.ndarray:
     return decode_image(data, max_pixels=max_pixels)
 
 
+def rgb_to_bgr(image: Any) -> np.ndarray:
+    """A Ray ``image`` cell as the pipeline's OpenCV channel order: RGB(A), as ``ray.data.read_images`` decodes
+    (Pillow), becomes BGR(A); a gray array is returned as it is."""
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        return a[:, :, [2, 1, 0, 3][:a.shape[2]]]
+    return a
+
+
 class _PredictBatch:
     """The ``map_batches`` callable: built once per Ray actor (one Predictor), called on each batch."""
 
@@ -161,7 +170,7 @@ class _PredictBatch:
         mp = self.options["max_pixels"]
         if "image" in batch:
             images = batch["image"]
-            return [Source(names[i], partial(np.asarray, images[i])) for i in range(n)]
+            return [Source(names[i], partial(rgb_to_bgr, images[i])) for i in range(n)]
         if "bytes" in batch:
             blobs = batch["bytes"]
             return [Source(names[i], partial(decode_image, blobs[i], max_pixels=mp)) for i in range(n)]
@@ -196,7 +205,8 @@ def predict_dataset(ds: "ray.data.Dataset", model: str | None = None, detector: 
                     max_retries: int = DEFAULT_MAX_RETRIES) -> "ray.data.Dataset":
     """Add ``fer-infer``'s result columns to a Ray Dataset of images.
 
-    Each row of ``ds`` holds an ``image`` (a decoded array, as from ``ray.data.read_images``), or ``bytes`` (an
+    Each row of ``ds`` holds an ``image`` (a decoded array, as from ``ray.data.read_images``: RGB or RGBA, turned
+    into OpenCV's BGR(A) by :func:`rgb_to_bgr`, or gray), or ``bytes`` (an
     encoded file, as from ``read_binary_files``), or only a ``path`` (a local file, or a pyarrow filesystem URI
     such as ``s3://...``); a ``path`` column, where present, fills the result's path column. The result has one
     row per face (``faces``: auto | detect | crop, as in :func:`fer_runtime.pipeline.infer_files`) or one error

@@ -127,6 +127,18 @@ def test_predict_dataset_on_arrays_and_bytes(crops: Path, predictor) -> None:
     assert rows[1]["label"] is None and "not a readable image" in rows[1]["error"]
 
 
+def test_image_column_is_rgb_as_ray_read_images_decodes_it(predictor) -> None:
+    face = _faces(1)[0]
+    bgr = np.dstack([face, face, face // 3])  # blue and red differ, so a channel swap changes the gray face
+    rgb = bgr[:, :, ::-1]
+    ds = ray.data.from_items([{"image": rgb}, {"image": np.dstack([rgb, np.full_like(face, 255)])}])
+    rows = predict_dataset(ds, faces="crop", model_dir=predictor.model_dir).take_all()
+    got = np.array([[r[c] for c in rows[0] if c.startswith("p_")] for r in rows], np.float32)
+    want = predictor.predict([bgr])[0]  # what fer-infer gives for the same photo read from a file
+    np.testing.assert_allclose(got, [want, want], atol=1e-6)
+    assert not np.allclose(predictor.predict([rgb])[0], want, atol=1e-3)  # the swap would be seen
+
+
 @pytest.fixture(scope="module")
 def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """400 FER2013 crops as PNG."""
