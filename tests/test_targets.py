@@ -68,14 +68,36 @@ def test_votes_map_to_fer2013_classes_and_ignore_others(tmp_path):
 def test_malformed_vote_files_name_the_problem(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("Usage,neutral\nTraining,1\n")
-    with pytest.raises(DataFormatError, match="missing columns"):
+    with pytest.raises(DataFormatError, match="lacks column"):
         load_ferplus_votes(bad)
     p = _write_votes(tmp_path / "v.csv", ["Training"] * 2, [[1] * 10, [1] * 10])
-    p.write_text(p.read_text().replace("1,1,1,1,1,1,1,1,1,1\n", "1,x,1,1,1,1,1,1,1,1\n", 1))
-    with pytest.raises(DataFormatError, match="line 2: vote counts must be numbers"):
+    good = p.read_text()
+    p.write_text(good.replace("1,1,1,1,1,1,1,1,1,1\n", "1,x,1,1,1,1,1,1,1,1\n", 1))
+    with pytest.raises(DataFormatError, match=r"v\.csv:2: vote counts must be numbers"):
         load_ferplus_votes(p)
-    with pytest.raises(DataFormatError, match="cannot read"):
+    for cell in ("nan", "inf", "-3"):  # a NaN target would turn the loss NaN with no error
+        p.write_text(good.replace("1,1,1,1,1,1,1,1,1,1\n", f"1,{cell},1,1,1,1,1,1,1,1\n", 1))
+        with pytest.raises(DataFormatError, match=r"v\.csv:2: vote counts must be finite and >= 0"):
+            load_ferplus_votes(p)
+    lines = good.splitlines()
+    p.write_text("\n".join(lines[:-1] + [",".join(lines[-1].split(",")[:10])]) + "\n")  # the last row cut short
+    with pytest.raises(DataFormatError, match=r"v\.csv:3: expected 12 fields, found"):
+        load_ferplus_votes(p)
+    with pytest.raises(DataFormatError, match="file not found"):
         load_ferplus_votes(tmp_path / "missing.csv")
+
+
+def test_vote_files_may_be_gzipped_or_start_with_a_bom(tmp_path):
+    p = _write_votes(tmp_path / "v.csv", ["Training"] * 2, [[1] * 10, [0, 4] + [0] * 8])
+    want = load_ferplus_votes(p)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    gz = tmp_path / "v.csv.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    for other in (bom, gz):
+        dist, usage = load_ferplus_votes(other)
+        np.testing.assert_array_equal(dist, want[0])
+        assert list(usage) == list(want[1])
 
 
 def test_ferplus_targets_align_with_the_data_rows(tmp_path):

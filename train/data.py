@@ -111,7 +111,9 @@ def parse_pixels(path: Path, lines: list[int], strings: list[str]) -> np.ndarray
     return flat.astype(np.uint8).reshape(n, IMAGE_SIZE, IMAGE_SIZE, 1)
 
 
-def _read_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[list[str]], list[int]]:
+def read_csv_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[list[str]], list[int]]:
+    """(header, rows, line numbers) of a CSV file (``.gz`` too, a UTF-8 BOM allowed) with the ``required`` columns;
+    DataFormatError naming the line for a missing column, a row with another field count or a truncated last row."""
     text = _open_text(path)
     reader = csv.reader(io.StringIO(text))
     try:
@@ -149,7 +151,7 @@ def _labels(path: Path, col: list[str], lines: list[int]) -> np.ndarray:
 def load_kaggle_csv(path: str | Path) -> DataSource:
     """Load ``fer2013.csv`` or ``.csv.gz`` (emotion,pixels,Usage). Validation is PublicTest."""
     path = Path(path)
-    header, rows, lines = _read_rows(path, ("emotion", "pixels", "Usage"))
+    header, rows, lines = read_csv_rows(path, ("emotion", "pixels", "Usage"))
     ie, ip, iu = header.index("emotion"), header.index("pixels"), header.index("Usage")
     y = _labels(path, [r[ie] for r in rows], lines)
     x = parse_pixels(path, lines, [r[ip] for r in rows])
@@ -190,7 +192,7 @@ def _with_validation(src: DataSource, full: Split, validate: float, seed: int) -
 def load_course_train(path: str | Path, validate: float = 0.1, seed: int = 1234) -> DataSource:
     """Load the course ``train.csv`` (label,feature) with a stratified validation split."""
     path = Path(path)
-    header, rows, lines = _read_rows(path, ("label", "feature"))
+    header, rows, lines = read_csv_rows(path, ("label", "feature"))
     il, ifeat = header.index("label"), header.index("feature")
     y = _labels(path, [r[il] for r in rows], lines)
     x = parse_pixels(path, lines, [r[ifeat] for r in rows])
@@ -200,7 +202,7 @@ def load_course_train(path: str | Path, validate: float = 0.1, seed: int = 1234)
 def load_course_test(path: str | Path) -> Split:
     """Load the unlabelled course ``test.csv`` (id,feature); labels are -1."""
     path = Path(path)
-    header, rows, lines = _read_rows(path, ("id", "feature"))
+    header, rows, lines = read_csv_rows(path, ("id", "feature"))
     iid, ifeat = header.index("id"), header.index("feature")
     ids = []
     for r, ln in zip(rows, lines):

@@ -1,8 +1,8 @@
 """Soft training targets: FER+ crowd votes and a teacher's probabilities, blended with the labels."""
 from __future__ import annotations
 
-import csv
 import hashlib
+import math
 import zipfile
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import numpy as np
 from fer_runtime.labels import NUM_CLASSES
 from fer_runtime.manifest import sha256_file
 from fer_runtime.numeric import softmax
-from fer_train.data import DataFormatError, Split
+from fer_train.data import DataFormatError, Split, read_csv_rows
 
 # ferplus_votes.csv vote columns -> FER2013 class index (contempt, unknown and NF are not classes here).
 FERPLUS_COLUMNS = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness": 4, "surprise": 5, "neutral": 6}
@@ -23,28 +23,19 @@ def load_ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Rows are in FER2013's row order, so row ``i`` belongs to FER2013 row ``i``.
     """
     path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as e:
-        raise DataFormatError(f"{path}: cannot read FER+ votes ({e.strerror or e})") from None
-    if not rows:
-        raise DataFormatError(f"{path}: empty file")
-    header = [h.strip() for h in rows[0]]
-    missing = [c for c in ("Usage", *FERPLUS_COLUMNS) if c not in header]
-    if missing:
-        raise DataFormatError(f"{path}: line 1: not a FER+ votes file (missing columns {', '.join(missing)})")
+    header, rows, lines = read_csv_rows(path, ("Usage", *FERPLUS_COLUMNS))
     cols = [header.index(c) for c in FERPLUS_COLUMNS]
     iu = header.index("Usage")
-    votes = np.zeros((len(rows) - 1, NUM_CLASSES), np.float32)
-    usage = []
-    for i, r in enumerate(rows[1:]):
+    votes = np.zeros((len(rows), NUM_CLASSES), np.float32)
+    for i, (r, line) in enumerate(zip(rows, lines)):
         try:
             counts = [float(r[c]) for c in cols]
-            usage.append(r[iu].strip())
-        except (ValueError, IndexError):
-            raise DataFormatError(f"{path}: line {i + 2}: vote counts must be numbers") from None
+        except ValueError:
+            raise DataFormatError(f"{path}:{line}: vote counts must be numbers, got {[r[c] for c in cols]}") from None
+        if not all(math.isfinite(c) and c >= 0 for c in counts):
+            raise DataFormatError(f"{path}:{line}: vote counts must be finite and >= 0, got {[r[c] for c in cols]}")
         votes[i, list(FERPLUS_COLUMNS.values())] = counts
+    usage = [r[iu].strip() for r in rows]
     total = votes.sum(1, keepdims=True)
     dist = np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
     return dist, np.array(usage)
