@@ -58,6 +58,43 @@ def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
     assert acc == pytest.approx(bv, abs=1e-6)
 
 
+def test_best_checkpoint_follows_its_history_row_and_resume_mends_a_kill_between(tmp_path, monkeypatch):
+    """best.keras is written after the epoch's history row: a kill before the row leaves them agreeing, and a kill
+    between the row and best.keras is mended by --resume (the last epoch is the best: its weights are last.keras)."""
+    import keras
+
+    run = tmp_path / "run"
+    on_disk: list[tuple[int, int]] = []  # at each best.keras save: (history rows on disk, their best epoch)
+    save = runs.save_keras
+
+    def spy(m, path, **kw):
+        if path.name == runs.BEST:
+            h = runs.read_history(run)
+            on_disk.append((len(h), runs.best_epoch(h)[0]))
+        save(m, path, **kw)
+
+    monkeypatch.setattr(runs, "save_keras", spy)
+    fit(run, TINY, _cfg(epochs=3), log=lambda s: None)
+    monkeypatch.undo()
+    assert on_disk and all(rows >= 1 and best == rows for rows, best in on_disk), on_disk
+
+    # As if killed after epoch 3's row (made the best) but before its best.keras: best.keras is an older epoch's.
+    h = runs.read_history(run)
+    h[-1]["val_accuracy"] = 0.99
+    runs.write_history(run, h)
+    conf = json.loads((run / runs.CONFIG).read_text())
+    conf["train"]["epochs"] = 4
+    (run / runs.CONFIG).write_text(json.dumps(conf))
+    epoch3 = keras.models.load_model(run / runs.LAST, compile=False).get_weights()
+    older = keras.models.load_model(run / runs.BEST, compile=False)
+    older.set_weights([w + 1 for w in epoch3])  # surely not epoch 3's weights
+    runs.save_keras(older, run / runs.BEST, include_optimizer=False)
+    fit(run, resume=True, log=lambda s: None)
+    assert runs.best_epoch(runs.read_history(run))[0] == 3
+    best = keras.models.load_model(run / runs.BEST, compile=False).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(best, epoch3))
+
+
 def test_resume_after_interrupt_mid_epoch(tmp_path):
     run = tmp_path / "run"
 

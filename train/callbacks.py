@@ -59,15 +59,17 @@ class Recorder(keras.callbacks.Callback):
             "precision": self.precision,
         }
         prev_best = runs.best_epoch(self.history)[1] if self.history else -1.0
-        if row["val_accuracy"] > prev_best:
-            runs.save_keras(self.model, self.run / runs.BEST, include_optimizer=False)
         if epoch + 1 in self.snapshot_epochs:
             k = self.snapshot_epochs.index(epoch + 1) + 1
             runs.save_keras(self.model, self.run / runs.snapshot_name(k), include_optimizer=False)
             self.log(f"snapshot member {k} saved: {runs.snapshot_name(k)}")
+        # last.keras, then the history row, then best.keras: a kill before the row leaves best.keras matching the
+        # history; a kill after it is mended on --resume (fit re-saves best.keras when the last epoch is the best).
         runs.save_keras(self.model, self.run / runs.LAST, include_optimizer=True)
         self.history.append(row)
         runs.write_history(self.run, self.history)
+        if row["val_accuracy"] > prev_best:
+            runs.save_keras(self.model, self.run / runs.BEST, include_optimizer=False)
         plot_run_curves(self.run)
         be, bv = runs.best_epoch(self.history)
         self.log(f"epoch {epoch + 1}/{self.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "

@@ -217,6 +217,8 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         if resume:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(run / runs.LAST)
+            if history and runs.best_epoch(history)[0] == len(history):  # killed before best.keras was written
+                runs.save_keras(model, run / runs.BEST, include_optimizer=False)
     write_summary(model, run)
 
     x_tr = train.x

@@ -59,7 +59,7 @@ def save_keras(model: Any, path: Path, include_optimizer: bool) -> None:
         if include_optimizer:
             model.save(tmp)
             return
-        opt = model.optimizer
+        opt = getattr(model, "optimizer", None)  # an uncompiled model has none
         try:
             model.optimizer = None
             model.save(tmp)
