@@ -333,7 +333,7 @@ def test_cli_fit_evaluate_ensemble_predict(tmp_path):
     for name in ("a", "b"):
         r = runner.invoke(app, ["fit", "--out", str(tmp_path / name), *common])
         assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["evaluate", str(tmp_path / "a"), "--split", "PrivateTest", "--tta", "flip"])
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "a"), "--split", "private", "--tta", "flip"])  # an alias
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())["PrivateTest+flip"]
     private = load_source(FIX)["PrivateTest"]
@@ -346,6 +346,7 @@ def test_cli_fit_evaluate_ensemble_predict(tmp_path):
     assert [sum(row) for row in m["confusion"]] == np.bincount(private.y, minlength=7).tolist()
     assert m["members"] == ["best.keras"]  # relative to the metrics file: nothing of this machine
     assert (tmp_path / "a" / "confusion_PrivateTest_flip.png").stat().st_size > 10_000
+    assert m["split"] == "PrivateTest" and not list((tmp_path / "a").glob("confusion_private*"))
     r = runner.invoke(app, ["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ens")])
     assert r.exit_code == 0, r.output
     assert [p.resolve() for p in runs.member_paths(tmp_path / "ens")] == [(tmp_path / n / "best.keras").resolve() for n in "ab"]

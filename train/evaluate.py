@@ -33,7 +33,8 @@ def data_path_of(path: str | Path) -> str:
 
 def split_name(name: str) -> str:
     """A split's name from what a user typed (``validation`` -> ``val``, ``public`` -> ``PublicTest``, ...)."""
-    aliases = {"val": "val", "validation": "val", "public": "PublicTest", "private": "PrivateTest"}
+    aliases = {"val": "val", "validation": "val", "public": "PublicTest", "private": "PrivateTest",
+               "publictest": "PublicTest", "privatetest": "PrivateTest", "training": "Training"}
     return aliases.get(name.lower(), name)
 
 
@@ -78,6 +79,7 @@ def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", dat
     """Metrics of a run/ensemble on ``split``; writes metrics.json, confusion CSV and PNG into ``out``."""
     path = Path(path)
     runs.member_paths(path)  # fail early, naming the path, if it is not a run
+    split = split_name(split)  # metrics.json and file names use the split's own name, not the alias typed
     out = Path(out) if out else (path if path.is_dir() else path.parent)
     if source is None:
         data = data or data_path_of(path)
