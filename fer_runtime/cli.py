@@ -71,8 +71,8 @@ def infer(
                                                    "Inputs may then also be pyarrow URIs (s3://, gs://). Needs the "
                                                    "ray extra."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1,
-                                          help="With --ray: inference actors (one CPU each). Default: the cluster's "
-                                               "CPUs."),
+                                          help="With --ray: inference actors (one CPU each). Default: the cores "
+                                               "here with --ray local, else the cluster's CPUs minus one."),
     every: int = typer.Option(1, "--every", min=1, help="Video: process every Nth frame."),
     detect_every: int = typer.Option(1, "--detect-every", min=1,
                                      help="Video: detect faces on every Nth processed frame; track them in between."),

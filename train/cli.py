@@ -250,7 +250,8 @@ def self_train_cmd(
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run, ensemble directory or .keras file."),
-    split: str = typer.Option("PublicTest", help="PublicTest | PrivateTest | val | Training"),
+    split: str = typer.Option("PublicTest", help="PublicTest | PrivateTest | val | Training (or public, private, "
+                                                 "validation)"),
     tta: str = typer.Option("none", help="none | flip | crops (image, mirror, five 44x44 crops resized, and their mirrors)"),
     data: Optional[Path] = typer.Option(None, help="Data source (default: the one the run was trained on)."),
     out: Optional[Path] = typer.Option(None, help="Where to write metrics.json and the confusion matrix."),
