@@ -31,10 +31,17 @@ def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+_options = {"verbose": False}  # the group's options, set by _root for the command that runs
+
+
 def _run(fn: Callable[[], Any]) -> Any:
-    """Call ``fn``; the toolkit's typed errors (and KeyError/ValueError from bad arguments) become one line, exit 2."""
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices from repeated predict calls
+    """Import TensorFlow (quietly unless --verbose), then call ``fn``; the toolkit's typed errors, a missing extra
+    and KeyError/ValueError from bad arguments become one line, exit 2."""
     with cli_errors(ValueError, KeyError):
+        from fer_train.tf_env import import_tensorflow
+
+        import_tensorflow(_options["verbose"])
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices from repeated predict calls
         return fn()
 
 
@@ -57,10 +64,8 @@ def _done(res: dict[str, Any]) -> None:
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v",
                                        help="Show TensorFlow's own start-up and device messages.")) -> None:
-    """Analyse a trained run; every subcommand writes PNGs plus a CSV/JSON of the numbers."""
-    from fer_train.tf_env import import_tensorflow
-
-    import_tensorflow(verbose)
+    """Analyse a trained run; every subcommand writes PNGs plus a CSV/JSON of the numbers."""  # TF: in _run
+    _options["verbose"] = verbose
 
 
 @app.command()

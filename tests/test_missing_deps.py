@@ -31,6 +31,7 @@ def _run(entry: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
     ("fer_train.cli:main", ["fer-train", "evaluate", "{tmp}/run"], "tensorflow"),
     ("fer_export.cli:main", ["fer-export", "{tmp}/run", "--out", "{tmp}/models"], "tensorflow"),
     ("fer_export.quantize_cli:main", ["fer-quantize", "--data", str(FIX), "--model-dir", "{tmp}/models"], "onnx"),
+    ("fer_analysis.cli:main", ["fer-analyze", "confusion", "{tmp}/run", "--out", "{tmp}/models"], "tensorflow"),
 ])
 def test_missing_optional_package_is_one_line_naming_the_extra(tmp_path: Path, entry: str, argv: list[str],
                                                                 package: str) -> None:
@@ -42,11 +43,15 @@ def test_missing_optional_package_is_one_line_naming_the_extra(tmp_path: Path, e
     assert not (tmp_path / "run").exists() and not (tmp_path / "models").exists()
 
 
-@pytest.mark.parametrize("command", ["fit", "evaluate", "ensemble", "self-train", "predict"])
-def test_train_subcommand_help_needs_no_tensorflow(command: str) -> None:
-    res = _run("fer_train.cli:main", ["fer-train", command, "--help"])
+@pytest.mark.parametrize("entry, command", [
+    *(("fer_train.cli:main", c) for c in ("fit", "evaluate", "ensemble", "self-train", "predict")),
+    *(("fer_analysis.cli:main", c) for c in ("confusion", "saliency", "report")),
+])
+def test_subcommand_help_needs_no_tensorflow(entry: str, command: str) -> None:
+    prog = "fer-train" if entry.startswith("fer_train") else "fer-analyze"
+    res = _run(entry, [prog, command, "--help"])
     assert res.returncode == 0, res.stderr
-    assert "Usage: fer-train " + command in res.stdout
+    assert f"Usage: {prog} {command}" in res.stdout
 
 
 def test_every_extra_named_in_errors_installs_that_module() -> None:
