@@ -78,7 +78,8 @@ def recorded_accuracy(path: Path) -> tuple[float | None, str]:
             rep = json.loads(mp.read_text()).get("PublicTest", {})
         except (OSError, json.JSONDecodeError, AttributeError):
             rep = {}
-        if isinstance(rep, dict) and "accuracy" in rep and len(rep.get("members", [path])) == 1:
+        # only a figure of this very file (fer-train evaluate RUN/last.keras or swa.keras writes here too)
+        if isinstance(rep, dict) and "accuracy" in rep and rep.get("members", [runs.BEST]) == [runs.BEST]:
             return float(rep["accuracy"]), "metrics.json"
     cp = run / runs.CONFIG
     if cp.exists():

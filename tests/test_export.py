@@ -569,6 +569,10 @@ def test_recorded_accuracy_sources(tmp_path):
     assert recorded_accuracy(a / "best.keras") == (pytest.approx(0.42), "history.csv")
     assert recorded_accuracy(b / "best.keras") == (pytest.approx(0.5555), "metrics.json")
     assert recorded_accuracy(c / "best.keras") == (None, "unknown")
+    e = _run_dir(tmp_path, "e", 5, history=hist, metrics={"PublicTest": {"accuracy": 0.6, "members": ["swa.keras"]}})
+    assert recorded_accuracy(e / "best.keras") == (pytest.approx(0.42), "history.csv")  # another file's figure
+    f = _run_dir(tmp_path, "f", 6, history=hist, metrics={"PublicTest": {"accuracy": 0.6, "members": ["best.keras"]}})
+    assert recorded_accuracy(f / "best.keras") == (pytest.approx(0.6), "metrics.json")
     bf16 = "".join(line + (",precision\n" if i == 0 else ",float32\n" if i == 1 else ",bfloat16\n")
                    for i, line in enumerate(hist.splitlines()))
     d = _run_dir(tmp_path, "d", 4, history=bf16)  # best epoch 2 was validated in bfloat16
