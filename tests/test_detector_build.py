@@ -77,3 +77,22 @@ def test_install_changes_detector_and_manifest_together(tmp_path: Path, monkeypa
     assert data != before
     entry = json.loads((out / "manifest.json").read_text())["files"]["face_detector.onnx"]
     assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_verify_refuses_a_graph_whose_batch_differs_from_single_runs_without_tflite() -> None:
+    """The batch check runs before (and without) the tflite comparison: here the tflite model is not even valid."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from fer_export.errors import ExportError
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 8, 8]) for n in ("boxes", "scores")]
+    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[0], keepdims=1),  # mixes the batch
+             helper.make_node("Sub", ["input", "mean"], ["boxes"]), helper.make_node("Identity", ["input"], ["scores"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
+    with pytest.raises(ExportError, match="a batch differs from single runs"):
+        detector_build.verify(model.SerializeToString(), b"not a tflite model", images, tolerance=1e-3)
