@@ -8,7 +8,8 @@ Prints one table: img/s at batch 1, 32 and 256 for (a) onnxruntime on the shippe
 (b) Keras ``model.predict``, (c) a ``tf.function`` of the models; then seconds per image for a
 saliency map via the ONNX gradient graph, TF GradientTape, and finite differences (one forward
 pass per pixel, batched through onnxruntime). Each figure is the median of ``--repeats`` runs.
-The TF paths average the same views as the ONNX graph (the image and, with flip TTA, its mirror).
+The TF paths compute and average the same views as the ONNX graph (``fer_train.inference.views``: the
+image, its mirror, and with crop TTA the ten crop views). RUN... must be the exported variant's members.
 """
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ def main() -> None:
     fwd = read_graph(model_dir, man, var.forward).session(["CPUExecutionProvider"])
     sal = read_graph(model_dir, man, var.saliency).session(["CPUExecutionProvider"])
     models = [m for run in args.runs for m in inference.load_models(run)]
-    views = inference.views_of(var.tta)
+    if len(models) != len(var.members):
+        raise SystemExit(f"error: {len(models)} model(s) given, but {model_dir}'s {man.default_variant} has "
+                         f"{len(var.members)} members ({', '.join(m.name for m in var.members)}): pass those runs")
     x_all = load_source(args.data)["PublicTest"].x.astype(np.float32)
 
     rows = []
@@ -70,13 +73,14 @@ def main() -> None:
             for _ in range(n_iter):
                 fwd.run(["probs"], {"image": x})
 
+        xt = tf.constant(x)
+
         def keras_predict():
             for _ in range(n_iter):
+                vs = [v.numpy() for v in inference.views(xt, var.tta)]  # the graph's views, made as it makes them
                 for m in models:
-                    for v in (x, x[:, :, ::-1])[:views]:
+                    for v in vs:
                         m.predict(v, batch_size=bs, verbose=0)
-
-        xt = tf.constant(x)
 
         def tf_function():
             for _ in range(n_iter):
