@@ -29,6 +29,7 @@ class OnnxSaliency:
     tta: str
     members: list[dict[str, Any]]
     exported_on_the_fly: bool = False
+    temperature: float = 1.0  # the graph's probs are softmax(logits / temperature); the saliency does not depend on it
 
     def __call__(self, x: np.ndarray, classes: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """(raw saliency [N,48,48,1], probs [N,7]) for raw 0..255 images and target classes."""
@@ -68,7 +69,7 @@ def open_model_dir(model_dir: str | Path, variant: str | None = None) -> OnnxSal
         sess = graph.session(["CPUExecutionProvider"], opts)
     except FerRuntimeError as e:
         raise AnalysisError(f"--model-dir: {e}") from None
-    return OnnxSaliency(sess, model_dir, name, spec.saliency, spec.tta, list(spec.members))
+    return OnnxSaliency(sess, model_dir, name, spec.saliency, spec.tta, list(spec.members), temperature=spec.temperature)
 
 
 @contextmanager

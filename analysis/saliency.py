@@ -111,11 +111,12 @@ def analyze_saliency(t: Target, out: Path, indices: Sequence[int] | None = None,
             grad, onnx_probs = sal(x, cls)
             if sal.tta != "none":
                 grad_tf = reference_saliency(t.models, x, cls, tta=sal.tta)
+            ref_probs = predict_probs(t.models, x, tta=sal.tta, temperature=sal.temperature)  # as the graph computes them
             cos = cosine_similarity(grad, grad_tf)
             agreement = {"model_dir": None if sal.exported_on_the_fly else str(sal.model_dir), "variant": sal.variant,
                          "file": sal.filename, "tta": sal.tta, "cosine_min": float(cos.min()),
                          "cosine_mean": float(cos.mean()), "max_abs_diff": float(np.abs(grad - grad_tf).max()),
-                         "probs_max_abs_diff": float(np.nanmax(np.abs(onnx_probs - probs))) if sal.tta == "none" else None}
+                         "probs_max_abs_diff": float(np.nanmax(np.abs(onnx_probs - ref_probs)))}
     maps = normalise_saliency(grad, smooth)
     caps = [(f"{n[:18]}{'' if yy < 0 else ' true ' + LABELS[yy]}", f"pred {LABELS[p]} {probs[i, p]:.2f}")
             for i, (n, yy, p) in enumerate(zip(names, y, pred))]
