@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fer_export.errors import ExportError
+from fer_export.errors import ExportError, refuse_overwrite
 from fer_export.verify import VerifyReport
 from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.errors import FerRuntimeError
@@ -137,9 +137,8 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     graphs.check_options(1.0 if auto else temperature, tta)
     existing = _existing_manifest(out)
     ours = {*variant_file_names(variant), variant_weights_name(variant)}
-    if existing and (taken := sorted(ours & existing.files_of_others(variant))):
-        raise ExportError(f"variant {variant!r} would overwrite {', '.join(taken)}, which another variant or detector in "
-                          f"{out / MANIFEST_NAME} uses; choose another --variant")
+    if existing:
+        refuse_overwrite(variant, ours & existing.files_of_others(variant), out / MANIFEST_NAME, "--variant")
 
     t0 = time.time()
     data = verify.load_data(verify_data) if verify_data is not None else None

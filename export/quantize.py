@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from fer_export.errors import ExportError
+from fer_export.errors import ExportError, refuse_overwrite
 from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.labels import IMAGE_SIZE
-from fer_runtime.manifest import (FileEntry, Quantization, read_manifest, sha256_bytes, variant_file_names,
-                                  write_manifest)
+from fer_runtime.manifest import (MANIFEST_NAME, FileEntry, Quantization, read_manifest, sha256_bytes,
+                                  variant_file_names, write_manifest)
 from fer_runtime.model_files import read_graph
 
 MIN_AGREEMENT = 0.99  # argmax agreement with the float graph
@@ -174,7 +174,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     if source not in manifest.variants:
-        raise ExportError(f"variant {source!r} is not in {model_dir / 'manifest.json'} "
+        raise ExportError(f"variant {source!r} is not in {model_dir / MANIFEST_NAME} "
                           f"(variants: {', '.join(sorted(manifest.variants))})")
     if target == source:
         raise ExportError("the quantized variant needs a name of its own")
@@ -182,9 +182,8 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     if old is not None and (old.quantization is None or old.quantization.source != source):
         raise ExportError(f"variant {target!r} already exists and is not an int8 copy of {source!r}; "
                           "choose another --target")
-    if (fwd_name := variant_file_names(target)[0]) in manifest.files_of_others(target):
-        raise ExportError(f"variant {target!r} would overwrite {fwd_name}, which another variant or detector in "
-                          f"{model_dir / 'manifest.json'} uses; choose another --target")
+    fwd_name = variant_file_names(target)[0]
+    refuse_overwrite(target, {fwd_name} & manifest.files_of_others(target), model_dir / MANIFEST_NAME, "--target")
     labels = np.asarray(eval_labels).astype(np.int64).ravel()
     calib, evalx = _as_input(calibration_images), _as_input(eval_images)
     calib = calib[:max(1, len(calib) // _CALIB_BATCH) * min(_CALIB_BATCH, len(calib))]  # what _batches feeds

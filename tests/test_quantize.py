@@ -119,10 +119,12 @@ def test_a_new_variant_cannot_overwrite_another_variants_files(models: Path, exp
     # `fast_saliency`'s forward graph would be named fer_fast_saliency.onnx: `fast`'s saliency graph
     before = _snapshot(models)
     x, y = data["PublicTest"].x, data["PublicTest"].y
-    with pytest.raises(ExportError, match="'fast_saliency' would overwrite fer_fast_saliency.onnx, which another"):
+    with pytest.raises(ExportError, match="'fast_saliency' would overwrite fer_fast_saliency.onnx, which another.*"
+                                          "manifest.json uses; choose another --target$"):
         quantize_variant(models, data["Training"].x[:60], x, y, target="fast_saliency", min_agreement=0.0,
                          max_accuracy_loss=1.0)
-    with pytest.raises(ExportError, match="'fast_saliency' would overwrite fer_fast_saliency.onnx, which another"):
+    with pytest.raises(ExportError, match="'fast_saliency' would overwrite fer_fast_saliency.onnx, which another.*"
+                                          "manifest.json uses; choose another --variant$"):
         export_models([exported.parent / "tiny.keras"], models, variant="fast_saliency", verify_data=FIX,
                       verify_count=10)
     assert _snapshot(models) == before
