@@ -6,8 +6,8 @@ Usage (from the repo; needs the runtime, numpy and matplotlib only, no TensorFlo
 
 For every variant in the manifest, on the PublicTest and PrivateTest rows of the Kaggle CSV, it
 prints Markdown tables: accuracy, balanced accuracy and ECE of each member and of the ensemble,
-with and without flip TTA (both are recomputed from the forward graph's ``member_probs``
-output, so only the shipped files are used); per-class recall; calibration; size and sha256 of
+under every TTA mode the graph holds: none, flip, and crops for a crop-TTA variant (each recomputed from the
+forward graph's ``member_probs`` output, so only the shipped files are used); per-class recall; calibration; size and sha256 of
 every file. It writes a row-normalised PrivateTest confusion matrix ``confusion_<variant>.png``
 into the model directory (or ``--png-dir``). ``--card FILE`` replaces the block between
 ``<!-- bench:accuracy:begin -->`` and ``<!-- bench:accuracy:end -->`` in FILE with exactly the

@@ -1,7 +1,7 @@
 """Static int8 quantization (QDQ) of an exported forward graph, with an agreement/accuracy gate before it ships.
 
 The source variant's verified forward graph is calibrated on a sample of real faces with onnxruntime's
-``quantize_static`` (QDQ format, int8 weights per channel, MinMax activation ranges) and compared with
+``quantize_static`` (QDQ format, int8 weights per channel, activation ranges by ``--calibrate-method``, MinMax by default) and compared with
 the float graph on labelled images. Only if argmax agreement and accuracy loss pass the thresholds is the
 int8 graph written next to the others and added to ``manifest.json`` as a new variant.
 """
@@ -162,7 +162,8 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     ``calibrate_method``: how activation ranges are set from the calibration images, one of
     :data:`CALIBRATE_METHODS` (onnxruntime's MinMax, Entropy or Percentile calibrators).
     Raises :class:`QuantizationRefusedError` (with the report) if agreement < ``min_agreement`` or the
-    accuracy loss > ``max_accuracy_loss``, and :class:`ExportError` for any other failure.
+    accuracy loss > ``max_accuracy_loss``, the runtime's :class:`~fer_runtime.errors.FerRuntimeError`s for a missing
+    or corrupt model folder, and :class:`ExportError` for any other failure.
     """
     import onnx
     import onnxruntime as ort
