@@ -196,13 +196,13 @@ def _to_float255(image: np.ndarray) -> np.ndarray:
                                     "(or pass uint16 / float data)")
         return image.astype(np.float32)
     if np.issubdtype(dt, np.floating):
-        f = image.astype(np.float32)
-        if not np.isfinite(f).all():
+        if not np.isfinite(image).all():
             raise InvalidImageError("float image contains NaN or infinity")
-        # Floats whose maximum is <= 1 are taken as 0..1, anything else as 0..255.
-        if f.max(initial=0.0) <= 1.0:
-            f = f * np.float32(255.0)
-        return np.clip(f, 0.0, 255.0)
+        # Floats whose maximum is <= 1 are taken as 0..1, anything else as 0..255. Clipped before the cast to
+        # float32, so a float64 value beyond float32's range is white, not infinity.
+        unit = bool(image.max(initial=0.0) <= 1.0)
+        f = np.clip(image, 0.0, 1.0 if unit else 255.0).astype(np.float32, copy=False)
+        return f * np.float32(255.0) if unit else f
     raise InvalidImageError(f"unsupported image dtype {dt}")
 
 

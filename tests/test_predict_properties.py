@@ -94,6 +94,29 @@ def test_predict_any_list_of_arrays(predictor, images: list[np.ndarray]) -> None
     _check(predictor, images)
 
 
+def _finite_image(dtype: type) -> st.SearchStrategy[np.ndarray]:
+    """A valid image or batch (HxW, HxWxC or NxHxWxC; no size 0 but N) with finite values in the dtype's range."""
+    shapes = st.one_of(
+        st.tuples(st.integers(1, 60), st.integers(1, 60)),
+        st.tuples(st.integers(1, 60), st.integers(1, 60), st.sampled_from([1, 3, 4])),
+        st.tuples(st.integers(0, 3), st.integers(1, 30), st.integers(1, 30), st.sampled_from([1, 3, 4])))
+    if np.issubdtype(dtype, np.floating):
+        elements = st.floats(allow_nan=False, allow_infinity=False, width=np.dtype(dtype).itemsize * 8)
+    else:
+        elements = st.integers(0, 255) if np.issubdtype(dtype, np.signedinteger) else None
+    return npst.arrays(dtype, shapes, elements=elements)
+
+
+@FAST
+@given(image=IMAGE_DTYPES.flatmap(_finite_image))
+def test_predict_any_valid_image_gives_probabilities(predictor, image: np.ndarray) -> None:
+    """Every dtype ``to_gray`` documents, at any size and any finite value, is predicted (never refused)."""
+    probs = predictor.predict(image)
+    assert probs.shape == (image.shape[0] if image.ndim == 4 else 1, len(predictor.labels))
+    assert probs.dtype == np.float32 and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
 @pytest.mark.parametrize("bad", [np.full((48, 48), np.nan, np.float32), np.full((48, 48), np.inf),
                                  np.array([[np.nan, 1.0], [0.0, 0.5]]), np.full((4, 4, 3), -np.inf, np.float16)])
 def test_nan_and_inf_images_are_a_typed_error(predictor, bad: np.ndarray) -> None:

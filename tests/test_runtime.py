@@ -59,6 +59,9 @@ def _encodings(gray: np.ndarray) -> dict[str, np.ndarray]:
         "float255": gray.astype(np.float64),
         "uint16": bgr.astype(np.uint16) * 257,
         "int64": gray.astype(np.int64),
+        "int32": gray.astype(np.int32),
+        "int16": gray.astype(np.int16),
+        "float16_255": gray.astype(np.float16),  # 0..255 integers are exact in float16
     }
 
 
@@ -71,6 +74,18 @@ def test_predict_accepts_every_encoding_of_the_same_face(predictor: Predictor, f
         p = predictor.predict(im)
         assert p.shape == (1, 7) and p.dtype == np.float32, name
         np.testing.assert_allclose(p, ref, atol=1e-4, err_msg=name)
+
+
+def test_a_bool_image_is_black_and_white(predictor: Predictor, fer_rows) -> None:
+    mask = _face(fer_rows) > 100
+    np.testing.assert_allclose(predictor.predict(mask), predictor.predict(mask.astype(np.uint8) * 255), atol=1e-6)
+
+
+def test_float64_beyond_float32_range_is_white_not_an_error(predictor: Predictor, fer_rows) -> None:
+    face = _face(fer_rows).astype(np.float64)
+    face[:8] = 1e300  # finite, but infinite as float32
+    white = face.clip(0, 255).astype(np.uint8)
+    np.testing.assert_allclose(predictor.predict(face), predictor.predict(white), atol=1e-6)
 
 
 def test_predict_mixed_sizes_and_types(predictor: Predictor, fer_rows) -> None:
@@ -96,9 +111,9 @@ def test_predict_empty(predictor: Predictor) -> None:
 
 
 @pytest.mark.parametrize("bad", [[np.zeros(10)], [np.zeros((48, 48, 2))], [np.zeros((0, 0))], [np.full((8, 8), np.nan)],
-                                 [np.full((8, 8), -3)], [np.zeros((8, 8), np.complex64)], "face.png",
+                                 [np.full((8, 8), -3)], [np.zeros((8, 8), np.complex64)], {"pixels": 1},
                                  np.zeros((2, 3, 4, 5, 6))],
-                         ids=["1d", "2ch", "empty", "nan", "negative", "complex", "str", "5d"])
+                         ids=["1d", "2ch", "empty", "nan", "negative", "complex", "dict", "5d"])
 def test_invalid_images(predictor: Predictor, bad) -> None:
     with pytest.raises(InvalidImageError):
         predictor.predict(bad)
