@@ -69,7 +69,7 @@ def test_install_changes_detector_and_manifest_together(tmp_path: Path, monkeypa
 
     with monkeypatch.context() as m:
         m.setattr("fer_runtime.manifest.write_manifest", broken_manifest)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="No space left on device"):
             detector_build.install(out, tmp_path / "any.whl", 1e-5, PHOTOS, None)
     assert (out / "face_detector.onnx").read_bytes() == before
     detector_build.install(out, tmp_path / "any.whl", 1e-5, PHOTOS, None)

@@ -37,9 +37,11 @@ def test_auto_falls_back_to_cpu_when_cuda_fails_but_cuda_is_an_error(model_dir: 
     from fer_runtime import Predictor
 
     real = ort.InferenceSession
+    cuda_tries = []
 
     def cuda_breaks(data, sess_options=None, providers=None):
         if prov.CUDA in prov.provider_names(providers):
+            cuda_tries.append(providers)
             raise EPFail("CUDA failure 100: no CUDA-capable device is detected")
         return real(data, sess_options=sess_options, providers=providers)
 
@@ -47,7 +49,9 @@ def test_auto_falls_back_to_cpu_when_cuda_fails_but_cuda_is_an_error(model_dir: 
     monkeypatch.setattr(ort, "InferenceSession", cuda_breaks)
     p = Predictor(model_dir, device="auto")
     assert p.providers == [prov.CPU]
+    assert len(cuda_tries) == 1
     p.load_saliency()  # later sessions go straight to CPU
+    assert len(cuda_tries) == 1 and p.providers == [prov.CPU]
     with pytest.raises(ProviderUnavailableError, match="no CUDA-capable device"):
         Predictor(model_dir, device="cuda")
 

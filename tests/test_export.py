@@ -281,8 +281,15 @@ def test_verifier_rejects_wrong_probs_and_wrong_saliency():
     verify_export(fs, ss, [m], x)  # the honest graphs pass
     with pytest.raises(ExportError, match="forward graph probabilities differ"):
         verify_export(_Tampered(fs, "probs", lambda p: p + 2e-4), ss, [m], x)
-    with pytest.raises(ExportError, match="saliency"):
+    with pytest.raises(ExportError, match="saliency differs from TF's gradient: median relative error"):
         verify_export(fs, _Tampered(ss, "saliency", lambda g: g[:, ::-1]), [m], x)  # upside down
+
+    def negate_every_tenth(g):  # sparse, large errors: the median relative error stays 0, the cosine drops
+        g = g.copy()
+        g.reshape(len(g), -1)[:, ::10] *= -1
+        return g
+    with pytest.raises(ExportError, match=r"saliency differs from TF's gradient: cosine \S+ \(< 0.999\)"):
+        verify_export(fs, _Tampered(ss, "saliency", negate_every_tenth), [m], x)
     with pytest.raises(ExportError, match="median relative error"):
         verify_export(fs, _Tampered(ss, "saliency", lambda g: g * 1.01), [m], x)  # 1% off: cosine still 1
     with pytest.raises(ExportError, match="member_probs differ"):
@@ -378,15 +385,18 @@ def test_failed_export_leaves_out_untouched(tmp_path):
     (out / "__init__.py").write_text("")
     bad = _functional(REFUSALS["strided"][0])
     bad.save(tmp_path / "bad.keras")
+    tiny(seed=2).save(tmp_path / "good.keras")
     before = sorted((p.name, p.read_bytes()) for p in out.iterdir())
-    with pytest.raises(ExportError):  # the existing manifest is not valid: refused before any work
-        export_models([tmp_path / "bad.keras"], out)
+    # a member that would export, but the existing manifest is not valid: refused, and `out` is as it was
+    with pytest.raises(ExportError, match=r"^cannot merge into the existing manifest: .*choose another --out$"):
+        export_models([tmp_path / "good.keras"], out)
+    assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
     (out / "manifest.json").unlink()
     before = sorted((p.name, p.read_bytes()) for p in out.iterdir())
     with pytest.raises(ExportError, match=r"member 'bad'.*layer 'b1c1_conv' \(Conv2D\) has strides"):
         export_models([tmp_path / "bad.keras"], out)
     assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.keras", "models"]  # no temp dirs left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.keras", "good.keras", "models"]  # no temp dirs left
 
 
 def test_mixed_precision_member_is_loaded_in_float32(tmp_path):
@@ -622,8 +632,11 @@ def test_cli_corrupt_keras_file_is_one_line_error(tmp_path):
     run.mkdir()
     (run / "best.keras").write_bytes(b"not a keras file")
     res = CliRunner().invoke(app, [str(run), "--out", str(tmp_path / "m")])
-    assert res.exit_code == 2
-    assert "cannot load the Keras model" in res.output and not (tmp_path / "m").exists()
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert len(lines) == 1 and lines[0].endswith("best.keras: not a Keras model file (a .keras file is a zip archive); "
+                                                 "it is damaged or of another kind"), res.output
+    assert not (tmp_path / "m").exists()
 
 
 # ------------------------------------------------------------- member_probs and the runtime

@@ -110,6 +110,21 @@ def test_resume_after_interrupt_mid_epoch(tmp_path):
     assert [int(r["epoch"]) for r in h] == [1, 2, 3, 4] and res["epochs_done"] == 4
 
 
+def test_resume_from_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_path):
+    run = tmp_path / "run"
+    fit(run, TINY, _cfg(epochs=1), log=lambda s: None)
+    conf = json.loads((run / runs.CONFIG).read_text())
+    conf["train"]["epochs"] = 2  # one more epoch to train
+    (run / runs.CONFIG).write_text(json.dumps(conf))
+    (run / runs.LAST).write_bytes(b"PK\x03\x04 cut short")  # a zip header, then nothing
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    r = CliRunner().invoke(app, ["fit", "--resume", str(run)])
+    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert len(lines) == 1 and "last.keras: not a Keras model file" in lines[0], r.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 def test_resume_of_an_early_stopped_run_trains_no_more(tmp_path):
     """A run whose last ``patience`` epochs brought no gain has ended: --resume must not add an epoch."""
     run = tmp_path / "run"
@@ -404,14 +419,15 @@ def test_evaluate_val_uses_the_rows_the_run_validated_on(tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["fit", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r")])
-    assert r.exit_code == 2 and "missing.csv: file not found" in r.output
-    r = runner.invoke(app, ["fit", "--data", str(FIX), "--out", str(tmp_path / "r"), "--cnn-activation", "tanh"])
-    assert r.exit_code == 2 and "unknown activation 'tanh'" in r.output
-    r = runner.invoke(app, ["fit", "--resume", str(tmp_path / "nothing")])
-    assert r.exit_code == 2 and "not found" in r.output
-    r = runner.invoke(app, ["evaluate", str(tmp_path / "nothing")])
-    assert r.exit_code == 2 and "no such run" in r.output
+    cases = [(["fit", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r")], "missing.csv: file not found"),
+             (["fit", "--data", str(FIX), "--out", str(tmp_path / "r"), "--cnn-activation", "tanh"],
+              "unknown activation 'tanh'"),
+             (["fit", "--resume", str(tmp_path / "nothing")], "not found"),
+             (["evaluate", str(tmp_path / "nothing")], "no such run")]
+    for args, message in cases:
+        r = runner.invoke(app, args)
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.output)
 
 
 def test_dnn_match_params_cli(tmp_path):

@@ -5,6 +5,7 @@ References here are computed directly from the Keras models (their own ``probs``
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -92,5 +93,9 @@ def test_load_models_reads_a_run_in_float32_and_names_a_bad_file(models, tmp_pat
     (loaded,) = inference.load_models(tmp_path / "mp.keras")
     assert all(l.compute_dtype == "float32" for l in loaded.layers)
     (tmp_path / "bad.keras").write_bytes(b"not a zip")
-    with pytest.raises(inference.KerasInferenceError, match=r"bad.keras: cannot load the Keras model"):
+    with pytest.raises(inference.KerasInferenceError, match=r"bad.keras: not a Keras model file"):
         inference.load_model(tmp_path / "bad.keras")
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as z:  # a zip archive, but not a Keras model
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(inference.KerasInferenceError, match=r"other.keras: cannot load the Keras model"):
+        inference.load_model(tmp_path / "other.keras")

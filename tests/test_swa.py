@@ -14,6 +14,7 @@ import keras  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from fer_train import runs, swa  # noqa: E402
+from fer_train.data import load_source  # noqa: E402
 from fer_train.cli import app  # noqa: E402
 from fer_train.fit import TrainConfig, fit  # noqa: E402
 
@@ -89,6 +90,9 @@ def test_fit_saves_the_mean_with_fresh_batch_norm_statistics(tmp_path):
     done = json.loads((run / runs.SWA_RESULT).read_text())
     assert len(runs.read_history(run)) == 4 and done["epochs_averaged"] == 1 and done["last_epoch"] == 4 and done["bn_batches"] == 8  # 256 rows / 32
     assert res["swa_val_accuracy"] == pytest.approx(done["val_accuracy"])
+    val = load_source(FIX)["val"]  # what fit validates on: PublicTest of the Kaggle layout
+    pred = keras.models.load_model(run / runs.SWA_MODEL, compile=False).predict(val.x[..., None], verbose=0)
+    assert done["val_accuracy"] == pytest.approx(float((pred.argmax(1) == val.y).mean()), abs=1e-6)
     for a, b in zip(_weights(run / runs.SWA_MODEL), _weights(run / runs.LAST)):  # the mean of one epoch: itself
         np.testing.assert_array_equal(a, b)
     swa_m, last = (keras.models.load_model(run / n, compile=False) for n in (runs.SWA_MODEL, runs.LAST))

@@ -211,12 +211,12 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
             synchronize_batch_norm(model)
         if cfg.init and not resume:  # before compiling: best.keras holds no optimizer state to match
             init = runs.member_paths(cfg.init)[0]
-            model.load_weights(init)
+            runs.load_weights(model, init)
             log(f"weights from {init}")
         model.compile(make_optimizer(cfg), keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
         if resume:
             model.optimizer.build(model.trainable_variables)
-            model.load_weights(run / runs.LAST)
+            runs.load_weights(model, run / runs.LAST)
             if history and runs.best_epoch(history)[0] == len(history):  # killed before best.keras was written
                 runs.save_keras(model, run / runs.BEST, include_optimizer=False)
     write_summary(model, run)

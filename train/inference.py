@@ -56,6 +56,10 @@ def load_model(path: str | Path) -> Any:
 
     path = Path(path)
     try:
+        runs.check_keras_file(path)
+    except runs.RunError as e:
+        raise KerasInferenceError(str(e)) from None
+    try:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for corrupt or foreign files
         raise KerasInferenceError(f"{path}: cannot load the Keras model "

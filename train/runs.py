@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -65,6 +66,26 @@ def save_keras(model: Any, path: Path, include_optimizer: bool) -> None:
             model.save(tmp)
         finally:
             model.optimizer = opt
+
+
+def check_keras_file(path: Path) -> None:
+    """RunError naming ``path`` unless it is a file in the ``.keras`` format (a zip archive)."""
+    if not path.is_file():
+        raise RunError(f"{path}: not found")
+    if not zipfile.is_zipfile(path):
+        raise RunError(f"{path}: not a Keras model file (a .keras file is a zip archive); it is damaged or of "
+                       "another kind")
+
+
+def load_weights(model: Any, path: Path) -> None:
+    """Load ``path``'s weights (and optimizer state, if ``model`` is compiled and built) into ``model``;
+    RunError naming the file if it is not a ``.keras`` file or does not fit ``model``."""
+    check_keras_file(path)
+    try:
+        model.load_weights(path)
+    except Exception as e:  # keras raises many types for a damaged archive or another architecture
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise RunError(f"{path}: cannot load its weights ({e.__class__.__name__}: {first})") from None
 
 
 def write_json(path: Path, obj: Any) -> None:
