@@ -198,9 +198,9 @@ def _to_float255(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(dt, np.floating):
         if not np.isfinite(image).all():
             raise InvalidImageError("float image contains NaN or infinity")
-        # Floats whose maximum is <= 1 are taken as 0..1, anything else as 0..255. Clipped before the cast to
-        # float32, so a float64 value beyond float32's range is white, not infinity.
-        unit = bool(image.max(initial=0.0) <= 1.0)
+        # Floats whose maximum is <= 1 in float32 are taken as 0..1 (so 1 + 1e-16 from float64 rounding still is),
+        # anything else as 0..255. Clipped before the cast, so a float64 beyond float32's range is white, not inf.
+        unit = bool(np.float32(min(float(image.max(initial=0.0)), 2.0)) <= 1.0)
         f = np.clip(image, 0.0, 1.0 if unit else 255.0).astype(np.float32, copy=False)
         return f * np.float32(255.0) if unit else f
     raise InvalidImageError(f"unsupported image dtype {dt}")

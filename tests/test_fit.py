@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -122,6 +123,14 @@ def test_resume_from_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_pa
     lines = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert len(lines) == 1 and "last.keras: not a Keras model file" in lines[0], r.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    with zipfile.ZipFile(run / runs.LAST, "w") as z:  # a whole zip archive, but no model in it
+        z.writestr("readme.txt", "hello")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    r = CliRunner().invoke(app, ["fit", "--resume", str(run)])
+    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert len(lines) == 1 and "last.keras: cannot load its weights" in lines[0], r.output
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 

@@ -88,6 +88,13 @@ def test_float64_beyond_float32_range_is_white_not_an_error(predictor: Predictor
     np.testing.assert_allclose(predictor.predict(face), predictor.predict(white), atol=1e-6)
 
 
+def test_float64_rounding_above_one_is_still_a_0_to_1_image(predictor: Predictor, fer_rows) -> None:
+    unit = _face(fer_rows).astype(np.float64) / 255
+    unit[0, 0] = 0.1 * 3 / 0.3  # 1.0000000000000002: float64 rounding, 1.0 in float32
+    ref = (unit.clip(0, 1) * 255).astype(np.float32)
+    np.testing.assert_allclose(predictor.predict(unit), predictor.predict(ref), atol=1e-6)
+
+
 def test_predict_mixed_sizes_and_types(predictor: Predictor, fer_rows) -> None:
     g = _face(fer_rows, 1)
     ims = [cv2.resize(g, (200, 150)), cv2.cvtColor(cv2.resize(g, (30, 30)), cv2.COLOR_GRAY2BGRA),

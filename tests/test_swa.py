@@ -86,12 +86,12 @@ def test_fit_saves_the_mean_with_fresh_batch_norm_statistics(tmp_path):
     run = tmp_path / "run"
     # lr 0: validation accuracy levels off (only batch-norm statistics move), which would stop the run after
     # epoch 3 with patience 1, but an averaging run does not stop early
-    res = fit(run, TINY, _cfg(epochs=4, swa_start=4, patience=1, lr=0.0), log=lambda s: None)
+    res = fit(run, TINY, _cfg(epochs=4, swa_start=4, patience=1, lr=0.0, precision="float32"), log=lambda s: None)
     done = json.loads((run / runs.SWA_RESULT).read_text())
     assert len(runs.read_history(run)) == 4 and done["epochs_averaged"] == 1 and done["last_epoch"] == 4 and done["bn_batches"] == 8  # 256 rows / 32
     assert res["swa_val_accuracy"] == pytest.approx(done["val_accuracy"])
     val = load_source(FIX)["val"]  # what fit validates on: PublicTest of the Kaggle layout
-    pred = keras.models.load_model(run / runs.SWA_MODEL, compile=False).predict(val.x[..., None], verbose=0)
+    pred = keras.models.load_model(run / runs.SWA_MODEL, compile=False).predict(val.x, batch_size=256, verbose=0)
     assert done["val_accuracy"] == pytest.approx(float((pred.argmax(1) == val.y).mean()), abs=1e-6)
     for a, b in zip(_weights(run / runs.SWA_MODEL), _weights(run / runs.LAST)):  # the mean of one epoch: itself
         np.testing.assert_array_equal(a, b)

@@ -83,6 +83,8 @@ def load_weights(model: Any, path: Path) -> None:
     check_keras_file(path)
     try:
         model.load_weights(path)
+    except MemoryError:
+        raise
     except Exception as e:  # keras raises many types for a damaged archive or another architecture
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise RunError(f"{path}: cannot load its weights ({e.__class__.__name__}: {first})") from None
