@@ -95,6 +95,11 @@ def test_load_models_reads_a_run_in_float32_and_names_a_bad_file(models, tmp_pat
     (tmp_path / "bad.keras").write_bytes(b"not a zip")
     with pytest.raises(inference.KerasInferenceError, match=r"bad.keras: not a Keras model file"):
         inference.load_model(tmp_path / "bad.keras")
+    (tmp_path / "dir.keras").mkdir()
+    with pytest.raises(inference.KerasInferenceError, match=r"dir.keras: a directory, not a .keras file"):
+        inference.load_model(tmp_path / "dir.keras")
+    with pytest.raises(inference.KerasInferenceError, match=r"gone.keras: not found"):
+        inference.load_model(tmp_path / "gone.keras")
     with zipfile.ZipFile(tmp_path / "other.keras", "w") as z:  # a zip archive, but not a Keras model
         z.writestr("readme.txt", "hello")
     with pytest.raises(inference.KerasInferenceError, match=r"other.keras: cannot load the Keras model"):

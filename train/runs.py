@@ -70,6 +70,8 @@ def save_keras(model: Any, path: Path, include_optimizer: bool) -> None:
 
 def check_keras_file(path: Path) -> None:
     """RunError naming ``path`` unless it is a file in the ``.keras`` format (a zip archive)."""
+    if path.is_dir():
+        raise RunError(f"{path}: a directory, not a .keras file")
     if not path.is_file():
         raise RunError(f"{path}: not found")
     if not zipfile.is_zipfile(path):
