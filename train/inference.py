@@ -22,6 +22,7 @@ import numpy as np
 from fer_runtime.errors import FerError
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
 from fer_runtime.numeric import softmax
+from fer_runtime.providers import first_line
 from fer_runtime.tta import TTA_MODES, crop_matrices, view_count
 from fer_train import runs
 
@@ -63,7 +64,7 @@ def load_model(path: str | Path) -> Any:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for corrupt or foreign files
         raise KerasInferenceError(f"{path}: cannot load the Keras model "
-                                  f"({e.__class__.__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                                  f"({e.__class__.__name__}: {first_line(e)[:200]})") from None
     if any(l.compute_dtype != "float32" for l in model.layers):
         for l in model.layers:
             l.dtype_policy = "float32"

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from fer_runtime.atomic import atomic_path, atomic_write
 from fer_runtime.errors import FerError
+from fer_runtime.providers import first_line
 
 CONFIG = "config.json"
 HISTORY = "history.csv"
@@ -88,8 +89,7 @@ def load_weights(model: Any, path: Path) -> None:
     except MemoryError:
         raise
     except Exception as e:  # keras raises many types for a damaged archive or another architecture
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise RunError(f"{path}: cannot load its weights ({e.__class__.__name__}: {first})") from None
+        raise RunError(f"{path}: cannot load its weights ({e.__class__.__name__}: {first_line(e)[:200]})") from None
 
 
 def write_json(path: Path, obj: Any) -> None:
