@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from fer_export.errors import ExportError
 from fer_runtime.manifest import TensorSpec
+from fer_runtime.providers import first_line
 
 MIN_OPSET = 13
 MAX_OPSET = 18  # tf2onnx 1.17 refuses >= 19
@@ -65,7 +66,7 @@ def to_onnx(fn: Any, opset: int = 17, name: str = "graph") -> Any:
         try:
             model, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=int(opset))
         except Exception as e:  # tf2onnx raises many unrelated types
-            raise ExportError(f"tf2onnx could not convert the {name} graph: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+            raise ExportError(f"tf2onnx could not convert the {name} graph: {e.__class__.__name__}: {first_line(e)}") from None
     bad = unknown_ops(model)
     if bad:
         raise ExportError(f"the {name} graph has ops ONNX opset {opset} lacks after conversion: {', '.join(bad)}"
@@ -142,7 +143,7 @@ def check_onnx_bytes(data: bytes, filename: str, inputs: Sequence[str], outputs:
         model = internalize(onnx.load_from_string(data), external or {})  # the session below uses `data` itself
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
-        raise ExportError(f"{filename}: onnx.checker failed: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"{filename}: onnx.checker failed: {first_line(e)}") from None
     bad = unknown_ops(model)
     if bad:
         raise ExportError(f"{filename}: contains ops ONNX does not define: {', '.join(bad)}")
@@ -155,4 +156,4 @@ def check_onnx_bytes(data: bytes, filename: str, inputs: Sequence[str], outputs:
     try:
         return VerifiedGraph(Path(filename), data, dict(external or {})).session(["CPUExecutionProvider"], opts)
     except Exception as e:
-        raise ExportError(f"{filename}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"{filename}: onnxruntime cannot load it: {first_line(e)}") from None

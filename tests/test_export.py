@@ -789,3 +789,35 @@ def test_accuracy_bench_recomputes_the_card_from_the_files(exported, tmp_path, c
     card.write_text("no markers")
     assert bench.main(["--model-dir", str(out), "--data", str(FIX), "--card", str(card), "--png-dir", str(tmp_path)]) == 2
     assert card.read_text() == "no markers" and "must contain" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["tf2onnx", "checker", "onnxruntime"])
+def test_an_exception_without_text_still_gives_a_one_line_export_error(monkeypatch, stage):
+    """tf2onnx, onnx.checker and onnxruntime can raise with an empty message; the error names the stage and the type."""
+    from onnx import TensorProto, helper
+
+    from fer_runtime import model_files
+
+    def raise_empty(*args, **kwargs):
+        raise RuntimeError()
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["probs"])], "g", [x], [y])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    if stage == "tf2onnx":
+        import tf2onnx
+        monkeypatch.setattr(tf2onnx.convert, "from_function", raise_empty)
+        fn = tf.function(lambda t: t, input_signature=[tf.TensorSpec([None], tf.float32)])
+        with pytest.raises(ExportError, match=r"^tf2onnx could not convert the forward graph: RuntimeError: RuntimeError$"):
+            convert.to_onnx(fn, 17, "forward")
+        return
+    convert.check_onnx_bytes(data, "g.onnx", ["image"], ["probs"])  # a valid graph: passes unpatched
+    if stage == "checker":
+        monkeypatch.setattr(onnx.checker, "check_model", raise_empty)
+        pattern = r"^g\.onnx: onnx\.checker failed: RuntimeError$"
+    else:
+        monkeypatch.setattr(model_files.VerifiedGraph, "session", raise_empty)
+        pattern = r"^g\.onnx: onnxruntime cannot load it: RuntimeError$"
+    with pytest.raises(ExportError, match=pattern):
+        convert.check_onnx_bytes(data, "g.onnx", ["image"], ["probs"])
