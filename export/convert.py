@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from fer_export.errors import ExportError
 from fer_runtime.manifest import TensorSpec
-from fer_runtime.providers import first_line
+from fer_runtime.errors import first_line
 
 MIN_OPSET = 13
 MAX_OPSET = 18  # tf2onnx 1.17 refuses >= 19

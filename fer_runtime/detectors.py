@@ -27,7 +27,7 @@ import numpy as np
 from fer_runtime import providers as prov
 from fer_runtime.boxes import Box
 from fer_runtime.choices import DETECTORS
-from fer_runtime.errors import ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError
+from fer_runtime.errors import ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError, first_line
 from fer_runtime.images import to_bgr, to_uint8
 from fer_runtime.manifest import DetectorEntry, Manifest, read_manifest
 from fer_runtime.model_files import read_graph
@@ -162,10 +162,10 @@ class BlazeFaceDetector:
         try:
             self.session = graph.session(requested, so)
         except EPFail as e:
-            raise ProviderUnavailableError(f"{self.spec.file}: execution provider failed: {prov.first_line(e)}") from None
+            raise ProviderUnavailableError(f"{self.spec.file}: execution provider failed: {first_line(e)}") from None
         except prov.onnxruntime_errors() as e:  # a bug of ours (TypeError, ...) keeps its traceback
             raise ModelIntegrityError(f"{self.model_dir / self.spec.file}: onnxruntime cannot load it "
-                                      f"({prov.first_line(e)})", str(self.model_dir / self.spec.file)) from None
+                                      f"({first_line(e)})", str(self.model_dir / self.spec.file)) from None
         prov.check_session_providers(requested, self.session, cuda_optional=providers is None and device == "auto")
         have = {o.name for o in self.session.get_outputs()} | {i.name for i in self.session.get_inputs()}
         missing = [n for n in [self._input, *self._outputs] if n not in have]

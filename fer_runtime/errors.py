@@ -72,3 +72,10 @@ def missing_dependency(error: ImportError) -> MissingDependencyError | None:
         return None
     return MissingDependencyError(f"{top} is not installed; install the {EXTRAS[top]!r} extra: "
                                   f"pip install 'fer-toolkit[{EXTRAS[top]}]' (or -e '.[{EXTRAS[top]}]' in a checkout)")
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message for a one-line error (onnxruntime's and Keras' full texts run
+    to many lines), or its class name if it has no text."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__

@@ -13,7 +13,7 @@ import numpy as np
 from fer_runtime import images as imgs
 from fer_runtime import providers as prov
 from fer_runtime.errors import (FerRuntimeError, InferenceError, MissingOutputError, ModelIntegrityError,
-                                ModelNotFoundError, ProviderUnavailableError)
+                                ModelNotFoundError, ProviderUnavailableError, first_line)
 from fer_runtime.labels import IMAGE_SIZE
 from fer_runtime.manifest import Manifest, read_manifest
 from fer_runtime.model_files import read_graph
@@ -195,12 +195,12 @@ class Predictor:
         except EPFail as e:  # an execution provider failed to initialise
             if not (self._cuda_optional and prov.CUDA in prov.provider_names(self._requested)):
                 raise ProviderUnavailableError(f"{self.model_dir / filename}: execution provider failed "
-                                               f"({prov.first_line(e)}); use device='cpu'") from None
+                                               f"({first_line(e)}); use device='cpu'") from None
             # device='auto' means CUDA if usable, else CPU: this and every later session of this Predictor use CPU
             self._requested = [prov.CPU]
             return self._session(filename, inputs, outputs)
         except prov.onnxruntime_errors() as e:
-            raise ModelIntegrityError(f"{self.model_dir / filename}: onnxruntime cannot load it ({prov.first_line(e)})",
+            raise ModelIntegrityError(f"{self.model_dir / filename}: onnxruntime cannot load it ({first_line(e)})",
                                       str(self.model_dir / filename)) from None
         prov.check_session_providers(self._requested, sess, cuda_optional=self._cuda_optional)
         have_in = {i.name for i in sess.get_inputs()}
@@ -248,7 +248,7 @@ class Predictor:
             return sess.run([output], feed)[0]
         except prov.onnxruntime_errors() as e:
             raise InferenceError(f"{self.model_dir / filename}: onnxruntime failed to run it on "
-                                 f"{', '.join(sess.get_providers())} ({prov.first_line(e)})") from None
+                                 f"{', '.join(sess.get_providers())} ({first_line(e)})") from None
 
     def _class_array(self, classes: ClassSpec, n: int) -> np.ndarray:
         """Class indices (or label names), one for all or one per image, as an int64 array of length n."""

@@ -48,12 +48,6 @@ def onnxruntime_errors() -> tuple[type[Exception], ...]:
     return (*found, RuntimeError)
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of onnxruntime's message (its full text repeats the whole call stack)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else e.__class__.__name__
-
-
 def available_providers() -> list[str]:
     """The providers this onnxruntime build offers (imports onnxruntime)."""
     return list(onnxruntime().get_available_providers())

@@ -22,7 +22,7 @@ import numpy as np
 from fer_runtime.errors import FerError
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
 from fer_runtime.numeric import softmax
-from fer_runtime.providers import first_line
+from fer_runtime.errors import first_line
 from fer_runtime.tta import TTA_MODES, crop_matrices, view_count
 from fer_train import runs
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from fer_runtime.atomic import atomic_path, atomic_write
 from fer_runtime.errors import FerError
-from fer_runtime.providers import first_line
+from fer_runtime.errors import first_line
 
 CONFIG = "config.json"
 HISTORY = "history.csv"
