@@ -32,7 +32,9 @@ class _Collect(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage().splitlines()[0][:300])
+        text = record.getMessage().strip()
+        if text:  # an empty error line names nothing
+            self.messages.append(text.splitlines()[0][:300])
 
 
 @contextmanager
@@ -66,7 +68,7 @@ def to_onnx(fn: Any, opset: int = 17, name: str = "graph") -> Any:
         try:
             model, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=int(opset))
         except Exception as e:  # tf2onnx raises many unrelated types
-            raise ExportError(f"tf2onnx could not convert the {name} graph: {e.__class__.__name__}: {first_line(e)}") from None
+            raise ExportError(f"tf2onnx could not convert the {name} graph: {first_line(e, named=True)}") from None
     bad = unknown_ops(model)
     if bad:
         raise ExportError(f"the {name} graph has ops ONNX opset {opset} lacks after conversion: {', '.join(bad)}"

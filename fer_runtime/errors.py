@@ -74,8 +74,13 @@ def missing_dependency(error: ImportError) -> MissingDependencyError | None:
                                   f"pip install 'fer-toolkit[{EXTRAS[top]}]' (or -e '.[{EXTRAS[top]}]' in a checkout)")
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException, named: bool = False) -> str:
     """The first line of an exception's message for a one-line error (onnxruntime's and Keras' full texts run
-    to many lines), or its class name if it has no text."""
+    to many lines), or its class name if it has no text. ``named`` puts the class name in front of the text
+    (``"OSError: text"``), once: a text-less exception gives ``"OSError"``, not ``"OSError: OSError"``."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else e.__class__.__name__
+    name = e.__class__.__name__
+    if not text:
+        return name
+    line = text.splitlines()[0]
+    return f"{name}: {line}" if named else line

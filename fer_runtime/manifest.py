@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fer_runtime.atomic import atomic_write
-from fer_runtime.errors import ManifestVersionError, ModelIntegrityError, ModelNotFoundError
+from fer_runtime.errors import ManifestVersionError, ModelIntegrityError, ModelNotFoundError, first_line
 from fer_runtime.labels import IMAGE_SIZE
 
 # (major, minor) this code writes and fully understands. A new optional key raises the minor version: older
@@ -295,7 +295,7 @@ class Manifest:
         except ModelIntegrityError:
             raise
         except (KeyError, TypeError, ValueError) as e:
-            raise ModelIntegrityError(f"{where}: malformed manifest ({e.__class__.__name__}: {e})") from None
+            raise ModelIntegrityError(f"{where}: malformed manifest ({first_line(e, named=True)})") from None
         for name, v in m.variants.items():
             for f in (v.forward, v.saliency):
                 if f is not None and f not in m.files:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fer_runtime import providers as prov
-from fer_runtime.errors import InferenceError, ModelNotFoundError, ProviderUnavailableError
+from fer_runtime.errors import InferenceError, ModelNotFoundError, ProviderUnavailableError, first_line
 from fer_runtime.exitcodes import INTERRUPTED, PIPE_CLOSED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,3 +122,14 @@ def test_ctrl_c_exits_130_with_one_line(model_dir: Path, tmp_path: Path) -> None
     assert proc.returncode == INTERRUPTED, err
     assert err.decode().strip().splitlines() == ["interrupted"]
     assert (first + out).count(b"\n") < 1 + 800  # stopped part-way
+
+
+@pytest.mark.parametrize("error, plain, named", [
+    (OSError("disk gone\nerrno 5 at block 9"), "disk gone", "OSError: disk gone"),
+    (RuntimeError(), "RuntimeError", "RuntimeError"),  # no text: the class name once, never "RuntimeError: RuntimeError"
+    (KeyError("labels"), "'labels'", "KeyError: 'labels'"),
+    (ValueError("  \n "), "ValueError", "ValueError"),
+])
+def test_first_line_renders_any_exception_on_one_line(error: BaseException, plain: str, named: str) -> None:
+    assert first_line(error) == plain
+    assert first_line(error, named=True) == named

@@ -791,6 +791,16 @@ def test_accuracy_bench_recomputes_the_card_from_the_files(exported, tmp_path, c
     assert card.read_text() == "no markers" and "must contain" in capsys.readouterr().err
 
 
+def test_tf2onnx_error_lines_are_kept_to_their_first_line_and_empty_ones_dropped(capsys):
+    import logging
+    with convert._quiet_tf2onnx() as log:
+        logging.getLogger("tf2onnx").error("")  # logging would print an IndexError traceback for this one
+        logging.getLogger("tf2onnx").error("Unsupported ops: Counter({'FooGrad': 1})\ndetails")
+        logging.getLogger("tf2onnx").warning("not collected")
+    assert log.messages == ["Unsupported ops: Counter({'FooGrad': 1})"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("stage", ["tf2onnx", "checker", "onnxruntime"])
 def test_an_exception_without_text_still_gives_a_one_line_export_error(monkeypatch, stage):
     """tf2onnx, onnx.checker and onnxruntime can raise with an empty message; the error names the stage and the type."""
@@ -809,7 +819,7 @@ def test_an_exception_without_text_still_gives_a_one_line_export_error(monkeypat
         import tf2onnx
         monkeypatch.setattr(tf2onnx.convert, "from_function", raise_empty)
         fn = tf.function(lambda t: t, input_signature=[tf.TensorSpec([None], tf.float32)])
-        with pytest.raises(ExportError, match=r"^tf2onnx could not convert the forward graph: RuntimeError: RuntimeError$"):
+        with pytest.raises(ExportError, match=r"^tf2onnx could not convert the forward graph: RuntimeError$"):
             convert.to_onnx(fn, 17, "forward")
         return
     convert.check_onnx_bytes(data, "g.onnx", ["image"], ["probs"])  # a valid graph: passes unpatched

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_runtime.errors import FerError
+from fer_runtime.errors import FerError, first_line
 from fer_runtime.labels import IMAGE_SIZE, LABELS, label_index
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
@@ -71,7 +71,7 @@ def _open_text(path: Path) -> str:
             raw = gzip.decompress(raw)
         text = raw.decode("utf-8-sig")
     except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{path}: cannot read ({e.__class__.__name__}: {e}); truncated or not a CSV?") from None
+        raise DataFormatError(f"{path}: cannot read ({first_line(e, named=True)}); truncated or not a CSV?") from None
     if not text.strip():
         raise DataFormatError(f"{path}: file is empty")
     return text

@@ -64,7 +64,7 @@ def load_model(path: str | Path) -> Any:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for corrupt or foreign files
         raise KerasInferenceError(f"{path}: cannot load the Keras model "
-                                  f"({e.__class__.__name__}: {first_line(e)[:200]})") from None
+                                  f"({first_line(e, named=True)[:200]})") from None
     if any(l.compute_dtype != "float32" for l in model.layers):
         for l in model.layers:
             l.dtype_policy = "float32"

@@ -89,7 +89,7 @@ def load_weights(model: Any, path: Path) -> None:
     except MemoryError:
         raise
     except Exception as e:  # keras raises many types for a damaged archive or another architecture
-        raise RunError(f"{path}: cannot load its weights ({e.__class__.__name__}: {first_line(e)[:200]})") from None
+        raise RunError(f"{path}: cannot load its weights ({first_line(e, named=True)[:200]})") from None
 
 
 def write_json(path: Path, obj: Any) -> None:
