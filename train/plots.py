@@ -48,7 +48,7 @@ def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float
     (name, validation accuracy) of a weight average, drawn as a level line."""
     plt = pyplot()
     ep = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, key, name in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
         ax.plot(ep, [r[key] for r in history], "-o", ms=3, label="train")
         ax.plot(ep, [r[f"val_{key}"] for r in history], "-o", ms=3, label="validation")
@@ -58,8 +58,8 @@ def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float
     axes[1].axvline(best[0], color="gray", ls="--", lw=1, label=f"best {best[1]:.4f} @ epoch {best[0]}")
     if average is not None:
         axes[1].axhline(average[1], color="tab:green", ls=":", lw=1.5, label=f"{average[0]}: {average[1]:.4f}")
-    axes[0].legend()
-    axes[1].legend()
+    for ax in axes:  # below the axes, so no legend covers a point
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
