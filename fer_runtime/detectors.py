@@ -28,7 +28,7 @@ from fer_runtime import providers as prov
 from fer_runtime.boxes import Box
 from fer_runtime.choices import DETECTORS
 from fer_runtime.errors import ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError, first_line
-from fer_runtime.images import to_bgr, to_uint8
+from fer_runtime.images import to_bgr, to_gray_uint8
 from fer_runtime.manifest import DetectorEntry, Manifest, read_manifest
 from fer_runtime.model_files import read_graph
 
@@ -45,16 +45,6 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> list[Box]: ...
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]: ...
-
-
-def _gray(image: np.ndarray) -> np.ndarray:
-    """Any supported image as uint8 gray."""
-    img = to_uint8(np.asarray(image))
-    if img.ndim == 3 and img.shape[2] == 1:
-        return img[:, :, 0]
-    if img.ndim == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    return img
 
 
 # -- BlazeFace ------------------------------------------------------------------------------------
@@ -299,7 +289,7 @@ class HaarDetector:
         return cls._cascade
 
     def detect(self, image: np.ndarray) -> list[Box]:
-        img = _gray(image)
+        img = to_gray_uint8(image)
         height, width = img.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         small = cv2.resize(img, (max(1, round(width * scale)), max(1, round(height * scale))),

@@ -37,12 +37,17 @@ def is_image_path(path: str | PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _round_uint8(f: np.ndarray) -> np.ndarray:
+    """Float 0..255 values to the nearest uint8 (the one rounding rule of every 8-bit conversion here)."""
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Return ``image`` as uint8 0..255 with the same channels (16-bit is scaled, floats in 0..1 are stretched)."""
     image = np.asarray(image)
     if image.dtype == np.uint8:
         return image
-    return np.clip(np.rint(_to_float255(image)), 0, 255).astype(np.uint8)
+    return _round_uint8(_to_float255(image))
 
 
 def read_image(path: str | PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -223,6 +228,11 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return f
 
 
+def to_gray_uint8(image: np.ndarray) -> np.ndarray:
+    """:func:`to_gray` rounded to uint8 HxW (what OpenCV's Haar detector takes)."""
+    return _round_uint8(to_gray(image))
+
+
 _STRIP_PIXELS = 1 << 22  # colour images above this many values are converted a strip of rows at a time
 
 
@@ -254,7 +264,7 @@ def face_pixels(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     folders with it and :func:`preprocess` (the Predictor's input) is its float32 copy.
     """
     gray = resize(to_gray(image), size, size)  # float32 on the 0..255 scale
-    return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    return _round_uint8(gray)
 
 
 def preprocess(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fer_runtime import Box, ModelIntegrityError, ModelNotFoundError, Predictor, detect_faces, read_image
+from fer_runtime import Box, InvalidImageError, ModelIntegrityError, ModelNotFoundError, Predictor, detect_faces, read_image
 from fer_runtime.choices import DETECTORS
 from fer_runtime.cli import app
 from fer_runtime.detectors import BlazeFaceDetector, HaarDetector, get_detector, ssd_anchors, tile_regions
@@ -211,6 +211,20 @@ def test_haar_is_still_selectable(model_dir: Path) -> None:
     with pytest.raises(ValueError, match="detector='haar'"):
         detect_faces(img, scale_factor=1.2)
     assert isinstance(get_detector("haar"), HaarDetector)
+
+
+def test_haar_takes_every_image_form_the_predictor_takes(model_dir: Path) -> None:
+    bgr = read_image(EXAMPLES / "photo_two_faces.jpg")
+    haar = HaarDetector()
+    boxes = haar.detect(bgr)
+    assert len(boxes) == 2
+    # the same photo as 16-bit, as float 0..1, as BGRA and as HxWx1 gray: the same gray image, so the same faces
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    for form in (bgr.astype(np.uint16) * 257, bgr.astype(np.float32) / 255, cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)):
+        assert haar.detect(form) == boxes
+    assert haar.detect(gray[:, :, None]) == haar.detect(gray)
+    with pytest.raises(InvalidImageError, match="got shape"):
+        haar.detect(np.zeros((60, 60, 5), np.uint8))
 
 
 def test_fer_crop_rule() -> None:
