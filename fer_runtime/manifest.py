@@ -46,6 +46,10 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+import dataclasses
+import functools
+import types
+import typing
 from typing import Any, TypeVar
 
 from fer_runtime.atomic import atomic_write
@@ -335,6 +339,11 @@ class _Reader:
         if unknown and not self.lenient:
             raise ModelIntegrityError(f"{self.where}: unknown key(s) {', '.join(map(repr, unknown))} in {what} "
                                       f"(format_version {format_version_json()} has no such key)")
+        hints = _field_types(cls)
+        for k, v in d.items():
+            if k in names and not _fits(v, hints[k]):
+                raise ModelIntegrityError(f"{self.where}: {k!r} in {what} must be {_json_kind(hints[k])}, "
+                                          f"not {_json_excerpt(v)}")
         return {k: v for k, v in d.items() if k in names}
 
     def build(self, cls: type[_T], value: Any, what: str) -> _T:
@@ -343,20 +352,57 @@ class _Reader:
     def file_entry(self, value: Any, what: str) -> FileEntry:
         d = self.known(value, FileEntry, what)
         specs = {k: [self.build(TensorSpec, t, f"{what} {k}") for t in d.get(k, [])] for k in ("inputs", "outputs")}
-        external = d.get("external", [])
-        if not isinstance(external, list) or not all(isinstance(e, str) for e in external):
-            raise ModelIntegrityError(f"{self.where}: external of {what} must be a list of file names")
-        return FileEntry(str(d["sha256"]), int(d["bytes"]), specs["inputs"], specs["outputs"], list(external))
+        return FileEntry(d["sha256"], d["bytes"], specs["inputs"], specs["outputs"], list(d.get("external", [])))
 
     def variant(self, value: Any, what: str) -> Variant:
         d = self.known(value, Variant, what)
-        members = d.get("members", [])
-        if not isinstance(members, list):
-            raise ModelIntegrityError(f"{self.where}: members of {what} must be a list")
-        d["members"] = [self.build(MemberEntry, m, f"member {i} of {what}") for i, m in enumerate(members)]
+        d["members"] = [self.build(MemberEntry, m, f"member {i} of {what}") for i, m in enumerate(d.get("members", []))]
         for key, cls in (("calibration", Calibration), ("quantization", Quantization)):
             d[key] = self.build(cls, d[key], f"{key} of {what}") if d.get(key) else None
         return Variant(**d)
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fits(value: Any, t: Any) -> bool:
+    """Whether a JSON value can stand for a field of type ``t`` (the dataclass annotations are the schema;
+    a nested dataclass is a JSON object, checked when it is built; a tuple is parsed by its own reader)."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if t is Any or origin is tuple:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if t is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_fits(e, args[0]) for e in value)
+    if origin is dict or dataclasses.is_dataclass(t):
+        return isinstance(value, dict) and all(isinstance(k, str) and (not args or _fits(e, args[1]))
+                                               for k, e in value.items())
+    if t in (int, float):  # JSON numbers; true/false are not numbers here
+        return isinstance(value, (int, float) if t is float else int) and not isinstance(value, bool)
+    return isinstance(value, t)
+
+
+def _json_kind(t: Any, plural: bool = False) -> str:
+    """``t`` in JSON words for an error message: "a string", "a string or null", "a list of strings"."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_json_kind(a, plural) for a in args)
+    if origin is list:
+        return ("lists" if plural else "a list") + f" of {_json_kind(args[0], plural=True)}"
+    one, many = (("an object", "objects") if origin is dict or dataclasses.is_dataclass(t) else
+                 {str: ("a string", "strings"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+                  bool: ("true or false", "booleans"), type(None): ("null", "nulls")}.get(t, (str(t), str(t))))
+    return many if plural else one
+
+
+def _json_excerpt(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -83,6 +83,31 @@ def test_unknown_keys_at_this_version_are_refused(model_copy: Path, where: str) 
         read_manifest(model_copy)
 
 
+@pytest.mark.parametrize("where, value, message", [
+    ("default_variant", ["accurate"], "'default_variant' in the manifest must be a string"),
+    ("labels", "Angry", "'labels' in the manifest must be a list of strings"),  # not 5 letters as labels
+    ("forward", ["fer.onnx"], "'forward' in variant '.*' must be a string"),
+    ("saliency", {"f": 1}, "'saliency' in variant '.*' must be a string or null"),
+    ("temperature", "1.2", "'temperature' in variant '.*' must be a number"),
+    ("params", True, "'params' in member 0 of variant '.*' must be an integer"),
+    ("shape", [None, 48, "48", 1], "'shape' in input must be a list of integers or nulls"),
+    ("detector file", {"f": 1}, "'file' in detector 'blazeface' must be a string"),
+    ("bytes", "12", r"'bytes' in files\['.*'\] must be an integer"),
+])
+def test_a_wrongly_typed_value_is_a_one_line_integrity_error(model_copy: Path, where: str, value, message: str) -> None:
+    def change(d):
+        v = d["variants"][d["default_variant"]]
+        target, key = {"default_variant": (d, where), "labels": (d, where), "forward": (v, where),
+                       "saliency": (v, where), "temperature": (v, where), "params": (v["members"][0], where),
+                       "shape": (d["input"], where), "detector file": (d["detectors"]["blazeface"], "file"),
+                       "bytes": (next(iter(d["files"].values())), where)}[where]
+        target[key] = value
+    _edit(model_copy, change)
+    with pytest.raises(ModelIntegrityError, match=message) as ei:  # not a TypeError from a later use
+        Predictor(model_copy, device="cpu")
+    assert "\n" not in str(ei.value)
+
+
 @pytest.mark.parametrize("version", [FORMAT_VERSION[0] + 1, f"{FORMAT_VERSION[0] + 1}.0", 0])
 def test_another_major_version_is_refused_in_one_line(model_copy: Path, version) -> None:
     _edit(model_copy, lambda d: d.update(format_version=version))
@@ -160,5 +185,5 @@ def test_a_weights_file_needs_format_2_and_a_listed_file(model_copy: Path) -> No
     with pytest.raises(ModelIntegrityError, match="ghost.onnx_data"):
         read_manifest(model_copy)
     _edit(model_copy, lambda d: d["files"][graph].update(external="ghost.onnx_data"))
-    with pytest.raises(ModelIntegrityError, match="list of file names"):
+    with pytest.raises(ModelIntegrityError, match=r"'external' in files\[.*\] must be a list of strings"):
         read_manifest(model_copy)
