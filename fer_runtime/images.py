@@ -175,11 +175,21 @@ def write_image(path: str | PathLike[str], image: np.ndarray) -> None:
     atomic_write(p, buf.tobytes())
 
 
+def _checked_shape(image: np.ndarray) -> np.ndarray:
+    """``image`` as an array of a supported, non-empty shape (HxWx1 as HxW); else InvalidImageError."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise InvalidImageError(f"expected an HxW, HxWx1, HxWx3 (BGR) or HxWx4 (BGRA) image, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InvalidImageError(f"empty image of shape {image.shape}")
+    return image
+
+
 def to_bgr(image: np.ndarray) -> np.ndarray:
     """Any supported image (HxW, HxWx1, BGR, BGRA; any dtype :func:`to_uint8` takes) as uint8 HxWx3 BGR."""
-    img = to_uint8(np.asarray(image))
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
+    img = to_uint8(_checked_shape(image))
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR) if img.shape[2] == 4 else img
@@ -213,13 +223,7 @@ def _to_float255(image: np.ndarray) -> np.ndarray:
 
 def to_gray(image: np.ndarray) -> np.ndarray:
     """Any face image (HxW, HxWx1, BGR, BGRA; uint8, uint16, int, bool or float) to float32 HxW gray 0..255."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-        raise InvalidImageError(f"expected an HxW, HxWx1, HxWx3 (BGR) or HxWx4 (BGRA) image, got shape {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise InvalidImageError(f"empty image of shape {image.shape}")
+    image = _checked_shape(image)
     if image.ndim == 3 and image.dtype in (np.uint8, np.uint16) and image.size > _STRIP_PIXELS:
         return _to_gray_in_strips(image)
     f = _to_float255(image)

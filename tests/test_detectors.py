@@ -227,6 +227,16 @@ def test_haar_takes_every_image_form_the_predictor_takes(model_dir: Path) -> Non
         haar.detect(np.zeros((60, 60, 5), np.uint8))
 
 
+@pytest.mark.parametrize("engine", ["blazeface", "haar"])
+@pytest.mark.parametrize("shape, message", [((0, 0, 3), "empty image"), ((10,), "got shape"),
+                                            ((4, 4, 2), "got shape"), ((4, 0), "empty image")])
+def test_every_engine_refuses_a_bad_image_shape_with_a_typed_error(model_dir: Path, engine: str, shape, message) -> None:
+    with pytest.raises(InvalidImageError, match=message):
+        detect_faces(np.zeros(shape, np.uint8), engine)
+    with pytest.raises(InvalidImageError, match=message):
+        detect_faces_batch([np.zeros((60, 60), np.uint8), np.zeros(shape, np.uint8)], engine)
+
+
 def test_fer_crop_rule() -> None:
     raw = Box(100, 200, 100, 100, score=0.9, keypoints=((120.0, 230.0),))
     c = fer_crop(raw)
