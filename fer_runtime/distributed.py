@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fer_runtime.errors import FerRuntimeError, InvalidImageError
+from fer_runtime.errors import FerRuntimeError, InvalidImageError, first_line
 from fer_runtime.images import DEFAULT_MAX_PIXELS, decode_image, is_image_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -417,7 +417,7 @@ def predict_to_parquet(predictor: "Predictor", files: Sequence[str], missing: Se
     from fer_runtime.atomic import atomic_path, atomic_write
     from fer_runtime.pipeline import error_row
     from fer_runtime.results import columns
-    from fer_runtime.resume import run_settings
+    from fer_runtime.resume import run_settings, settings_difference
 
     cols = columns(predictor.labels)
     settings = {"columns": cols, **run_settings(predictor, faces=faces, detector=detector, max_pixels=max_pixels)}
@@ -429,11 +429,16 @@ def predict_to_parquet(predictor: "Predictor", files: Sequence[str], missing: Se
         raise DistributedError(f"{out} already holds {len(existing)} Parquet file(s): pass --resume to continue "
                                "that run, or choose another --out")
     if resume and marker.exists():
-        was = json.loads(marker.read_text(encoding="utf-8"))
-        for key in sorted(set(was) | set(settings)):
-            if was.get(key) != settings.get(key):
-                raise DistributedError(f"cannot resume {out}: {key} was {was.get(key)!r} in the interrupted run, "
-                                       f"now {settings.get(key)!r}")
+        try:
+            was = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DistributedError(f"cannot resume {out}: {marker} is unreadable ({first_line(e)}); "
+                                   "choose another --out") from None
+        if not isinstance(was, dict):
+            raise DistributedError(f"cannot resume {out}: {marker} is damaged (not a JSON object); choose another --out")
+        difference = settings_difference(was, settings)
+        if difference:
+            raise DistributedError(f"cannot resume {out}: {difference}")
     done, torn = parquet_done(out) if existing else (set(), [])
     for f in torn:
         f.unlink()

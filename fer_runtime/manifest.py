@@ -46,15 +46,12 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-import dataclasses
-import functools
-import types
-import typing
 from typing import Any, TypeVar
 
 from fer_runtime.atomic import atomic_write
 from fer_runtime.errors import ManifestVersionError, ModelIntegrityError, ModelNotFoundError, first_line
 from fer_runtime.labels import IMAGE_SIZE
+from fer_runtime.typed_json import wrong_field
 
 # (major, minor) this code writes and fully understands. A new optional key raises the minor version: older
 # readers of the same major ignore what they do not know. Anything else (a key renamed, removed or whose
@@ -339,11 +336,9 @@ class _Reader:
         if unknown and not self.lenient:
             raise ModelIntegrityError(f"{self.where}: unknown key(s) {', '.join(map(repr, unknown))} in {what} "
                                       f"(format_version {format_version_json()} has no such key)")
-        hints = _field_types(cls)
-        for k, v in d.items():
-            if k in names and not _fits(v, hints[k]):
-                raise ModelIntegrityError(f"{self.where}: {k!r} in {what} must be {_json_kind(hints[k])}, "
-                                          f"not {_json_excerpt(v)}")
+        wrong = wrong_field(cls, d, within=what)
+        if wrong:
+            raise ModelIntegrityError(f"{self.where}: {wrong}")
         return {k: v for k, v in d.items() if k in names}
 
     def build(self, cls: type[_T], value: Any, what: str) -> _T:
@@ -360,49 +355,6 @@ class _Reader:
         for key, cls in (("calibration", Calibration), ("quantization", Quantization)):
             d[key] = self.build(cls, d[key], f"{key} of {what}") if d.get(key) else None
         return Variant(**d)
-
-
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _fits(value: Any, t: Any) -> bool:
-    """Whether a JSON value can stand for a field of type ``t`` (the dataclass annotations are the schema;
-    a nested dataclass is a JSON object, checked when it is built; a tuple is parsed by its own reader)."""
-    origin, args = typing.get_origin(t), typing.get_args(t)
-    if t is Any or origin is tuple:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if t is type(None):
-        return value is None
-    if origin is list:
-        return isinstance(value, list) and all(_fits(e, args[0]) for e in value)
-    if origin is dict or dataclasses.is_dataclass(t):
-        return isinstance(value, dict) and all(isinstance(k, str) and (not args or _fits(e, args[1]))
-                                               for k, e in value.items())
-    if t in (int, float):  # JSON numbers; true/false are not numbers here
-        return isinstance(value, (int, float) if t is float else int) and not isinstance(value, bool)
-    return isinstance(value, t)
-
-
-def _json_kind(t: Any, plural: bool = False) -> str:
-    """``t`` in JSON words for an error message: "a string", "a string or null", "a list of strings"."""
-    origin, args = typing.get_origin(t), typing.get_args(t)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_json_kind(a, plural) for a in args)
-    if origin is list:
-        return ("lists" if plural else "a list") + f" of {_json_kind(args[0], plural=True)}"
-    one, many = (("an object", "objects") if origin is dict or dataclasses.is_dataclass(t) else
-                 {str: ("a string", "strings"), int: ("an integer", "integers"), float: ("a number", "numbers"),
-                  bool: ("true or false", "booleans"), type(None): ("null", "nulls")}.get(t, (str(t), str(t))))
-    return many if plural else one
-
-
-def _json_excerpt(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def sha256_bytes(data: bytes) -> str:

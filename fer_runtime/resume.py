@@ -20,8 +20,9 @@ from types import TracebackType
 from typing import IO, Any
 
 from fer_runtime.atomic import atomic_replace, atomic_write
-from fer_runtime.errors import FerError
+from fer_runtime.errors import FerError, first_line
 from fer_runtime.results import encode_header, encode_row
+from fer_runtime.typed_json import wrong_field
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_SUFFIX = ".progress.json"
@@ -37,6 +38,16 @@ def run_settings(predictor: Any, *, faces: str, detector: Any, max_pixels: int |
             "max_pixels": max_pixels, "model": predictor.variant,
             "model_sha256": predictor.manifest.files[spec.forward].sha256}
 
+
+
+def settings_difference(was: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The first setting (by name) in which a run resuming differs from the interrupted one, as
+    "model was 'fast' in the interrupted run, now 'accurate'"; None if they agree. The CSV/JSON-lines writer
+    here and the Parquet output of :mod:`fer_runtime.distributed` both check with it."""
+    for key in sorted(set(was) | set(now)):
+        if was.get(key) != now.get(key):
+            return f"{key} was {was.get(key)!r} in the interrupted run, now {now.get(key)!r}"
+    return None
 
 
 class ResumeError(FerError):
@@ -74,6 +85,9 @@ class Progress:
     failed: int = 0
     faces: int = 0
     version: int = PROGRESS_VERSION
+
+
+_COUNTS = ("n_inputs", "inputs_done", "bytes", "rows", "failed", "faces")
 
 
 class ResumableWriter:
@@ -164,8 +178,13 @@ class ResumableWriter:
             raw = json.loads(self.progress_file.read_text(encoding="utf-8"))
             state = Progress(**raw)
         except (OSError, ValueError, TypeError) as e:
-            raise ResumeError(f"cannot resume: {self.progress_file} is unreadable ({e}); "
+            raise ResumeError(f"cannot resume: {self.progress_file} is unreadable ({first_line(e)}); "
                               "run without --resume to start over") from None
+        wrong = wrong_field(Progress, raw) or next((f"{k!r} must not be negative" for k in _COUNTS
+                                                   if getattr(state, k) < 0), None)
+        if wrong:
+            raise ResumeError(f"cannot resume: {self.progress_file} is damaged ({wrong}); "
+                              "run without --resume to start over")
         if state.version != PROGRESS_VERSION:
             raise ResumeError(f"cannot resume: {self.progress_file} has version {state.version}, "
                               f"this fer-infer writes {PROGRESS_VERSION}; run without --resume to start over")
@@ -177,8 +196,6 @@ class ResumableWriter:
             raise ResumeError(f"cannot resume {self.out}: the inputs differ from the interrupted run's "
                               f"({previous.n_inputs} then, {self.state.n_inputs} now, or in another order); "
                               "run without --resume to start over")
-        for key in sorted(set(previous.settings) | set(self.state.settings)):
-            was, now = previous.settings.get(key), self.state.settings.get(key)
-            if was != now:
-                raise ResumeError(f"cannot resume {self.out}: {key} was {was!r} in the interrupted run, now {now!r}; "
-                                  "run without --resume to start over")
+        difference = settings_difference(previous.settings, self.state.settings)
+        if difference:
+            raise ResumeError(f"cannot resume {self.out}: {difference}; run without --resume to start over")

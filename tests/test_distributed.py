@@ -24,7 +24,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from fer_runtime.cli import app  # noqa: E402
-from fer_runtime.distributed import parquet_done, predict_dataset  # noqa: E402
+from fer_runtime.distributed import SETTINGS_FILE, DistributedError, parquet_done, predict_dataset, predict_to_parquet  # noqa: E402,E501
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "fer2013_small.csv.gz"
 CORRUPT = "zz_corrupt.png"
@@ -236,3 +236,15 @@ def test_a_killed_worker_is_replaced_and_nothing_is_lost(crops: Path, plain_csv:
     assert [r["path"] for r in rows] == paths
     for r, w in zip(rows, want):
         assert (r["label"] or "") == w["label"] and (r["error"] or "") == w["error"]
+
+
+@pytest.mark.parametrize("marker, message", [("{not json", "is unreadable"), ("[1, 2]", "not a JSON object"),
+                                             ('{"model": "other"}', "columns was None in the interrupted run")])
+def test_parquet_resume_refuses_a_damaged_or_foreign_settings_file(predictor, tmp_path: Path, marker: str,
+                                                                   message: str) -> None:
+    out = tmp_path / "preds.parquet"
+    out.mkdir()
+    (out / SETTINGS_FILE).write_text(marker)
+    with pytest.raises(DistributedError, match=message) as ei:
+        predict_to_parquet(predictor, [], [], out, resume=True, workers=1)
+    assert "\n" not in str(ei.value) and str(ei.value).startswith(f"cannot resume {out}")

@@ -287,6 +287,29 @@ def test_resumable_writer_drops_rows_after_the_last_commit(tmp_path: Path) -> No
         ResumableWriter(tmp_path / "x.csv", "csv", cols, ["y.png"], {}, resume=True).__enter__()
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("settings", 5, "'settings' must be an object, not 5"),
+    ("bytes", "12", "'bytes' must be an integer"),
+    ("inputs_done", "1", "'inputs_done' must be an integer"),
+    ("bytes", -1, "'bytes' must not be negative"),
+    (None, None, "unreadable"),  # not JSON at all
+])
+def test_a_damaged_progress_record_is_a_one_line_resume_error(tmp_path: Path, field, value, message: str) -> None:
+    out, cols, inputs = tmp_path / "preds.csv", columns(["A", "B"]), ["a.png", "b.png"]
+    w = ResumableWriter(out, "csv", cols, inputs, {"faces": "crop"}).__enter__()
+    w.write({"path": "a.png", "label": "A", "p_a": 0.9, "p_b": 0.1})
+    w.commit(1)
+    w._fh.close()  # the process dies  # type: ignore[union-attr]
+    record = json.loads(progress_path(out).read_text())
+    if field is None:
+        progress_path(out).write_text('{"inputs_sha256": "ab", "n_inp')
+    else:
+        progress_path(out).write_text(json.dumps({**record, field: value}))
+    with pytest.raises(ResumeError, match=message) as ei:  # not a TypeError from truncate() or a slice
+        ResumableWriter(out, "csv", cols, inputs, {"faces": "crop"}, resume=True).__enter__()
+    assert "\n" not in str(ei.value) and "run without --resume" in str(ei.value)
+
+
 def test_file_size_limit_is_a_one_line_error_and_keeps_the_previous_output(model_dir: Path, many: Path,
                                                                            tmp_path: Path) -> None:
     """RLIMIT_FSIZE (what ``ulimit -f`` sets), with SIGXFSZ ignored so that write() fails with EFBIG."""
