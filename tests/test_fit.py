@@ -96,6 +96,30 @@ def test_best_checkpoint_follows_its_history_row_and_resume_mends_a_kill_between
     assert all(np.array_equal(a, b) for a, b in zip(best, epoch3))
 
 
+def test_resume_after_a_kill_between_last_keras_and_its_history_row_trains_no_epoch_twice(tmp_path):
+    """A kill after last.keras is saved but before the epoch's history row: --resume rebuilds the row from a
+    validation pass instead of training that epoch again on top of itself."""
+    import keras
+
+    run = tmp_path / "run"
+    fit(run, TINY, _cfg(epochs=3), log=lambda s: None)
+    full = runs.read_history(run)
+    runs.write_history(run, full[:2])  # as if killed just before epoch 3's row; last.keras holds epoch 3
+    epoch3 = keras.models.load_model(run / runs.LAST)
+    steps = int(epoch3.optimizer.iterations.numpy()) // 3
+    lines: list[str] = []
+    res = fit(run, resume=True, log=lines.append)  # 3 of 3 epochs: nothing left to train
+    h = runs.read_history(run)
+    assert [int(r["epoch"]) for r in h] == [1, 2, 3] and res["epochs_done"] == 3
+    assert np.isnan(h[2]["loss"]) and h[2]["val_accuracy"] == pytest.approx(full[2]["val_accuracy"], abs=1e-6)
+    assert any("epoch 3 was saved but not recorded" in m for m in lines), lines
+    after = keras.models.load_model(run / runs.LAST)
+    assert steps > 0 and int(after.optimizer.iterations.numpy()) == 3 * steps  # not trained a fourth time
+    if runs.best_epoch(h)[0] == 3:
+        best = keras.models.load_model(run / runs.BEST, compile=False).get_weights()
+        assert all(np.array_equal(a, b) for a, b in zip(best, epoch3.get_weights()))
+
+
 def test_resume_after_interrupt_mid_epoch(tmp_path):
     run = tmp_path / "run"
 

@@ -82,6 +82,36 @@ def test_averager_keeps_a_running_mean_that_a_resumed_run_continues(tmp_path):
         swa.read_state(tmp_path)
 
 
+def test_a_resume_adds_the_epoch_whose_weights_were_saved_but_not_averaged(tmp_path):
+    """Killed between saving last.keras and the mean: the resumed averager takes that epoch from the loaded model."""
+    model = _bn_model()
+
+    def weights_of(epoch):
+        for v in model.trainable_weights:
+            v.assign(np.full(v.shape, float(epoch) ** 2, np.float32))
+
+    a = swa.WeightAverager(tmp_path / "r", start=1, log=lambda s: None)
+    (tmp_path / "r").mkdir()
+    a.set_model(model)
+    for e in (1, 2):
+        weights_of(e)
+        a.on_epoch_end(e - 1)
+    weights_of(3)  # epoch 3 ended and was saved in last.keras, then the kill: the mean still ends at epoch 2
+    said: list[str] = []
+    swa.WeightAverager(tmp_path / "r", start=1, log=said.append).resume(3, model)
+    mean, count, last = swa.read_state(tmp_path / "r")
+    assert (count, last) == (3, 3) and "epoch 3 added" in said[0]
+    for m in mean:
+        np.testing.assert_allclose(m, (1 + 4 + 9) / 3)
+    # the same at the first averaged epoch, before any mean was saved; and nothing before the start epoch
+    (tmp_path / "s").mkdir()
+    swa.WeightAverager(tmp_path / "s", start=4, log=lambda s: None).resume(3, model)
+    assert swa.read_state(tmp_path / "s") is None
+    swa.WeightAverager(tmp_path / "s", start=3, log=lambda s: None).resume(3, model)
+    mean, count, last = swa.read_state(tmp_path / "s")
+    assert (count, last) == (1, 3) and all(np.allclose(m, 9) for m in mean)
+
+
 def test_fit_saves_the_mean_with_fresh_batch_norm_statistics(tmp_path):
     run = tmp_path / "run"
     # lr 0: validation accuracy levels off (only batch-norm statistics move), which would stop the run after

@@ -127,6 +127,30 @@ def _check_rows(run: Path, conf: dict[str, Any], train_rows: int, val_rows: int)
                             f"started on {rec.get('train_rows')} / {rec.get('val_rows')}; pass the same data with --data")
 
 
+def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, Any]], steps: int, ds_va: Any,
+                               precision: str, log: Callable[[str], None]) -> None:
+    """Bring a resumed run's files back into step after a kill in the middle of an epoch's saves (the Recorder
+    writes last.keras, then the history row, then best.keras). ``model`` holds last.keras.
+
+    - Killed after last.keras but before the row: the optimizer has run ``steps`` more iterations than the history
+      has epochs. The row is rebuilt from a validation pass (the training loss and accuracy of that epoch are lost:
+      NaN), so the epoch is not trained twice.
+    - Killed after the row but before best.keras, when that epoch is the best: best.keras is re-saved from it.
+    """
+    iterations = int(model.optimizer.iterations.numpy())
+    if iterations == (len(history) + 1) * steps:
+        scores = model.evaluate(ds_va, verbose=0, return_dict=True)
+        row = {"epoch": len(history) + 1, "loss": float("nan"), "accuracy": float("nan"),
+               "val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"]),
+               "lr": float(np.asarray(model.optimizer.learning_rate)), "seconds": float("nan"), "precision": precision}
+        history.append(row)
+        runs.write_history(run, history)
+        log(f"{run}: epoch {row['epoch']} was saved but not recorded (interrupted); its history row is rebuilt from "
+            f"a validation pass (val_acc {row['val_accuracy']:.4f}; its training loss is lost)")
+    if history and runs.best_epoch(history)[0] == len(history):  # last.keras is the best epoch: best.keras must be it
+        runs.save_keras(model, run / runs.BEST, include_optimizer=False)
+
+
 def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, *,
         resume: bool = False, source: DataSource | None = None, extra_train: tuple[np.ndarray, np.ndarray] | None = None,
         log: Callable[[str], None] = print, progress: Callable[[int, int, int], None] | None = None,
@@ -217,8 +241,6 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         if resume:
             model.optimizer.build(model.trainable_variables)
             runs.load_weights(model, run / runs.LAST)
-            if history and runs.best_epoch(history)[0] == len(history):  # killed before best.keras was written
-                runs.save_keras(model, run / runs.BEST, include_optimizer=False)
     write_summary(model, run)
 
     x_tr = train.x
@@ -246,6 +268,8 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
 
         ds_tr, ds_va = shard_by_data(ds_tr), shard_by_data(ds_va)
     steps = math.ceil(len(x_tr) / cfg.batch_size)
+    if resume:
+        _mend_a_kill_between_saves(model, run, history, steps, ds_va, precision, log)
     start = len(history)
     snapshots = schedules.cycle_ends(cfg.epochs, cfg.warmup_epochs, cfg.cycles)
     patience = cfg.epochs if snapshots or cfg.swa_start else cfg.patience  # cycles and averaging run to the end
@@ -283,7 +307,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
             from fer_train.swa import WeightAverager
 
             averager = WeightAverager(run, cfg.swa_start, log)
-            averager.resume(start)
+            averager.resume(start, model)
             callbacks.append(averager)
         if cfg.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau("val_accuracy", factor=0.5, patience=4, min_lr=1e-6))
@@ -295,7 +319,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         log(f"final weights sha256 {weights_digest(model)} (the same on every worker)")
     be, bv = runs.best_epoch(history)
     result = {"run": str(run), "epochs_done": len(history), "best_epoch": be, "best_val_accuracy": bv,
-              "params": int(model.count_params()), "minutes_per_epoch": float(np.mean([r["seconds"] for r in history]) / 60) if history else None}
+              "params": int(model.count_params()), "minutes_per_epoch": float(np.nanmean([r["seconds"] for r in history]) / 60) if history else None}
     if cfg.swa_start:
         from fer_train import swa
 

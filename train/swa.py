@@ -27,29 +27,41 @@ class WeightAverager(keras.callbacks.Callback):
         self.mean: list[np.ndarray] | None = None
         self.count = 0
 
-    def resume(self, epochs_done: int) -> None:
-        """Read the saved mean of a run that has ``epochs_done`` epochs (call before training)."""
+    def resume(self, epochs_done: int, model: Any = None) -> None:
+        """Read the saved mean of a run that has ``epochs_done`` epochs (call before training). ``model`` holds the
+        run's last.keras, the weights of epoch ``epochs_done``: if the run stopped between saving them and the
+        mean, they are added now, so no epoch is missing from the average."""
         state = read_state(self.run)
-        if state is None:
-            return
-        mean, count, epoch = state
-        if epoch > epochs_done:
-            raise runs.RunError(f"{self.run / runs.SWA_STATE}: averaged up to epoch {epoch}, but the run has only "
-                                f"{epochs_done}; remove it to restart the average")
-        if epoch < epochs_done:  # the run stopped between saving last.keras and the mean
-            self.log(f"{runs.SWA_STATE}: epoch {epochs_done} is missing from the average ({count} epochs up to {epoch})")
-        self.mean, self.count = mean, count
+        if state is not None:
+            self.mean, self.count, last = state
+            if last > epochs_done:
+                raise runs.RunError(f"{self.run / runs.SWA_STATE}: averaged up to epoch {last}, but the run has only "
+                                    f"{epochs_done}; remove it to restart the average")
+        else:
+            last = min(epochs_done, self.start - 1)  # nothing averaged yet: none missing before the start epoch
+        missing = epochs_done - last
+        if missing == 1 and model is not None:
+            self.set_model(model)
+            self._add(epochs_done)
+            self.log(f"{runs.SWA_STATE}: epoch {epochs_done} added to the average from last.keras (the run stopped "
+                     "before saving the average)")
+        elif missing:
+            which = f"epoch {epochs_done} is" if missing == 1 else f"epochs {last + 1}-{epochs_done} are"
+            self.log(f"{runs.SWA_STATE}: {which} missing from the average ({self.count} epochs up to {last})")
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 < self.start:
-            return
+        if epoch + 1 >= self.start:
+            self._add(epoch + 1)
+
+    def _add(self, epoch: int) -> None:
+        """Add the model's trainable weights (those of ``epoch``, 1-based) to the mean and save it."""
         w = [np.asarray(v.numpy(), np.float64) for v in self.model.trainable_weights]
         if self.mean is None:
             self.mean, self.count = w, 1
         else:
             self.count += 1
             self.mean = [m + (x - m) / self.count for m, x in zip(self.mean, w)]
-        write_state(self.run, self.mean, self.count, epoch + 1)
+        write_state(self.run, self.mean, self.count, epoch)
 
 
 def write_state(run: Path, mean: list[np.ndarray], count: int, epoch: int) -> None:
