@@ -113,7 +113,14 @@ def read_history(run: Path) -> list[dict[str, Any]]:
     if not p.exists():
         return []
     with p.open(newline="") as f:
-        return [{k: v if k in TEXT_FIELDS else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        rows = []
+        for row in reader:
+            try:
+                rows.append({k: v if k in TEXT_FIELDS else float(v) for k, v in row.items()})
+            except (TypeError, ValueError):  # a short row (None cells), an empty or non-numeric cell
+                raise RunError(f"{p}:{reader.line_num}: damaged row (a value is missing or not a number)") from None
+        return rows
 
 
 def write_history(run: Path, rows: Iterable[dict[str, float]]) -> None:
