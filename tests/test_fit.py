@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -532,6 +533,14 @@ def test_ensemble_like_trains_one_member_per_seed_and_resumes(tmp_path):
     r = runner.invoke(app, ["ensemble", "--like", str(tmp_path / "tmpl"), "--seed", "5", "--out", str(tmp_path / "ens")])
     assert r.exit_code == 0 and "already trained 1/1" in r.output  # a finished member is not trained again
     assert (tmp_path / "ens" / "tmpl_s5" / runs.LAST).stat().st_mtime_ns == mtime
+    import shutil
+
+    other = Path(shutil.copytree(tmp_path / "tmpl", tmp_path / "elsewhere" / "tmpl"))  # another template, same name
+    for likes, seeds in (([tmp_path / "tmpl", other], ["7"]), ([tmp_path / "tmpl"], ["7", "7"])):
+        args = [a for like in likes for a in ("--like", str(like))] + [a for s in seeds for a in ("--seed", s)]
+        r = runner.invoke(app, ["ensemble", *args, "--out", str(tmp_path / "ens2")])
+        assert r.exit_code == 2 and "would both train" in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "ens2").exists()  # refused before any training
 
 
 def test_self_train_on_an_unlabelled_course_test_csv(tmp_path):

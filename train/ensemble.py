@@ -39,6 +39,13 @@ def _relpath(p: Path, start: Path) -> str:
 def train_ensemble(out: Path, templates: list[Path], seeds: list[int], epochs: int | None = None,
                    run_fit: Callable[..., dict] = fit) -> list[dict]:
     """Train one member per (template run config, seed) into ``out/<template>_s<seed>``; resumable."""
+    names: dict[str, Path] = {}
+    for t in templates:
+        for seed in seeds:
+            name = f"{t.name}_s{seed}"
+            if (first := names.setdefault(name, t)) is not t or list(seeds).count(seed) > 1:
+                raise runs.RunError(f"{first} and {t} with seed {seed} would both train {out / name}: give each "
+                                    "template a folder name of its own and each seed once")
     results, members, data = [], [], ""
     for t in templates:
         _, mcfg, template = read_run_config(t)
