@@ -7,7 +7,6 @@ it hashes change together or not at all, even if the process is killed. On any f
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,12 @@ from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.errors import FerRuntimeError
 from fer_runtime.labels import IMAGE_SIZE, LABELS
 from fer_runtime.manifest import (DEFAULT_VARIANT, MANIFEST_NAME, Calibration, FileEntry, InputSpec, Manifest,
-                                  Variant, read_manifest, sha256_bytes, variant_file_names, variant_weights_name,
-                                  write_manifest)
+                                  Variant, read_manifest, sha256_bytes, variant_file_names, variant_name_problem,
+                                  variant_weights_name, write_manifest)
 
 AUTO_TEMPERATURE = "auto"  # fit the temperature on PublicTest (fer_export.calibrate)
 CALIBRATION_SPLIT = "PublicTest"
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fer2013_small.csv.gz"
-_VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
 
 
 @dataclass
@@ -126,8 +123,8 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     from fer_export import convert, graphs, members as members_mod, share, twin, verify
 
     out = Path(out)
-    if not _VARIANT_RE.match(variant):
-        raise ExportError(f"variant name {variant!r} must be 1-64 letters, digits, '_' or '-', starting with a letter or digit")
+    if problem := variant_name_problem(variant):
+        raise ExportError(problem)
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} exists and is not a directory")
     if verify_count < 0:

@@ -22,7 +22,7 @@ from fer_export.errors import ExportError, refuse_overwrite
 from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.labels import IMAGE_SIZE
 from fer_runtime.manifest import (MANIFEST_NAME, FileEntry, Quantization, read_manifest, sha256_bytes,
-                                  variant_file_names, write_manifest)
+                                  variant_file_names, variant_name_problem, write_manifest)
 from fer_runtime.model_files import read_graph
 
 MIN_AGREEMENT = 0.99  # argmax agreement with the float graph
@@ -177,6 +177,8 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     if source not in manifest.variants:
         raise ExportError(f"variant {source!r} is not in {model_dir / MANIFEST_NAME} "
                           f"(variants: {', '.join(sorted(manifest.variants))})")
+    if problem := variant_name_problem(target):
+        raise ExportError(problem)
     if target == source:
         raise ExportError("the quantized variant needs a name of its own")
     old = manifest.variants.get(target)

@@ -93,6 +93,16 @@ def check_format_version(value: object, where: str = MANIFEST_NAME) -> bool:
     return minor > known_minor
 
 
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # it becomes part of file names
+
+
+def variant_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a variant (the exporter, fer-quantize and the manifest reader ask), or None."""
+    if not isinstance(name, str) or not VARIANT_NAME.match(name):
+        return f"variant name {name!r} must be 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+    return None
+
+
 def variant_file_names(variant: str) -> tuple[str, str]:
     """(forward, saliency) file names of a variant: ``fer_ensemble.onnx``/``fer_saliency.onnx`` for ``accurate``."""
     if variant == DEFAULT_VARIANT:
@@ -297,7 +307,12 @@ class Manifest:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise ModelIntegrityError(f"{where}: malformed manifest ({first_line(e, named=True)})") from None
+        for name in m.files:
+            if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+                raise ModelIntegrityError(f"{where}: file name {name!r} under 'files' is not a plain file name")
         for name, v in m.variants.items():
+            if problem := variant_name_problem(name):
+                raise ModelIntegrityError(f"{where}: {problem}")
             for f in (v.forward, v.saliency):
                 if f is not None and f not in m.files:
                     raise ModelIntegrityError(f"{where}: variant {name!r} names {f!r}, which is not under 'files'")

@@ -108,6 +108,17 @@ def test_a_wrongly_typed_value_is_a_one_line_integrity_error(model_copy: Path, w
     assert "\n" not in str(ei.value)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["variants"].update({"../x": d["variants"][d["default_variant"]]}), r"variant name '\.\./x' must be"),
+    (lambda d: d["files"].update({"../fer_fast.onnx": next(iter(d["files"].values()))}),
+     r"file name '\.\./fer_fast\.onnx' under 'files' is not a plain file name"),
+])
+def test_names_that_would_reach_outside_the_model_folder_are_refused(model_copy: Path, change, message: str) -> None:
+    _edit(model_copy, change)
+    with pytest.raises(ModelIntegrityError, match=message):
+        read_manifest(model_copy)
+
+
 @pytest.mark.parametrize("version", [FORMAT_VERSION[0] + 1, f"{FORMAT_VERSION[0] + 1}.0", 0])
 def test_another_major_version_is_refused_in_one_line(model_copy: Path, version) -> None:
     _edit(model_copy, lambda d: d.update(format_version=version))

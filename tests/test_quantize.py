@@ -113,6 +113,11 @@ def test_unknown_source_and_bad_images(models: Path, data) -> None:
         quantize_variant(models, x[:, :40], x, y)
     with pytest.raises(ExportError, match="labels"):
         quantize_variant(models, x, x, y[:5])
+    before = sorted(p.name for p in models.rglob("*"))
+    for target in ("x/../../y", "../fast", ""):  # the exporter's variant-name rule: no file outside the folder
+        with pytest.raises(ExportError, match="variant name .* must be 1-64 letters"):
+            quantize_variant(models, x, x, y, target=target, min_agreement=0.0, max_accuracy_loss=1.0)
+    assert sorted(p.name for p in models.rglob("*")) == before and not (models.parent / "y.onnx").exists()
 
 
 def test_a_new_variant_cannot_overwrite_another_variants_files(models: Path, exported: Path, data) -> None:
