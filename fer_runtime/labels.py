@@ -8,7 +8,7 @@ IMAGE_SIZE: int = 48
 def label_index(name: str) -> int:
     """Map a class name (any case) or its digit ("0".."6") to its index; raise KeyError if unknown."""
     s = name.strip()
-    if s.isdigit() and int(s) < NUM_CLASSES:
+    if s.isascii() and s.isdigit() and int(s) < NUM_CLASSES:  # "²".isdigit() is True, int("²") fails
         return int(s)
     lowered = {n.lower(): i for i, n in enumerate(LABELS)}
     if s.lower() in lowered:

@@ -51,6 +51,8 @@ def _write(tmp_path: Path, lines: list[str], name: str = "bad.csv") -> Path:
     (lambda e, px, u: f"{e},{' '.join(px[:5] + ['12x'] + px[6:])},{u}", "non-numeric pixel value '12x'"),
     (lambda e, px, u: f"{e},{' '.join(px[:5] + ['300'] + px[6:])},{u}", "outside 0..255"),
     (lambda e, px, u: f"9,{' '.join(px)},{u}", "unknown label '9'"),
+    (lambda e, px, u: f"{e},{' '.join(px[:5] + ['²'] + px[6:])},{u}", "non-numeric pixel value '²'"),  # isdigit()
+    (lambda e, px, u: f"²,{' '.join(px)},{u}", "unknown label '²'"),
     (lambda e, px, u: f"{e},{' '.join(px)},Holdout", "unknown Usage 'Holdout'"),
     (lambda e, px, u: f"{e},{' '.join(px)}", "expected 3 fields, found 2"),
 ])

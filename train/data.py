@@ -83,7 +83,7 @@ def _parse_one(path: Path, line: int, s: str) -> np.ndarray:
     if len(toks) != PIXELS:
         raise DataFormatError(f"{path}:{line}: expected {PIXELS} pixel values, found {len(toks)}")
     for t in toks:
-        if not t.isdigit():
+        if not (t.isascii() and t.isdigit()):  # "²".isdigit() is True, int("²") fails
             raise DataFormatError(f"{path}:{line}: non-numeric pixel value {t!r}")
         if int(t) > 255:
             raise DataFormatError(f"{path}:{line}: pixel value {t} outside 0..255")
