@@ -6,7 +6,6 @@ says validation is PublicTest, or an evaluation on the PublicTest rows of ``--ve
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,15 +71,14 @@ def recorded_accuracy(path: Path) -> tuple[float | None, str]:
     if path.name != runs.BEST:
         return None, "unknown"
     run = path.parent
-    mp = run / runs.METRICS
-    if mp.exists():
-        try:
-            rep = json.loads(mp.read_text()).get("PublicTest", {})
-        except (OSError, json.JSONDecodeError, AttributeError):
-            rep = {}
-        # only a figure of this very file (fer-train evaluate RUN/last.keras or swa.keras writes here too)
-        if isinstance(rep, dict) and "accuracy" in rep and rep.get("members", [runs.BEST]) == [runs.BEST]:
-            return float(rep["accuracy"]), "metrics.json"
+    try:
+        rep = runs.read_metrics(run).get("PublicTest", {})
+    except (OSError, runs.RunError):  # a damaged metrics.json: the next source
+        rep = {}
+    # only a figure of this very file (fer-train evaluate RUN/last.keras or swa.keras writes here too)
+    if isinstance(rep, dict) and isinstance(rep.get("accuracy"), (int, float)) and \
+            rep.get("members", [runs.BEST]) == [runs.BEST]:
+        return float(rep["accuracy"]), "metrics.json"
     cp = run / runs.CONFIG
     if cp.exists():
         try:

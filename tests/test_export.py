@@ -587,6 +587,10 @@ def test_recorded_accuracy_sources(tmp_path):
                    for i, line in enumerate(hist.splitlines()))
     d = _run_dir(tmp_path, "d", 4, history=bf16)  # best epoch 2 was validated in bfloat16
     assert recorded_accuracy(d / "best.keras") == (None, "unknown")
+    for k, damaged in enumerate(['[1, 2]', '{"PublicTest": {"accuracy": "high"}}', '{"PublicTest": 3', b"\xff\xfe"]):
+        g = _run_dir(tmp_path, f"g{k}", 7 + k, history=hist)
+        getattr(g / "metrics.json", "write_bytes" if isinstance(damaged, bytes) else "write_text")(damaged)
+        assert recorded_accuracy(g / "best.keras") == (pytest.approx(0.42), "history.csv")  # the next source
 
 
 def test_cli_exports_run_dirs_and_reports(tmp_path):

@@ -401,6 +401,12 @@ def test_cli_fit_evaluate_ensemble_predict(tmp_path):
     assert dup.exit_code == 2 and "same member" in dup.output and not (tmp_path / "ens2").exists()
     r = runner.invoke(app, ["evaluate", str(tmp_path / "ens")])
     assert r.exit_code == 0, r.output
+    for damaged in ("[1, 2]", '{"PublicTest": '):  # a damaged metrics.json: one line naming it, and left as it was
+        (tmp_path / "b" / "metrics.json").write_text(damaged)
+        r = runner.invoke(app, ["evaluate", str(tmp_path / "b")])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and "metrics.json" in lines[0], r.output
+        assert (tmp_path / "b" / "metrics.json").read_text() == damaged
     # a course test.csv -> Kaggle submission
     rows = [line.split(",") for line in __import__("gzip").decompress(FIX.read_bytes()).decode().splitlines()[1:6]]
     test = tmp_path / "test.csv"

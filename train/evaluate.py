@@ -87,6 +87,7 @@ def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", dat
             raise runs.RunError(f"{path}: its data is not at {data}; pass --data PATH to say where it is on this machine")
         source = load_for(path, data, split)
     s = split_of(source, split)
+    allm = runs.read_metrics(out)  # a damaged file fails now, not after the evaluation
     probs = predict_probs(load_models(path), s.x, tta)
     rep = classification_report(s.y, probs)
     key = split + ("" if tta == "none" else f"+{tta}")
@@ -94,7 +95,6 @@ def evaluate(path: str | Path, split: str = "PublicTest", tta: str = "none", dat
     members = [os.path.relpath(m.resolve(), out.resolve()) for m in runs.member_paths(path)]
     rep.update({"split": split, "tta": tta, "members": members, "data": Path(data).name if data else source.path.name})
     metrics_path = out / runs.METRICS
-    allm = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     allm[key] = rep
     runs.write_json(metrics_path, allm)
     stem = f"confusion_{key.replace('+', '_')}"

@@ -103,8 +103,19 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(f"{path}: not found") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunError(f"{path}: invalid JSON ({e})") from None
+
+
+def read_metrics(folder: Path) -> dict[str, Any]:
+    """The folder's metrics.json by split key ({} if it has none); RunError naming the file if it is damaged."""
+    path = Path(folder) / METRICS
+    if not path.exists():
+        return {}
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise RunError(f"{path}: expected a JSON object of metrics by split")
+    return metrics
 
 
 def read_history(run: Path) -> list[dict[str, Any]]:
