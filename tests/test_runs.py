@@ -26,7 +26,7 @@ def test_a_damaged_history_row_is_a_run_error_naming_file_and_line(tmp_path: Pat
     good = "1,1.2,0.5,1.1,0.55,0.01,10,float32"
     for damaged in ("2,1.1,0.6", "2,1.1,,1.0,0.6,0.01,10,float32", "2,1.1,x,1.0,0.6,0.01,10,float32"):
         (tmp_path / runs.HISTORY).write_text(f"{header}\n{good}\n{damaged}\n")
-        with pytest.raises(runs.RunError, match=rf"history\.csv:3: damaged row"):
+        with pytest.raises(runs.RunError, match=r"history\.csv:3: damaged row"):
             runs.read_history(tmp_path)
     (tmp_path / runs.HISTORY).write_text(f"{header}\n{good}\n2,nan,nan,1.0,0.6,0.01,nan,float32\n")  # a rebuilt row
     assert [r["val_accuracy"] for r in runs.read_history(tmp_path)] == [0.55, 0.6]
