@@ -289,6 +289,27 @@ def test_config_with_an_unknown_setting_is_refused_by_name():
         TrainConfig.from_dict({**d, "ema": 0.999, "gradient_clip": 1.0})
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["model"].update(depth_mult=2), "unknown model settings depth_mult"),  # was silently dropped
+    (lambda c: c["train"]["augment"].update(rotate=5), "unknown augmentation settings rotate"),  # was a TypeError
+    (lambda c: c.pop("model"), "no 'model' section"),  # was "error: model"
+    (lambda c: c.update(train=5), "the training settings must be a JSON object"),
+])
+def test_a_run_config_that_does_not_fit_is_one_line_naming_the_file(tmp_path, change, message):
+    from fer_train.config import TrainConfig
+
+    conf = {"model": {"arch": "cnn", "filters": 4}, "train": TrainConfig().to_dict()}
+    change(conf)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / runs.CONFIG).write_text(json.dumps(conf))
+    for args in (["fit", "--resume", str(tmp_path / "run")],
+                 ["fit", "--data", str(FIX), "--out", str(tmp_path / "dnn"), "--arch", "dnn", "--match-params",
+                  str(tmp_path / "run" / runs.CONFIG)]):
+        r = CliRunner().invoke(app, args)
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and "config.json" in lines[0] and message in lines[0], r.output
+
+
 def test_snapshot_members_are_saved_at_cycle_ends_and_gathered(tmp_path):
     """Two cosine cycles: snapshot_1 is the epoch-3 model, snapshot_2 the final one; no early stop between."""
     import keras

@@ -100,14 +100,12 @@ def _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activ
 
 def _target_params(spec: str) -> int:
     """Parameter count of a run directory, a config.json, or a plain integer."""
-    from fer_train import runs
-    from fer_train.models import ModelConfig, build_model
+    from fer_train.config import read_run_config
+    from fer_train.models import build_model
 
     if spec.isdigit():
         return int(spec)
-    p = Path(spec)
-    conf = runs.read_json(p / runs.CONFIG if p.is_dir() else p)
-    return int(build_model(ModelConfig.from_dict(conf["model"])).count_params())
+    return int(build_model(read_run_config(Path(spec))[1]).count_params())
 
 
 @app.command()

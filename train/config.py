@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from fer_train.models import ModelConfig
 from fer_train.pipeline import AugmentConfig
 from fer_train.precision import PRECISIONS
 from fer_train.schedules import SCHEDULES, check_cycles
+from fer_train.settings import from_stored
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
@@ -61,17 +62,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """A stored training config (config.json's ``train``); ValueError naming any setting it does not have."""
+        if not isinstance(d, dict):
+            raise ValueError(f"the training settings must be a JSON object, not {type(d).__name__}")
         d = dict(d)
         if "validate" in d:  # runs from before the field was renamed
             d.setdefault("val_fraction", d.pop("validate"))
         legacy = d.pop("mixed_precision", None)  # runs from before --precision
         if legacy is not None and "precision" not in d:
             d["precision"] = "mixed_float16" if legacy else "float32"
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown training settings {', '.join(unknown)} (a config.json from a newer fer-train?)")
-        aug = AugmentConfig(**d.pop("augment", {}))
-        return cls(**d, augment=aug)
+        aug = from_stored(AugmentConfig, d.pop("augment", {}), "augmentation")
+        return from_stored(cls, {**d, "augment": aug}, "training")
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that is out of range or unknown."""
@@ -130,11 +131,20 @@ def resolved_inputs(cfg: TrainConfig, run: Path) -> TrainConfig:
 
 
 def read_run_config(run: Path) -> tuple[dict[str, Any], ModelConfig, TrainConfig]:
-    """(config.json as a dict, model config, training config with input paths usable from here) of ``run``."""
+    """(config.json as a dict, model config, training config with input paths usable from here) of ``run``: a run
+    folder, or its config file. RunError naming the file if it is not a fer-train run config."""
     from fer_train import runs
 
-    conf = runs.read_json(Path(run) / runs.CONFIG)
-    return conf, ModelConfig.from_dict(conf["model"]), resolved_inputs(TrainConfig.from_dict(conf["train"]), run)
+    path = Path(run) if Path(run).is_file() else Path(run) / runs.CONFIG
+    conf = runs.read_json(path)
+    missing = [k for k in ("model", "train") if not isinstance(conf, dict) or k not in conf]
+    if missing:
+        raise runs.RunError(f"{path}: no {' or '.join(map(repr, missing))} section; not a fer-train run config")
+    try:
+        return (conf, ModelConfig.from_dict(conf["model"]),
+                resolved_inputs(TrainConfig.from_dict(conf["train"]), path.parent))
+    except ValueError as e:
+        raise runs.RunError(f"{path}: {e}") from None
 
 
 def data_record(path: str | os.PathLike[str], run: Path) -> dict[str, Any]:

@@ -8,10 +8,11 @@ five activations, batch norm, dropout, flatten, global average pool and dense.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
+from fer_train.settings import from_stored
 
 ACTIVATIONS = ("relu", "leakyrelu", "elu", "prelu", "selu")
 ARCHS = ("cnn", "compact", "dnn")
@@ -43,8 +44,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """A stored model config (config.json's ``model``); ValueError naming any setting it does not have."""
+        return from_stored(cls, d, "model")
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
