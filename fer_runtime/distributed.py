@@ -364,9 +364,10 @@ def _ray_reason(e: BaseException) -> str:
 # -- Parquet output ---------------------------------------------------------------------------------------------
 
 def is_parquet_out(out: str | os.PathLike[str]) -> bool:
-    """``--out X.parquet`` or ``X.parquet/`` (or any existing folder) means a Parquet dataset folder."""
+    """``--out X.parquet`` or ``X.parquet/`` (a string ending in ``/`` too) means a Parquet dataset folder; any
+    other existing folder is not one (the CLI refuses it, rather than fill a folder of the user's with parts)."""
     s = str(out)
-    return s.rstrip("/").lower().endswith(".parquet") or s.endswith("/") or Path(s).is_dir()
+    return s.rstrip("/").lower().endswith(".parquet") or s.endswith("/")
 
 
 def parquet_done(folder: Path) -> tuple[set[str], list[Path]]:

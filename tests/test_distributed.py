@@ -248,3 +248,12 @@ def test_parquet_resume_refuses_a_damaged_or_foreign_settings_file(predictor, tm
     with pytest.raises(DistributedError, match=message) as ei:
         predict_to_parquet(predictor, [], [], out, resume=True, workers=1)
     assert "\n" not in str(ei.value) and str(ei.value).startswith(f"cannot resume {out}")
+
+
+def test_an_existing_plain_folder_as_out_is_refused_not_filled_with_parquet_parts(crops: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, output = _run(str(crops), "--faces", "crop", "--ray", "local", "--workers", "1", "--out", str(mine))
+    assert code == 2 and "is a folder (a Parquet output folder is named X.parquet)" in output, output
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
