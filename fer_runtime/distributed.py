@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fer_runtime.errors import FerRuntimeError, InvalidImageError, first_line
+from fer_runtime.errors import FerRuntimeError, InvalidImageError, first_line, missing_dependency
 from fer_runtime.images import DEFAULT_MAX_PIXELS, decode_image, is_image_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from fer_runtime.pipeline import Row
     from fer_runtime.predictor import Predictor
 
-INSTALL_HINT = "pip install 'fer-toolkit[ray]'"
 INPUT_COLUMNS = ("image", "bytes", "path")  # what a dataset row may hold, in order of preference
 INT_COLUMNS = frozenset({"face", "x", "y", "w", "h"})
 STR_COLUMNS = frozenset({"path", "source", "label", "saliency_png", "error"})
@@ -44,12 +43,15 @@ class DistributedError(FerRuntimeError):
 
 
 def import_ray() -> Any:
-    """``ray`` with Ray Data, or a :class:`DistributedError` that says how to install it."""
+    """``ray`` with Ray Data; a :class:`MissingDependencyError` naming the extra if it is not installed, a
+    :class:`DistributedError` if it is but cannot be imported."""
     try:
         import ray
         import ray.data  # noqa: F401
     except ImportError as e:
-        raise DistributedError(f"Ray is not installed ({e}); {INSTALL_HINT}") from None
+        if (missing := missing_dependency(e)) is not None:
+            raise missing from None
+        raise DistributedError(f"Ray cannot be imported ({first_line(e)})") from None
     return ray
 
 

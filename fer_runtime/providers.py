@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fer_runtime.choices import DEVICES
-from fer_runtime.errors import ProviderUnavailableError
+from fer_runtime.errors import MissingDependencyError, ProviderUnavailableError, first_line
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -27,13 +27,13 @@ def provider_names(specs: Sequence[ProviderSpec]) -> list[str]:
 
 
 def onnxruntime() -> Any:
-    """The onnxruntime module; :class:`ProviderUnavailableError` saying what to install if it is missing (a bare
+    """The onnxruntime module; :class:`MissingDependencyError` saying what to install if it is missing (a bare
     ``pip install fer-toolkit`` has none: the cpu and gpu extras choose the build)."""
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise ProviderUnavailableError(f"onnxruntime cannot be imported ({e}); install fer-toolkit[cpu] "
-                                       "(onnxruntime) or fer-toolkit[gpu] (onnxruntime-gpu), not both") from None
+        raise MissingDependencyError(f"onnxruntime cannot be imported ({first_line(e)}); install fer-toolkit[cpu] "
+                                     "(onnxruntime) or fer-toolkit[gpu] (onnxruntime-gpu), not both") from None
     return ort
 
 

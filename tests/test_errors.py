@@ -3,6 +3,7 @@ turned into error rows, and fer-infer's exit codes 130 (Ctrl-C) and 141 (closed 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -133,3 +134,20 @@ def test_ctrl_c_exits_130_with_one_line(model_dir: Path, tmp_path: Path) -> None
 def test_first_line_renders_any_exception_on_one_line(error: BaseException, plain: str, named: str) -> None:
     assert first_line(error) == plain
     assert first_line(error, named=True) == named
+
+
+@pytest.mark.parametrize("module, load, extra", [("onnxruntime", "fer_runtime.providers:onnxruntime", "fer-toolkit[cpu]"),
+                                                  ("ray", "fer_runtime.distributed:import_ray", "fer-toolkit[ray]")])
+def test_a_missing_optional_package_is_a_missing_dependency_error(monkeypatch, module: str, load: str,
+                                                                  extra: str) -> None:
+    """One type for "install this extra", whichever package is missing, so a caller can catch it."""
+    import importlib
+
+    from fer_runtime.errors import MissingDependencyError
+
+    name, func = load.split(":")
+    fn = getattr(importlib.import_module(name), func)
+    monkeypatch.setitem(sys.modules, module, None)  # what an uninstalled package looks like to import
+    with pytest.raises(MissingDependencyError, match=re.escape(extra)) as ei:
+        fn()
+    assert isinstance(ei.value, ImportError) and "\n" not in str(ei.value)
