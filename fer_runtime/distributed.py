@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fer_runtime.errors import FerRuntimeError, InvalidImageError, first_line, missing_dependency
+from fer_runtime.errors import FerRuntimeError, InvalidImageError, first_line, last_line, missing_dependency
 from fer_runtime.images import DEFAULT_MAX_PIXELS, decode_image, is_image_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -355,12 +355,7 @@ def ordered_chunks(ds: "ray.data.Dataset", on_file: Callable[[Any], None] | None
                 on_file(None)
             yield carry, done
     except ray.exceptions.RayError as e:
-        raise DistributedError(f"Ray job failed: {_ray_reason(e)}") from None
-
-
-def _ray_reason(e: BaseException) -> str:
-    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
-    return lines[-1] if lines else e.__class__.__name__
+        raise DistributedError(f"Ray job failed: {last_line(e)}") from None
 
 
 # -- Parquet output ---------------------------------------------------------------------------------------------
@@ -462,5 +457,5 @@ def predict_to_parquet(predictor: "Predictor", files: Sequence[str], missing: Se
         try:
             ds.write_parquet(str(out.resolve()))
         except ray.exceptions.RayError as e:
-            raise DistributedError(f"Ray job failed: {_ray_reason(e)}") from None
+            raise DistributedError(f"Ray job failed: {last_line(e)}") from None
     return len(todo), len(files) - len(todo)

@@ -78,9 +78,18 @@ def first_line(e: BaseException, named: bool = False) -> str:
     """The first line of an exception's message for a one-line error (onnxruntime's and Keras' full texts run
     to many lines), or its class name if it has no text. ``named`` puts the class name in front of the text
     (``"OSError: text"``), once: a text-less exception gives ``"OSError"``, not ``"OSError: OSError"``."""
-    text = str(e).strip()
+    return _line(e, 0, named)
+
+
+def last_line(e: BaseException) -> str:
+    """The last non-empty line of an exception's message (OpenCV's and Ray's texts end with the cause), or its
+    class name if it has no text."""
+    return _line(e, -1, False)
+
+
+def _line(e: BaseException, index: int, named: bool) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     name = e.__class__.__name__
-    if not text:
+    if not lines:
         return name
-    line = text.splitlines()[0]
-    return f"{name}: {line}" if named else line
+    return f"{name}: {lines[index]}" if named else lines[index]

@@ -21,7 +21,7 @@ import numpy as np
 
 from fer_runtime.choices import DEFAULT_MAX_PIXELS
 from fer_runtime.decoder_log import quiet_decoders
-from fer_runtime.errors import ImageTooLargeError, InvalidImageError
+from fer_runtime.errors import ImageTooLargeError, InvalidImageError, last_line
 from fer_runtime.labels import IMAGE_SIZE
 
 # Suffixes the CLI picks up from folders and globs (lower case).
@@ -75,7 +75,7 @@ def decode_image(data: bytes | np.ndarray, *, max_pixels: int | None = DEFAULT_M
         with quiet_decoders(quiet):
             image = cv2.imdecode(buf, _DECODE_FLAGS)
     except cv2.error as e:  # e.g. a header promising more pixels than OpenCV allows
-        raise InvalidImageError(f"not a readable image ({str(e).strip().splitlines()[-1]})") from None
+        raise InvalidImageError(f"not a readable image ({last_line(e)})") from None
     if image is None or image.size == 0:
         raise InvalidImageError("not a readable image (unknown format, truncated or corrupt)")
     if image.ndim == 3 and image.shape[2] == 1:

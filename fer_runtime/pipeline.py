@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from fer_runtime.choices import FACE_MODES
-from fer_runtime.errors import InvalidImageError
+from fer_runtime.errors import InvalidImageError, first_line
 from fer_runtime.detectors import DEFAULT_DETECTOR, FaceDetector, get_detector
 from fer_runtime.faces import face_regions
 from fer_runtime.frames import FrameAnalyzer
@@ -57,9 +57,8 @@ def error_row(path: str, message: str, failed: bool = True) -> Row:
 def _one_line(e: BaseException) -> str:
     """An expected error as one line for the error column (the class name if it has no message)."""
     if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    text = " ".join(str(e).split())
-    return text or e.__class__.__name__
+        return e.strerror  # the row names the file already
+    return first_line(e)
 
 
 class _FigureNames:

@@ -136,6 +136,17 @@ def test_first_line_renders_any_exception_on_one_line(error: BaseException, plai
     assert first_line(error, named=True) == named
 
 
+def test_last_line_takes_the_cause_at_the_end_of_opencv_and_ray_texts() -> None:
+    from fer_runtime.errors import last_line
+
+    cv = RuntimeError("OpenCV(4.10.0) /io/opencv/modules/imgcodecs/src/loadsave.cpp:77: error: (-215:Assertion "
+                      "failed) pixels <= CV_IO_MAX_IMAGE_PIXELS in function 'validateInputImageSize'\n")
+    assert last_line(cv).endswith("in function 'validateInputImageSize'")
+    ray = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 3\n\nInferenceError: model gone\n  \n")
+    assert last_line(ray) == "InferenceError: model gone"
+    assert last_line(RuntimeError()) == "RuntimeError" and last_line(ValueError(" \n ")) == "ValueError"
+
+
 @pytest.mark.parametrize("module, load, extra", [("onnxruntime", "fer_runtime.providers:onnxruntime", "fer-toolkit[cpu]"),
                                                   ("ray", "fer_runtime.distributed:import_ray", "fer-toolkit[ray]")])
 def test_a_missing_optional_package_is_a_missing_dependency_error(monkeypatch, module: str, load: str,
