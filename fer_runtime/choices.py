@@ -14,6 +14,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Output formats of the result rows (fer_runtime.results.RowWriter).
 FORMATS = ("csv", "jsonl")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # an --out with one of these is written as jsonl by default
 
 # Face-detector engines, the default first: BlazeFace (ONNX, in the model folder) or OpenCV's Haar cascade
 # (fer_runtime.detectors).

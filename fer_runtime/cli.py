@@ -13,7 +13,8 @@ from typing import Any, Callable, Literal, Optional
 
 import typer
 
-from fer_runtime.choices import DEFAULT_MAX_PIXELS, DETECTORS, DEVICES, FACE_CROP_MAX_SIDE, FACE_MODES, FORMATS
+from fer_runtime.choices import (DEFAULT_MAX_PIXELS, DETECTORS, DEVICES, FACE_CROP_MAX_SIDE, FACE_MODES, FORMATS,
+                                 JSONL_SUFFIXES)
 from fer_runtime.exitcodes import cli_errors, fatal, run_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -38,7 +39,8 @@ def infer(
                                             "stdout. With --ray, a folder X.parquet/ gets a Parquet dataset written "
                                             "by the workers."),
     fmt: Optional[Format] = typer.Option(None, "--format", "-f",
-                                         help="Output format. Default: jsonl for .jsonl/.json outputs, else csv."),
+                                         help=f"Output format. Default: jsonl for {'/'.join(JSONL_SUFFIXES)} outputs, else "
+                                              "csv."),
     faces: Faces = typer.Option("auto", "--faces",
                                 help=f"auto: an image up to {FACE_CROP_MAX_SIDE} px is one face, in a larger one the "
                                      "detected faces (none found: "

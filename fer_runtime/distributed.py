@@ -33,8 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from fer_runtime.predictor import Predictor
 
 INPUT_COLUMNS = ("image", "bytes", "path")  # what a dataset row may hold, in order of preference
-INT_COLUMNS = frozenset({"face", "x", "y", "w", "h"})
-STR_COLUMNS = frozenset({"path", "source", "label", "saliency_png", "error"})
 DEFAULT_MAX_RETRIES = 3
 
 
@@ -105,14 +103,10 @@ def result_schema(cols: Sequence[str]) -> "pa.Schema":
     fields, strings, and float32 for the probabilities, as the model computes them."""
     import pyarrow as pa
 
-    def kind(c: str) -> "pa.DataType":
-        if c in INT_COLUMNS:
-            return pa.int64()
-        if c in STR_COLUMNS:
-            return pa.string()
-        return pa.float32()  # confidence, p_<class> (and any other numeric column)
+    from fer_runtime.results import column_kind
 
-    return pa.schema([pa.field(c, kind(c)) for c in cols])
+    arrow = {"int": pa.int64(), "text": pa.string(), "float": pa.float32()}
+    return pa.schema([pa.field(c, arrow[column_kind(c)]) for c in cols])
 
 
 def rows_table(rows: Iterable[dict[str, Any]], schema: "pa.Schema") -> "pa.Table":

@@ -13,13 +13,23 @@ from types import TracebackType
 from typing import IO, Any
 
 from fer_runtime.atomic import atomic_open
-from fer_runtime.choices import FORMATS
+from fer_runtime.choices import FORMATS, JSONL_SUFFIXES
 
 # score: the face detector's confidence in [0, 1] (empty for Haar boxes and whole-image rows)
 BASE_COLUMNS = ("path", "face", "x", "y", "w", "h", "source", "score", "label", "confidence")
 VIDEO_COLUMNS = ("frame", "timestamp_ms", "track")  # put in front of the image columns for video input
 # the face's saliency figure (``fer-infer --saliency-dir``), as written; empty without one (and not in video rows)
 SALIENCY_COLUMN = "saliency_png"
+
+
+INT_COLUMNS = ("face", "x", "y", "w", "h", "frame", "track")
+TEXT_COLUMNS = ("path", "source", "label", SALIENCY_COLUMN, "error")
+
+
+def column_kind(column: str) -> str:
+    """``"int"``, ``"text"`` or ``"float"`` (score, confidence, timestamp_ms, p_<label>): how a typed output
+    (the Parquet dataset) stores the column."""
+    return "int" if column in INT_COLUMNS else "text" if column in TEXT_COLUMNS else "float"
 
 
 def prob_column(label: str) -> str:
@@ -43,7 +53,7 @@ def format_for(out: Path | None, fmt: str | None) -> str:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         return fmt
-    if out is not None and out.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+    if out is not None and out.suffix.lower() in JSONL_SUFFIXES:
         return "jsonl"
     return "csv"
 

@@ -204,3 +204,24 @@ def test_help_does_not_import_the_heavy_modules() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "--saliency-dir" in r.stdout and "HEAVY []" in r.stdout
+
+
+def test_every_value_written_is_of_its_columns_kind(model_dir: Path, inputs: Path, tmp_path: Path) -> None:
+    """results.column_kind (what the Parquet schema is built from) agrees with the values the pipeline writes."""
+    from fer_runtime.results import column_kind
+
+    out = tmp_path / "p.jsonl"
+    r = runner.invoke(app, [str(inputs), "--out", str(out), "--saliency-dir", str(tmp_path / "s"), "-q"])
+    assert r.exit_code == 1, r.output  # some inputs are broken on purpose
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    seen = set()
+    for row in rows:
+        for c, v in row.items():
+            if v is None:
+                continue
+            seen.add(c)
+            kind = column_kind(c)
+            ok = {"int": isinstance(v, int) and not isinstance(v, bool), "text": isinstance(v, str),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool)}[kind]
+            assert ok, (c, kind, v)
+    assert seen == set(columns(LABELS))  # every column held a value somewhere
