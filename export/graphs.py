@@ -19,15 +19,17 @@ import tensorflow as tf
 
 from fer_export import twin
 from fer_export.errors import ExportError
-from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
+from fer_runtime.labels import NUM_CLASSES
 from fer_train import inference
 from fer_train.inference import term_logits
 
 FORWARD_OUTPUTS = ("probs", "logits", "member_probs")  # graph output order of the forward file
 SALIENCY_OUTPUTS = ("probs", "saliency")
 
-IMAGE_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name="image")
-CLASS_SPEC = tf.TensorSpec([None], tf.int64, name="class")
+IMAGE_SPEC = inference.image_spec()
+CLASS_SPEC = inference.class_spec()
+FORWARD_INPUTS = (IMAGE_SPEC.name,)  # graph input order of the forward file
+SALIENCY_INPUTS = (IMAGE_SPEC.name, CLASS_SPEC.name)
 
 
 def check_options(temperature: float, tta: str) -> None:

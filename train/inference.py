@@ -139,6 +139,13 @@ def image_spec() -> Any:
     return tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name="image")
 
 
+def class_spec() -> Any:
+    """The TF signature of the saliency graph's class indices: int64 [None]."""
+    import tensorflow as tf
+
+    return tf.TensorSpec([None], tf.int64, name="class")
+
+
 def _logit_calls(models: Sequence[Any]) -> list[Callable[[Any], Any]]:
     return [lambda v, s=s: s(v, training=False) for s in logits_models(models)]
 
@@ -213,7 +220,7 @@ def reference_saliency_fn(models: Sequence[Any], tta: str = "none") -> Any:
 
     f = mean_logits_fn(models, tta)
 
-    @tf.function(input_signature=[image_spec(), tf.TensorSpec([None], tf.int64, name="class")])
+    @tf.function(input_signature=[image_spec(), class_spec()])
     def reference(image, cls):
         with tf.GradientTape() as tape:
             tape.watch(image)
