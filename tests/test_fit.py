@@ -685,3 +685,26 @@ def test_an_epochs_batches_are_its_seeded_permutation_in_order():
         np.testing.assert_array_equal(np.concatenate([r for r, _ in got]), want)
         np.testing.assert_array_equal(np.concatenate([t for _, t in got]), want % 7)
         assert ds.element_spec[0].dtype == tf.float32
+
+
+def test_fit_option_defaults_are_the_config_defaults():
+    """`fer-train fit`'s option defaults repeat ModelConfig's, TrainConfig's and AugmentConfig's (typer needs them
+    in the signature); `fer-train evaluate` and the library rely on the dataclasses being what fit defaults to."""
+    import dataclasses
+    import inspect
+
+    from fer_train import cli
+    from fer_train.config import TrainConfig
+    from fer_train.models import ModelConfig
+    from fer_train.pipeline import AugmentConfig
+
+    options = inspect.signature(cli.fit).parameters
+    paths = {"data", "ferplus", "teacher", "init"}  # None on the command line, "" in the config
+    checked = 0
+    for cls in (ModelConfig, TrainConfig, AugmentConfig):
+        for f in dataclasses.fields(cls):
+            if f.name in options and f.name not in paths and f.default is not dataclasses.MISSING:
+                assert options[f.name].default.default == f.default, (cls.__name__, f.name)
+                checked += 1
+    assert checked >= 40 and options["augment"].default.default == AugmentConfig().enabled
+    assert all(options[p].default.default is None and getattr(TrainConfig(), p) == "" for p in paths)
