@@ -18,8 +18,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from fer_runtime.errors import (FerError, FerRuntimeError, ImageTooLargeError, InferenceError, InvalidImageError,
-                                InvalidVideoError, MissingOutputError, ModelIntegrityError, ModelNotFoundError,
-                                ProviderUnavailableError)
+                                InvalidVideoError, MissingDependencyError, MissingOutputError, ModelIntegrityError,
+                                ModelNotFoundError, ProviderUnavailableError)
 from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES
 
 __version__ = "0.1.0"
@@ -44,7 +44,7 @@ _LAZY = {
 }
 
 __all__ = ["FerError", "FerRuntimeError", "ImageTooLargeError", "InferenceError", "InvalidImageError", "InvalidVideoError",
-           "MissingOutputError", "ModelIntegrityError", "ModelNotFoundError", "ProviderUnavailableError", "IMAGE_SIZE",
+           "MissingDependencyError", "MissingOutputError", "ModelIntegrityError", "ModelNotFoundError", "ProviderUnavailableError", "IMAGE_SIZE",
            "LABELS", "NUM_CLASSES", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
