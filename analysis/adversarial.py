@@ -117,8 +117,11 @@ def analyze_adversarial(t: Target, out: Path, n: int = 500, epsilons: Sequence[f
     from fer_train.inference import predict_probs
 
     eps = sorted({float(e) for e in epsilons})
-    if any(e < 0 or e > 255 for e in eps):
+    if not eps or any(not 0 <= e <= 255 for e in eps):  # NaN fails the test too
         raise AnalysisError(f"epsilons must be within 0..255 pixel units, got {eps}")
+    if examples > 0 and not any(math.isclose(e, example_eps) for e in eps):
+        raise AnalysisError(f"--example-eps {example_eps:g} is not among the epsilons {', '.join(f'{e:g}' for e in eps)}; "
+                            "add it, or pass --examples 0")
     if steps < 1:
         raise AnalysisError(f"--steps must be >= 1, got {steps}")
     labelled = t.labelled_rows()
@@ -144,7 +147,7 @@ def analyze_adversarial(t: Target, out: Path, n: int = 500, epsilons: Sequence[f
                                   len(rows), f"{t.name}: accuracy under L\u221e attacks ({t.split_name} sample)",
                                   out / "adversarial_accuracy.png")
     figures = [f1]
-    clean = kept.get("clean", predict_probs(t.models, x))
+    clean = kept["clean"] if "clean" in kept else predict_probs(t.models, x)
     shown: list[int] = []
     if "adv" in kept and examples > 0:
         ok = clean.argmax(1) == y

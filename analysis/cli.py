@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from fer_runtime.choices import FOCUS_THRESHOLD
 from fer_runtime.exitcodes import cli_errors, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -45,9 +46,12 @@ def _run(fn: Callable[[], Any]) -> Any:
         return fn()
 
 
-def _out(run: Path, out: Optional[Path]) -> Path:
+def _out(run: Path, out: Optional[Path], create: bool = True) -> Path:
+    """``--out``, or ``RUN/analysis``; created unless ``create`` is False (then the analysis creates it once its
+    inputs are checked, so a mistyped run leaves no folder behind)."""
     p = out or ((run if run.is_dir() else run.parent) / "analysis")
-    p.mkdir(parents=True, exist_ok=True)
+    if create:
+        p.mkdir(parents=True, exist_ok=True)
     return p
 
 
@@ -86,7 +90,7 @@ def saliency(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = 
              index: list[int] = typer.Option(None, "--index", help="Row index in the split (repeatable)."),
              image: list[Path] = typer.Option(None, "--image", help="Image file (repeatable)."),
              per_class: int = typer.Option(1, "--per-class", help="Sample size per class without --index/--image."),
-             threshold: float = typer.Option(0.6, "--threshold", help="Focus mask: saliency >= this (0..1)."),
+             threshold: float = typer.Option(FOCUS_THRESHOLD, "--threshold", help="Focus mask: saliency >= this (0..1)."),
              engine: str = typer.Option("tf", "--engine", help="tf (GradientTape) | onnx (exported gradient graph)"),
              model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Exported model dir for --engine onnx "
                                                       "(default: export the run now into a temp dir)."),
@@ -96,7 +100,7 @@ def saliency(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = 
              seed: int = SEED_OPT) -> None:
     """Original | heatmap | focus mask rows for chosen images (or a per-class sample), TF or ONNX engine."""
     from fer_analysis.inputs import check_choice, check_image_paths
-    from fer_analysis.saliency import ENGINES, analyze_saliency
+    from fer_analysis.saliency import ENGINES, analyze_saliency, engines_agree
 
     def go():
         check_choice("--engine", engine, ENGINES)
@@ -108,7 +112,7 @@ def saliency(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = 
     agr = res["summary"]["engine_agreement"]
     if agr:
         typer.echo(f"ONNX vs TF saliency: cosine min {agr['cosine_min']:.6f}, mean {agr['cosine_mean']:.6f}")
-        if agr["cosine_min"] < 0.999:
+        if not engines_agree(agr):
             typer.echo(f"warning: the ONNX saliency disagrees with TF on {run}; was --model-dir exported from this run?",
                        err=True)
     _done(res)
@@ -226,7 +230,7 @@ def report(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = OU
 
     def go():
         check_choice("--engine", engine, ENGINES)
-        return build_report(run, _out(run, out), split=split, data=data, compare=compare_run, engine=engine,
+        return build_report(run, _out(run, out, create=False), split=split, data=data, compare=compare_run, engine=engine,
                             model_dir=model_dir, adversarial_n=adversarial_n, filter_layer=filter_layer,
                             map_layer=map_layer, steps=steps, seed=seed, log=_log)
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fer_analysis.figures import compact_png, pyplot, save
-from fer_analysis.inputs import Target
+from fer_analysis.inputs import AnalysisError, Target
 from fer_analysis.results import result, write_csv
 from fer_runtime.labels import LABELS, NUM_CLASSES
 
@@ -42,10 +42,12 @@ def plot_confused_pairs(pairs: Sequence[dict], title: str, path: Path) -> Path:
 
 
 def analyze_confusion(t: Target, out: Path, top: int = 5) -> dict[str, Any]:
-    """Row-normalised confusion heatmap and the ``top`` most-confused class pairs with their rates."""
+    """Row-normalised confusion heatmap and the ``top`` (>= 1) most-confused class pairs with their rates."""
     from fer_train.metrics import classification_report
     from fer_train.plots import plot_confusion
 
+    if top < 1:
+        raise AnalysisError(f"--top must be >= 1, got {top}")
     rows = t.labelled_rows()
     rep = classification_report(t.split.y[rows], t.probs[rows])
     cm = np.array(rep["confusion"])

@@ -113,23 +113,23 @@ def check_indices(indices: Sequence[int], split: Split, split_name: str) -> np.n
     return idx
 
 
-def check_image_paths(paths: Sequence[str | Path], split_name: str = "PublicTest", rows: int | None = None) -> None:
+def check_image_paths(paths: Sequence[str | Path], split_name: str = "PublicTest") -> None:
     """Fail fast (before TensorFlow loads) if an ``--image`` path is not an existing file."""
     from fer_runtime.images import IMAGE_EXTENSIONS
 
     for p in map(Path, paths):
         if not p.is_file():
-            where = f" or --index 0..{rows - 1} for {split_name} rows" if rows else f" or --index N for {split_name} rows"
+            where = f" or --index N for {split_name} rows"
             raise AnalysisError(f"--image {p}: no such file; give an existing "
                                 f"{'/'.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))} file{where}")
 
 
-def read_images(paths: Sequence[str | Path], split_name: str = "PublicTest", rows: int | None = None) -> np.ndarray:
+def read_images(paths: Sequence[str | Path], split_name: str = "PublicTest") -> np.ndarray:
     """Image files as model input [N,48,48,1] float32 (gray, raw 0..255); a bad path raises AnalysisError."""
     from fer_runtime.errors import InvalidImageError
     from fer_runtime.images import preprocess, read_image
 
-    check_image_paths(paths, split_name, rows)
+    check_image_paths(paths, split_name)
     out = []
     for p in map(Path, paths):
         try:
@@ -139,15 +139,14 @@ def read_images(paths: Sequence[str | Path], split_name: str = "PublicTest", row
     return np.stack(out)[..., None].astype(np.float32) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)
 
 
-def per_class_sample(split: Split, per_class: int, seed: int = 0, only: np.ndarray | None = None) -> np.ndarray:
-    """Up to ``per_class`` row indices of each class (seeded), in class order; ``only`` restricts the rows."""
+def per_class_sample(split: Split, per_class: int, seed: int = 0) -> np.ndarray:
+    """Up to ``per_class`` (>= 1) row indices of each class (seeded), in class order."""
+    if per_class < 1:
+        raise AnalysisError(f"--per-class must be >= 1, got {per_class}")
     rng = np.random.default_rng(seed)
-    allowed = np.ones(len(split), bool) if only is None else only
     picks = []
     for c in range(len(LABELS)):
-        rows = np.flatnonzero((split.y == c) & allowed)
-        if len(rows) == 0:
-            rows = np.flatnonzero(split.y == c)  # fall back to any row of the class
+        rows = np.flatnonzero(split.y == c)
         picks.extend(rng.choice(rows, min(per_class, len(rows)), replace=False).tolist())
     return np.asarray(picks, np.int64)
 

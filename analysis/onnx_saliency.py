@@ -15,7 +15,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from fer_analysis.inputs import AnalysisError
+from fer_runtime.errors import first_line
 from fer_runtime.labels import NUM_CLASSES
+from fer_runtime.manifest import CLASS_INPUT, IMAGE_INPUT, PROBS, SALIENCY
 
 
 @dataclass
@@ -27,19 +29,19 @@ class OnnxSaliency:
     variant: str
     filename: str
     tta: str
-    members: list[dict[str, Any]]
     exported_on_the_fly: bool = False
     temperature: float = 1.0  # the graph's probs are softmax(logits / temperature); the saliency does not depend on it
+    input_name: str = IMAGE_INPUT  # the manifest's input.name
 
     def __call__(self, x: np.ndarray, classes: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """(raw saliency [N,48,48,1], probs [N,7]) for raw 0..255 images and target classes."""
         x = np.asarray(x, np.float32)
         c = np.asarray(classes, np.int64)
         names = [o.name for o in self.session.get_outputs()]
-        want = ["saliency"] + (["probs"] if "probs" in names else [])
+        want = [SALIENCY] + ([PROBS] if PROBS in names else [])
         grads, probs = [], []
         for i in range(0, len(x), batch_size):
-            out = self.session.run(want, {"image": x[i:i + batch_size], "class": c[i:i + batch_size]})
+            out = self.session.run(want, {self.input_name: x[i:i + batch_size], CLASS_INPUT: c[i:i + batch_size]})
             grads.append(out[0])
             probs.append(out[1] if len(out) > 1 else np.full((len(out[0]), NUM_CLASSES), np.nan, np.float32))
         return np.concatenate(grads), np.concatenate(probs)
@@ -47,11 +49,10 @@ class OnnxSaliency:
 
 def open_model_dir(model_dir: str | Path, variant: str | None = None) -> OnnxSaliency:
     """Load the saliency graph of ``variant`` (default: the manifest's default) from an exported model dir."""
-    import onnxruntime as ort
-
-    from fer_runtime.errors import FerRuntimeError
+    from fer_runtime.errors import FerError
     from fer_runtime.manifest import read_manifest
     from fer_runtime.model_files import read_graph
+    from fer_runtime.providers import CPU, onnxruntime
 
     model_dir = Path(model_dir)
     try:
@@ -63,13 +64,14 @@ def open_model_dir(model_dir: str | Path, variant: str | None = None) -> OnnxSal
         if not spec.saliency:
             raise AnalysisError(f"variant {name!r} in {model_dir} has no saliency graph; re-export it with fer-export")
         graph = read_graph(model_dir, man, spec.saliency)
-        opts = ort.SessionOptions()
+        opts = onnxruntime().SessionOptions()  # MissingDependencyError if onnxruntime is not installed
         opts.log_severity_level = 3
         opts.intra_op_num_threads = 1  # another process may be training; stay light
-        sess = graph.session(["CPUExecutionProvider"], opts)
-    except FerRuntimeError as e:
+        sess = graph.session([CPU], opts)
+    except FerError as e:
         raise AnalysisError(f"--model-dir: {e}") from None
-    return OnnxSaliency(sess, model_dir, name, spec.saliency, spec.tta, list(spec.members), temperature=spec.temperature)
+    return OnnxSaliency(sess, model_dir, name, spec.saliency, spec.tta, temperature=spec.temperature,
+                        input_name=man.input.name)
 
 
 @contextmanager
@@ -90,6 +92,9 @@ def exported_saliency(run: str | Path, model_dir: str | Path | None = None, veri
             export_models([run], out, verify_count=verify_count, log=log)
         except ExportError as e:
             raise AnalysisError(f"exporting {run} to ONNX failed: {e}") from None
+        except ImportError as e:  # tf2onnx, onnx or onnxruntime not installed
+            raise AnalysisError(f"exporting {run} to ONNX needs {getattr(e, 'name', None) or first_line(e)}, which is "
+                                "not installed (the 'train' and 'cpu' extras)") from None
         sal = open_model_dir(out)
         sal.exported_on_the_fly = True
         yield sal

@@ -16,10 +16,10 @@ from fer_analysis.class_max import analyze_class_max
 from fer_analysis.compare import analyze_compare, run_facts
 from fer_analysis.confusion import analyze_confusion
 from fer_analysis.filters import analyze_filters
-from fer_analysis.inputs import AnalysisError, Target, open_target, share_data
+from fer_analysis.inputs import AnalysisError, Target, conv_layers, open_target, pick_layer, share_data
 from fer_analysis.layer_outputs import analyze_layer_outputs
 from fer_analysis.mistakes import analyze_mistakes
-from fer_analysis.saliency import FACE_REGIONS, analyze_saliency
+from fer_analysis.saliency import FACE_REGIONS, analyze_saliency, engines_agree, region_area
 from fer_runtime.atomic import atomic_write
 from fer_runtime.labels import LABELS
 from fer_train import runs
@@ -90,7 +90,7 @@ def _saliency_html(r: dict[str, Any]) -> str:
         parts.append(f'<p class="warn">ONNX saliency was asked for but is unavailable, so the TF engine was used: '
                      f'{html.escape(s["engine_error"])}</p>')
     if agr:
-        ok = agr["cosine_min"] >= 0.999
+        ok = engines_agree(agr)
         parts.append(f'<p class="{"note" if ok else "warn"}">The maps below come from the exported ONNX gradient graph '
                      f'({html.escape(agr["file"])}{", exported on the fly" if not agr["model_dir"] else ""}). '
                      f'Agreement with TF GradientTape on the Keras model: cosine min {agr["cosine_min"]:.6f}, '
@@ -99,7 +99,7 @@ def _saliency_html(r: dict[str, Any]) -> str:
     if len(r["figures"]) > 1:
         side.append(_img(r["figures"][1], "mean saliency per class"))
         rows = [[c, v["n"], *[_pct(v["regions"][k]) for k in FACE_REGIONS]] for c, v in s["class_means"].items()]
-        area = [(b - a) / 48 for a, b in FACE_REGIONS.values()]
+        area = [region_area(k) for k in FACE_REGIONS]
         rows.append(["(share of image area)", "", *[_pct(a) for a in area]])
         side.append("<p class='note'>Share of the saliency mass in horizontal face bands (rows "
                     + ", ".join(f"{k} {a}-{b - 1}" for k, (a, b) in FACE_REGIONS.items())
@@ -157,7 +157,7 @@ def _key_findings(res: dict[str, dict[str, Any]]) -> str:
     if "saliency" in res and res["saliency"]["summary"]["class_means"]:
         means = res["saliency"]["summary"]["class_means"]
         tot = {k: sum(v["regions"][k] for v in means.values()) / len(means) for k in FACE_REGIONS}
-        area = {k: (b - a) / 48 for k, (a, b) in FACE_REGIONS.items()}
+        area = {k: region_area(k) for k in FACE_REGIONS}
         top = sorted(tot, key=lambda k: -tot[k] / area[k])[:2]
         items.append("Relative to their area, saliency concentrates most on the "
                      + " and ".join(f"{k} band ({_pct(tot[k])} of the saliency on {_pct(area[k])} of the image)" for k in top)
@@ -224,15 +224,26 @@ def build_report(run: str | Path, out: Path, *, split: str = "PublicTest", data:
     """Run every analysis of ``run`` (and ``compare`` against ``compare``) into ``out`` and write ``report.html``."""
     t0 = time.time()
     out = Path(out)
+    if steps < 1:
+        raise AnalysisError(f"--steps must be >= 1, got {steps}")
     t = open_target(run, split, data)
     other = open_target(compare, split, data) if compare is not None else None
+    # the layer options are checked now, not after minutes of the earlier sections; a net without convolutions
+    # (the DNN baseline) has no filters or feature maps to show, so those sections are left out
+    cnn = bool(conv_layers(t.models[0])) or filter_layer is not None or map_layer is not None
+    if cnn:
+        pick_layer(t.models[0], filter_layer, "conv", t.path)
+        pick_layer(t.models[0], map_layer, "map", t.path)
+    else:
+        log("no convolution layers (a DNN): the filters and feature-map sections are left out")
+    out.mkdir(parents=True, exist_ok=True)
     res: dict[str, dict[str, Any]] = {}
     steps_run: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("confusion", lambda: analyze_confusion(t, out)),
         ("mistakes", lambda: analyze_mistakes(t, out)),
         ("saliency", lambda: _saliency_with_fallback(t, out, engine, model_dir, seed, log)),
-        ("filters", lambda: analyze_filters(t, out, filter_layer, steps, seed=seed)),
-        ("layer_outputs", lambda: analyze_layer_outputs(t, out, map_layer, index=_first_correct(t))),
+        *([("filters", lambda: analyze_filters(t, out, filter_layer, steps, seed=seed)),
+           ("layer_outputs", lambda: analyze_layer_outputs(t, out, map_layer, index=_first_correct(t)))] if cnn else []),
         ("class_max", lambda: analyze_class_max(t, out, steps=2 * steps, seed=seed)),
         ("adversarial", lambda: analyze_adversarial(t, out, adversarial_n, EPSILONS, seed=seed, log=log)),
     ]

@@ -16,6 +16,7 @@ from fer_analysis.figures import SMALL, gray, grid, save, suptitle
 from fer_analysis.inputs import (AnalysisError, Target, check_choice, check_image_paths, check_indices, per_class_sample,
                                  random_sample, read_images)
 from fer_analysis.results import result, write_csv
+from fer_runtime.choices import FOCUS_THRESHOLD
 from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES
 from fer_runtime.numeric import cosine_similarity, normalise_saliency
 
@@ -23,6 +24,19 @@ ENGINES = ("tf", "onnx")
 SALIENCY_TARGETS = ("pred", "true")
 # Approximate horizontal bands of an aligned 48x48 FER2013 face (rows, end exclusive).
 FACE_REGIONS = {"forehead": (0, 12), "eyes": (12, 24), "nose": (24, 32), "mouth": (32, 42), "chin": (42, 48)}
+
+
+def region_area(region: str) -> float:
+    """The share of the image a face band of :data:`FACE_REGIONS` covers."""
+    top, bottom = FACE_REGIONS[region]
+    return (bottom - top) / IMAGE_SIZE
+
+
+def engines_agree(agreement: dict[str, Any]) -> bool:
+    """Whether the ONNX saliency matched TF's closely enough: the export verification's cosine bound."""
+    from fer_export.verify import COS_TOL
+
+    return agreement["cosine_min"] >= COS_TOL
 
 
 def region_fractions(maps: np.ndarray) -> dict[str, float]:
@@ -68,7 +82,7 @@ def plot_mean_saliency(mean_faces: np.ndarray, mean_maps: np.ndarray, counts: Se
 
 
 def analyze_saliency(t: Target, out: Path, indices: Sequence[int] | None = None, images: Sequence[str | Path] | None = None,
-                     per_class: int = 1, threshold: float = 0.6, engine: str = "tf", model_dir: str | Path | None = None,
+                     per_class: int = 1, threshold: float = FOCUS_THRESHOLD, engine: str = "tf", model_dir: str | Path | None = None,
                      smooth: float = 1.0, target: str = "pred", mean_per_class: int = 50, seed: int = 0,
                      log: Any = lambda s: None) -> dict[str, Any]:
     """Rows of original | heatmap | focus mask (saliency >= ``threshold``) for chosen images or a per-class sample.

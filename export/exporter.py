@@ -17,9 +17,10 @@ from fer_export.verify import VerifyReport
 from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.errors import FerRuntimeError
 from fer_runtime.labels import IMAGE_SIZE, LABELS
-from fer_runtime.manifest import (DEFAULT_VARIANT, MANIFEST_NAME, Calibration, FileEntry, InputSpec, Manifest,
-                                  Variant, read_manifest, sha256_bytes, variant_file_names, variant_name_problem,
-                                  variant_weights_name, write_manifest)
+from fer_runtime.manifest import (DEFAULT_VARIANT, FORWARD_INPUTS, FORWARD_OUTPUTS, MANIFEST_NAME, SALIENCY_INPUTS,
+                                  SALIENCY_OUTPUTS, Calibration, FileEntry, InputSpec, Manifest, Variant, read_manifest,
+                                  sha256_bytes, variant_file_names, variant_name_problem, variant_weights_name,
+                                  write_manifest)
 
 AUTO_TEMPERATURE = "auto"  # fit the temperature on PublicTest (fer_export.calibrate)
 CALIBRATION_SPLIT = "PublicTest"
@@ -162,8 +163,8 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     log(f"converting {len(models)} member(s) to ONNX (opset {opset})")
     fwd_proto = convert.to_onnx(graphs.make_forward_fn(models, temperature, tta), opset, "forward")
     sal_proto = convert.to_onnx(graphs.make_saliency_fn(models, temperature, tta), opset, "saliency")
-    convert.order_outputs(fwd_proto, graphs.FORWARD_OUTPUTS)
-    convert.order_outputs(sal_proto, graphs.SALIENCY_OUTPUTS)
+    convert.order_outputs(fwd_proto, FORWARD_OUTPUTS)
+    convert.order_outputs(sal_proto, SALIENCY_OUTPUTS)
     for p in (fwd_proto, sal_proto):
         _batch_dim_as_n(p)
     fwd_name, sal_name = variant_file_names(variant)
@@ -193,8 +194,8 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     blobs: dict[str, bytes] = {weights_name: weights}
     manifest.files[weights_name] = FileEntry(sha256_bytes(weights), len(weights))
     sessions = {}
-    graph_files = ((fwd_name, fwd_proto, graphs.FORWARD_INPUTS, graphs.FORWARD_OUTPUTS, "forward"),
-                   (sal_name, sal_proto, graphs.SALIENCY_INPUTS, graphs.SALIENCY_OUTPUTS, "saliency"))
+    graph_files = ((fwd_name, fwd_proto, FORWARD_INPUTS, FORWARD_OUTPUTS, "forward"),
+                   (sal_name, sal_proto, SALIENCY_INPUTS, SALIENCY_OUTPUTS, "saliency"))
     for name, proto, ins, outs, kind in graph_files:
         convert.set_metadata(proto, {**props, "fer.graph": kind}, doc=f"FER2013 {kind} graph, variant {variant}: {desc}")
         blobs[name] = proto.SerializeToString()

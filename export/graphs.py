@@ -20,16 +20,13 @@ import tensorflow as tf
 from fer_export import twin
 from fer_export.errors import ExportError
 from fer_runtime.labels import NUM_CLASSES
+from fer_runtime.manifest import LOGITS, MEMBER_PROBS, PROBS, SALIENCY
 from fer_train import inference
 from fer_train.inference import term_logits
 
-FORWARD_OUTPUTS = ("probs", "logits", "member_probs")  # graph output order of the forward file
-SALIENCY_OUTPUTS = ("probs", "saliency")
 
 IMAGE_SPEC = inference.image_spec()
 CLASS_SPEC = inference.class_spec()
-FORWARD_INPUTS = (IMAGE_SPEC.name,)  # graph input order of the forward file
-SALIENCY_INPUTS = (IMAGE_SPEC.name, CLASS_SPEC.name)
 
 
 def check_options(temperature: float, tta: str) -> None:
@@ -60,8 +57,8 @@ def make_forward_fn(models: Sequence[Any], temperature: float = 1.0, tta: str = 
     def forward(image):
         zs = term_logits(fns, image, tta, twin.flip_width, twin.crop_view)
         ps = _term_probs(zs, temperature)  # member-major, view-minor: the order of the reshape below
-        return {"probs": tf.add_n(ps) * (1.0 / len(ps)), "logits": tf.add_n(zs) * (1.0 / len(zs)),
-                "member_probs": tf.reshape(tf.stack(ps, axis=1), shape)}
+        return {PROBS: tf.add_n(ps) * (1.0 / len(ps)), LOGITS: tf.add_n(zs) * (1.0 / len(zs)),
+                MEMBER_PROBS: tf.reshape(tf.stack(ps, axis=1), shape)}
     return forward
 
 
@@ -82,5 +79,5 @@ def make_saliency_fn(models: Sequence[Any], temperature: float = 1.0, tta: str =
             zs = term_logits(fns, image, tta, twin.flip_width, twin.crop_view)
         seed = tf.one_hot(cls, NUM_CLASSES, dtype=tf.float32) * (1.0 / len(zs))
         grad = tape.gradient(zs, image, output_gradients=[seed] * len(zs))
-        return {"probs": _mean_probs(zs, temperature), "saliency": grad}
+        return {PROBS: _mean_probs(zs, temperature), SALIENCY: grad}
     return saliency

@@ -21,7 +21,7 @@ import numpy as np
 from fer_export.errors import ExportError, refuse_overwrite
 from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.labels import IMAGE_SIZE
-from fer_runtime.manifest import (MANIFEST_NAME, FileEntry, Quantization, read_manifest, sha256_bytes,
+from fer_runtime.manifest import (MANIFEST_NAME, PROBS, FileEntry, Quantization, read_manifest, sha256_bytes,
                                   variant_file_names, variant_name_problem, write_manifest)
 from fer_runtime.model_files import read_graph
 
@@ -107,7 +107,7 @@ def _calibration_reader(x: np.ndarray, input_name: str) -> Any:
 
 
 def _predict(session: Any, x: np.ndarray, input_name: str) -> np.ndarray:
-    return np.concatenate([session.run(["probs"], feed)[0] for feed in _batches(x, input_name)])
+    return np.concatenate([session.run([PROBS], feed)[0] for feed in _batches(x, input_name)])
 
 
 def _as_input(images: np.ndarray) -> np.ndarray:

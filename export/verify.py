@@ -160,7 +160,8 @@ def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[
     Image ``i`` asks for the saliency of class ``i % 7``. Returns the report, or raises
     ExportError quoting the failing number and image index.
     """
-    from fer_export.graphs import FORWARD_OUTPUTS, SALIENCY_OUTPUTS, check_options
+    from fer_export.graphs import check_options
+    from fer_runtime.manifest import CLASS_INPUT, FORWARD_OUTPUTS, IMAGE_INPUT, SALIENCY_OUTPUTS
 
     check_options(temperature, tta)
     x = np.asarray(images, np.float32)
@@ -169,8 +170,8 @@ def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[
     ref_mp = inference.member_probs(z, temperature).astype(np.float32)
     ref_p, ref_z = inference.probs_of(z, temperature), z.mean((1, 2)).astype(np.float32)
     ref_g = inference.reference_saliency(models, x, classes, tta)
-    fp, fz, fmp = _run(forward_session, list(FORWARD_OUTPUTS), {"image": x})
-    sp, sg = _run(saliency_session, list(SALIENCY_OUTPUTS), {"image": x, "class": classes})
+    fp, fz, fmp = _run(forward_session, list(FORWARD_OUTPUTS), {IMAGE_INPUT: x})
+    sp, sg = _run(saliency_session, list(SALIENCY_OUTPUTS), {IMAGE_INPUT: x, CLASS_INPUT: classes})
     if fmp.shape != ref_mp.shape:
         raise ExportError(f"forward graph member_probs has shape {fmp.shape}; expected {ref_mp.shape} (N, members, views, classes)")
     rel, cos = saliency_agreement(sg, ref_g)

@@ -28,3 +28,4 @@ FACE_CROP_MAX_SIDE = 128
 # decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS). A BGR image this size takes 537 MB decoded
 # (fer_runtime.images).
 DEFAULT_MAX_PIXELS = 178_956_970
+FOCUS_THRESHOLD = 0.6  # saliency level kept in a figure's "focus" panel (fer-infer and fer-analyze saliency)

@@ -93,6 +93,14 @@ def check_format_version(value: object, where: str = MANIFEST_NAME) -> bool:
     return minor > known_minor
 
 
+# The graphs' tensor names (the exporter writes them, the runtime and the analysis read them).
+IMAGE_INPUT = "image"  # float32 [N, 48, 48, 1], 0..255 (``input.name`` of the manifest)
+CLASS_INPUT = "class"  # int64 [N]: the saliency graph's target classes
+PROBS, LOGITS, MEMBER_PROBS, SALIENCY = "probs", "logits", "member_probs", "saliency"
+FORWARD_INPUTS, FORWARD_OUTPUTS = (IMAGE_INPUT,), (PROBS, LOGITS, MEMBER_PROBS)  # in graph order
+SALIENCY_INPUTS, SALIENCY_OUTPUTS = (IMAGE_INPUT, CLASS_INPUT), (PROBS, SALIENCY)
+
+
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # it becomes part of file names
 
 
@@ -143,7 +151,7 @@ class FileEntry:
 class InputSpec:
     """The classifier graphs' input ``image``; ``preprocessing_in_graph`` says what the graph does itself."""
 
-    name: str = "image"
+    name: str = IMAGE_INPUT
     shape: list[int | None] = field(default_factory=lambda: [None, IMAGE_SIZE, IMAGE_SIZE, 1])
     dtype: str = "float32"
     color: str = "gray"

@@ -4,12 +4,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from fer_runtime.choices import FOCUS_THRESHOLD
 from fer_runtime.images import resize, to_bgr
 from fer_runtime.numeric import normalise_saliency
 
 PANEL = 160  # side of each square panel, pixels
 CAPTION = 24  # height of the caption bar above the panels
-THRESHOLD = 0.6  # saliency level kept in the "focus" panel
+THRESHOLD = FOCUS_THRESHOLD
 SMOOTH = 0.03  # Gaussian blur of the map, sigma as a fraction of the panel (~1.5 px of the 48 px input)
 FIGURE_SHAPE = (CAPTION + PANEL, 3 * PANEL)  # (height, width) of every figure
 

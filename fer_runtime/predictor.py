@@ -15,12 +15,11 @@ from fer_runtime import providers as prov
 from fer_runtime.errors import (FerRuntimeError, InferenceError, MissingOutputError, ModelIntegrityError,
                                 ModelNotFoundError, ProviderUnavailableError, first_line)
 from fer_runtime.labels import IMAGE_SIZE
-from fer_runtime.manifest import Manifest, read_manifest
+from fer_runtime.manifest import CLASS_INPUT, MEMBER_PROBS, PROBS, SALIENCY, Manifest, read_manifest
 from fer_runtime.model_files import read_graph
 from fer_runtime.numeric import normalise_saliency
 
 MODEL_DIR_ENV = "FER_MODEL_DIR"
-MEMBER_PROBS = "member_probs"
 
 ClassSpec = int | str | Sequence[int | str] | np.ndarray | None
 
@@ -91,7 +90,7 @@ class Predictor:
 
         spec = self.manifest.variants[self.variant]
         self._forward_file = spec.forward
-        self._forward = self._session(spec.forward, inputs=[self._input_name], outputs=["probs"])
+        self._forward = self._session(spec.forward, inputs=[self._input_name], outputs=[PROBS])
         self._saliency_file = spec.saliency
         self._saliency_sess: Any = None
         self._saliency_lock = threading.Lock()
@@ -157,8 +156,8 @@ class Predictor:
                else self._class_array(classes, len(ims)))
         sess = self.load_saliency()
         assert self._saliency_file is not None  # load_saliency() raised otherwise
-        grads = [self._run(sess, self._saliency_file, "saliency",
-                           {self._input_name: x[i:i + self.batch_size], "class": cls[i:i + self.batch_size]})
+        grads = [self._run(sess, self._saliency_file, SALIENCY,
+                           {self._input_name: x[i:i + self.batch_size], CLASS_INPUT: cls[i:i + self.batch_size]})
                  for i in range(0, len(x), self.batch_size)]
         g = np.abs(np.concatenate(grads, axis=0).reshape(len(x), IMAGE_SIZE, IMAGE_SIZE).astype(np.float32)
                    if grads else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32))
@@ -176,8 +175,8 @@ class Predictor:
                 if self._saliency_sess is None:
                     if self._saliency_file is None:
                         raise ModelNotFoundError(f"model {self.variant!r} has no saliency graph in the manifest")
-                    self._saliency_sess = self._session(self._saliency_file, inputs=[self._input_name, "class"],
-                                                        outputs=["saliency"])
+                    self._saliency_sess = self._session(self._saliency_file, inputs=[self._input_name, CLASS_INPUT],
+                                                        outputs=[SALIENCY])
         return self._saliency_sess
 
     # -- internals --------------------------------------------------------------------------------
@@ -209,8 +208,8 @@ class Predictor:
         if missing:
             raise ModelIntegrityError(f"{self.model_dir / filename}: graph lacks {', '.join(missing)} "
                                       f"(inputs {sorted(have_in)}, outputs {sorted(have_out)})", str(self.model_dir / filename))
-        if "probs" in outputs:
-            width = have_out["probs"].shape[-1]
+        if PROBS in outputs:
+            width = have_out[PROBS].shape[-1]
             if isinstance(width, int) and width != len(self.manifest.labels):
                 raise ModelIntegrityError(f"{self.model_dir / filename}: 'probs' has {width} classes but the manifest "
                                           f"lists {len(self.manifest.labels)} labels", str(self.model_dir / filename))
@@ -233,7 +232,7 @@ class Predictor:
                 raise type(e)(f"image {i}: {e}") from None
         return out
 
-    def _run_forward(self, x: np.ndarray, output: str = "probs", dims: tuple[int, ...] | None = None) -> np.ndarray:
+    def _run_forward(self, x: np.ndarray, output: str = PROBS, dims: tuple[int, ...] | None = None) -> np.ndarray:
         """One forward-graph ``output`` for ``x``, run ``batch_size`` rows at a time; ``dims`` is its per-row shape
         (default: one value per label), used only for an empty ``x``."""
         parts = [self._run(self._forward, self._forward_file, output, {self._input_name: x[i:i + self.batch_size]})

@@ -227,6 +227,14 @@ def test_report_is_one_self_contained_html_file(run, dnn, tmp_path):
     (["confusion", "{run}", "--split", "Holdout"], "split 'Holdout' not in"),
     (["confusion", "{tmp}/no_run"], "no such run"),
     (["filters", "{dnn}"], "has no Conv2D layers (a DNN?)"),
+    (["saliency", "{run}", "--per-class", "0"], "--per-class must be >= 1, got 0"),
+    (["confusion", "{run}", "--top", "-1"], "--top must be >= 1, got -1"),
+    (["adversarial", "{run}", "--eps", "nan"], "epsilons must be within 0..255 pixel units"),
+    (["adversarial", "{run}", "--eps", "1", "--eps", "2"], "--example-eps 4 is not among the epsilons 1, 2"),
+    (["report", "{run}", "--filter-layer", "nope", "--out", "{tmp}/r"], "unknown layer 'nope'; choose from b1c1_conv"),
+    (["report", "{run}", "--map-layer", "nope", "--out", "{tmp}/r"], "unknown layer 'nope'"),
+    (["report", "{run}", "--steps", "0", "--out", "{tmp}/r"], "--steps must be >= 1, got 0"),
+    (["report", "{tmp}/typo"], "no such run"),
 ])
 def test_bad_arguments_give_one_line_errors(run, dnn, tmp_path, args, expect):
     r = _invoke(*[a.format(run=run, dnn=dnn, tmp=tmp_path) for a in args])
@@ -234,3 +242,25 @@ def test_bad_arguments_give_one_line_errors(run, dnn, tmp_path, args, expect):
     err = r.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and expect in err, err
     assert "Traceback" not in r.output
+    if args[0] == "report":  # refused before any section ran, and no output folder left behind
+        assert not (tmp_path / "r").exists() and not (tmp_path / "analysis").exists()
+
+
+def test_report_of_a_dnn_leaves_out_the_convolution_sections(dnn, tmp_path):
+    out = tmp_path / "report"
+    r = _invoke("report", dnn, "--out", out, "--steps", 2, "--adversarial-n", 10)
+    assert r.exit_code == 0, r.output
+    page = (out / "report.html").read_text()
+    assert 'id="saliency"' in page and 'id="class_max"' in page and 'id="adversarial"' in page
+    assert 'id="filters"' not in page and 'id="layer_outputs"' not in page
+
+
+def test_onnx_saliency_without_onnxruntime_is_an_analysis_error_the_report_falls_back_on(model_dir, monkeypatch):
+    import sys
+
+    from fer_analysis.inputs import AnalysisError
+    from fer_analysis.onnx_saliency import open_model_dir
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(AnalysisError, match="onnxruntime cannot be imported"):
+        open_model_dir(model_dir)

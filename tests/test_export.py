@@ -34,6 +34,7 @@ from fer_export.errors import ExportError  # noqa: E402
 from fer_export.exporter import export_models  # noqa: E402
 from fer_export.members import load_member, recorded_accuracy  # noqa: E402
 from fer_export.verify import saliency_agreement, verify_export  # noqa: E402
+from fer_runtime.manifest import FORWARD_OUTPUTS, SALIENCY_OUTPUTS  # noqa: E402
 from fer_runtime.labels import LABELS  # noqa: E402
 from fer_runtime.manifest import read_manifest  # noqa: E402
 from fer_train.data import load_kaggle_csv  # noqa: E402
@@ -123,10 +124,10 @@ def ref_saliency(models, x, cls, tta="none"):
 def sessions_for(models, temperature=1.0, tta="none"):
     fwd = convert.to_onnx(graphs.make_forward_fn(models, temperature, tta), 17, "forward")
     sal = convert.to_onnx(graphs.make_saliency_fn(models, temperature, tta), 17, "saliency")
-    convert.order_outputs(fwd, graphs.FORWARD_OUTPUTS)
-    convert.order_outputs(sal, graphs.SALIENCY_OUTPUTS)
-    fs = convert.check_onnx_bytes(fwd.SerializeToString(), "fwd", ["image"], graphs.FORWARD_OUTPUTS)
-    ss = convert.check_onnx_bytes(sal.SerializeToString(), "sal", ["image", "class"], graphs.SALIENCY_OUTPUTS)
+    convert.order_outputs(fwd, FORWARD_OUTPUTS)
+    convert.order_outputs(sal, SALIENCY_OUTPUTS)
+    fs = convert.check_onnx_bytes(fwd.SerializeToString(), "fwd", ["image"], FORWARD_OUTPUTS)
+    ss = convert.check_onnx_bytes(sal.SerializeToString(), "sal", ["image", "class"], SALIENCY_OUTPUTS)
     return fs, ss
 
 

@@ -19,10 +19,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fer_runtime.errors import FerError
+from fer_runtime.errors import FerError, first_line
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
+from fer_runtime.manifest import CLASS_INPUT, IMAGE_INPUT
 from fer_runtime.numeric import softmax
-from fer_runtime.errors import first_line
 from fer_runtime.tta import TTA_MODES, crop_matrices, view_count
 from fer_train import runs
 
@@ -136,14 +136,14 @@ def image_spec() -> Any:
     """The TF signature of an image batch: float32 [None, 48, 48, 1]."""
     import tensorflow as tf
 
-    return tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name="image")
+    return tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name=IMAGE_INPUT)
 
 
 def class_spec() -> Any:
     """The TF signature of the saliency graph's class indices: int64 [None]."""
     import tensorflow as tf
 
-    return tf.TensorSpec([None], tf.int64, name="class")
+    return tf.TensorSpec([None], tf.int64, name=CLASS_INPUT)
 
 
 def _logit_calls(models: Sequence[Any]) -> list[Callable[[Any], Any]]:
