@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png-dir", type=Path, default=None, help="where confusion_<variant>.png go (default: model dir)")
     ap.add_argument("--batch-size", type=int, default=256)
     args = ap.parse_args(argv)
+    if args.batch_size < 1:
+        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
     t0 = time.perf_counter()
     try:
         model_dir = args.model_dir or default_model_dir()

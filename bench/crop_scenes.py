@@ -32,7 +32,8 @@ import numpy as np
 from fer_runtime import Predictor
 from fer_runtime.boxes import Box
 from fer_runtime.detectors import BlazeFaceDetector, HaarDetector
-from fer_runtime.faces import FER_CROP
+from fer_runtime.faces import HAAR_MARGIN, fer_crop
+from fer_runtime.tracking import iou
 from fer_train.data import load_kaggle_csv
 
 W, H = 640, 480
@@ -49,13 +50,6 @@ def scene(face: np.ndarray, rng: np.random.Generator, side: int | None = None) -
     big = cv2.resize(face.reshape(48, 48), (side, side), interpolation=cv2.INTER_CUBIC)
     img[y:y + side, x:x + side] = cv2.cvtColor(big, cv2.COLOR_GRAY2BGR)
     return img, Box(x, y, side, side)
-
-
-def iou(a: Box, b: Box) -> float:
-    ix = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
-    iy = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
-    inter = ix * iy
-    return inter / float(a.w * a.h + b.w * b.h - inter)
 
 
 def main() -> None:
@@ -78,9 +72,10 @@ def main() -> None:
     blaze, haar = BlazeFaceDetector(args.model_dir), HaarDetector()
     rng = np.random.default_rng(args.seed)
 
-    rules = {"haar, 15% margin": (haar, lambda b, w, h: b.expand(0.15, w, h)),
-             "blazeface, 15% margin": (blaze, lambda b, w, h: b.expand(0.15, w, h)),
-             "blazeface, FER crop": (blaze, lambda b, w, h: FER_CROP.apply(b))}
+    margin = f"{HAAR_MARGIN:.0%} margin"
+    rules = {f"haar, {margin}": (haar, lambda b, w, h: b.expand(HAAR_MARGIN, w, h)),
+             f"blazeface, {margin}": (blaze, lambda b, w, h: b.expand(HAAR_MARGIN, w, h)),
+             "blazeface, FER crop": (blaze, lambda b, w, h: fer_crop(b))}
     crops: dict[str, list[np.ndarray | None]] = {k: [] for k in rules}
     for face in faces:
         img, truth = scene(face, rng)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fuzz_corpus import EXAMPLES, build_corpus, png_of_zeros  # noqa: E402
 
 from fer_runtime.images import DEFAULT_MAX_PIXELS  # noqa: E402
-from fer_runtime.resume import progress_path  # noqa: E402
+from fer_runtime.resume import partial_path, progress_path  # noqa: E402
 from fer_runtime.machine import cpu_model  # noqa: E402
 
 NOISE = ("libpng", "Corrupt JPEG", "Premature end", "[ WARN", "[ERROR", "Traceback")
@@ -131,7 +131,8 @@ def kills(model_dir: Path, work: Path, n_kills: int, n_files: int) -> list[tuple
     return [(f"SIGKILL + --resume on {n_files} files: kills survived", str(survived)),
             ("  rows lost / duplicated / labels equal to an uninterrupted run",
              f"{lost} / {dup} / {same} of {len(want)}"),
-            ("  partial file left after completion", str(progress_path(out).exists()))]
+            ("  partial or progress file left after completion",
+             str(partial_path(out).exists() or progress_path(out).exists()))]
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import json
 import os
 import subprocess
@@ -26,8 +25,9 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 from fer_runtime.machine import cpu_model
+from fer_runtime.resume import progress_path
+from fer_train.data import parse_pixels, read_csv_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
@@ -35,10 +35,12 @@ BIN = Path(sys.executable).parent
 
 
 def write_crops(data: Path, n: int, folder: Path) -> None:
-    with gzip.open(data, "rt", encoding="utf-8") as f:
-        for i, row in zip(range(n), csv.DictReader(f)):
-            face = np.array(row["pixels"].split(), np.uint8).reshape(48, 48)
-            cv2.imencode(".png", face)[1].tofile(folder / f"{i:05d}.png")
+    """The first ``n`` rows of the FER2013 CSV (``.gz`` or plain) as PNG files, read by the training side's reader."""
+    header, rows, lines = read_csv_rows(Path(data), ("pixels",))
+    col = header.index("pixels")
+    faces = parse_pixels(Path(data), lines[:n], [r[col] for r in rows[:n]])
+    for i, face in enumerate(faces):
+        cv2.imencode(".png", face)[1].tofile(folder / f"{i:05d}.png")
 
 
 def _hwm_mb(pid: int) -> float:
@@ -90,7 +92,7 @@ def run(label: str, args: list[str], out: Path, n: int) -> dict:
     """Run fer-infer ``args`` writing ``out``; time it and sample progress, CPU time and memory every 50 ms.
 
     CPU time is the fer-infer process's own (from wait4) plus, for Ray, every process it started (sampled)."""
-    progress = out.with_name(out.name + ".progress.json")
+    progress = progress_path(out)
     t0 = time.perf_counter()
     proc = subprocess.Popen([str(BIN / "fer-infer"), *args, "--faces", "crop", "--out", str(out), "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -123,7 +125,9 @@ def run(label: str, args: list[str], out: Path, n: int) -> dict:
     cpu_desc.pop(proc.pid, None)
     cpu = usage.ru_utime + usage.ru_stime + sum(cpu_desc.values())
     first_t, first_n = marks[0] if marks else (wall, n)
-    steady = (n - first_n) / (wall - first_t) if wall > first_t and n > first_n else float("nan")
+    # first to last committed chunk: the interpreter's and Ray's teardown after the last one is not work
+    last_t, last_n = marks[-1] if marks else (wall, n)
+    steady = (last_n - first_n) / (last_t - first_t) if last_t > first_t and last_n > first_n else float("nan")
     return {"label": label, "wall": wall, "rate": n / wall, "first": first_t, "steady": steady,
             "cpu_ms": cpu / n * 1000, "cpu_ms_steady": (cpu - cpu_first) / max(1, n - first_n) * 1000,
             "mem_main": peak_main,

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rows", type=int, default=6400, help="Training rows fed to the pipeline")
     args = ap.parse_args(argv)
+    rows = args.rows - args.rows % BATCH  # whole batches only: img/s counts steps x BATCH images
+    if rows < BATCH:
+        ap.error(f"--rows must be at least {BATCH}")
 
     from fer_train.tf_env import import_tensorflow
 
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from fer_train.precision import POLICY, cpu_bf16_flags
 
     train = load_kaggle_csv(args.data)["Training"]
-    x, y = train.x[: args.rows], train.y[: args.rows]
+    x, y = train.x[:rows], train.y[:rows]
     onehot = np.eye(7, dtype=np.float32)[y]
     results: dict[tuple[str, str, str], float] = {}
     for name, run in CONFIGS.items():
