@@ -46,7 +46,7 @@ def main() -> None:
     import onnxruntime as ort
     import tensorflow as tf
 
-    from fer_runtime.manifest import read_manifest
+    from fer_runtime.manifest import CLASS_INPUT, IMAGE_INPUT, LOGITS, PROBS, SALIENCY, read_manifest
     from fer_runtime.model_files import read_graph
     from fer_runtime.predictor import default_model_dir
     from fer_train import inference
@@ -71,7 +71,7 @@ def main() -> None:
 
         def ort_run():
             for _ in range(n_iter):
-                fwd.run(["probs"], {"image": x})
+                fwd.run([PROBS], {IMAGE_INPUT: x})
 
         xt = tf.constant(x)
 
@@ -91,8 +91,8 @@ def main() -> None:
 
     k = args.saliency_images
     xs = x_all[:k]
-    cls = fwd.run(["probs"], {"image": xs})[0].argmax(1).astype(np.int64)
-    t_onnx = _median_time(lambda: sal.run(["saliency"], {"image": xs, "class": cls}), args.repeats) / k
+    cls = fwd.run([PROBS], {IMAGE_INPUT: xs})[0].argmax(1).astype(np.int64)
+    t_onnx = _median_time(lambda: sal.run([SALIENCY], {IMAGE_INPUT: xs, CLASS_INPUT: cls}), args.repeats) / k
     reference = inference.reference_saliency_fn(models, var.tta)
     xs_t, cls_t = tf.constant(xs), tf.constant(cls)
     t_tape = _median_time(lambda: reference(xs_t, cls_t).numpy(), args.repeats) / k
@@ -100,10 +100,10 @@ def main() -> None:
     def finite_differences():
         # one forward pass per pixel (+1 grey level), batched: 2304 perturbed copies of one image
         img, c = xs[0], int(cls[0])
-        base = fwd.run(["logits"], {"image": img[None]})[0][0, c]
+        base = fwd.run([LOGITS], {IMAGE_INPUT: img[None]})[0][0, c]
         pert = np.repeat(img[None], 48 * 48, axis=0).reshape(48 * 48, -1)
         pert[np.arange(48 * 48), np.arange(48 * 48)] += 1.0
-        out = np.concatenate([fwd.run(["logits"], {"image": pert[i:i + 256].reshape(-1, 48, 48, 1)})[0][:, c]
+        out = np.concatenate([fwd.run([LOGITS], {IMAGE_INPUT: pert[i:i + 256].reshape(-1, 48, 48, 1)})[0][:, c]
                               for i in range(0, len(pert), 256)])
         return (out - base).reshape(48, 48)
 
