@@ -44,14 +44,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fer_runtime.atomic import atomic_write
 from fer_runtime.errors import ManifestVersionError, ModelIntegrityError, ModelNotFoundError, first_line
 from fer_runtime.labels import IMAGE_SIZE
-from fer_runtime.typed_json import wrong_field
+from fer_runtime.typed_json import unknown_keys, wrong_field
 
 # (major, minor) this code writes and fully understands. A new optional key raises the minor version: older
 # readers of the same major ignore what they do not know. Anything else (a key renamed, removed or whose
@@ -354,15 +354,14 @@ class _Reader:
     def known(self, value: Any, cls: type, what: str) -> dict[str, Any]:
         """``value``'s keys that are fields of ``cls``; unknown ones are an error unless lenient."""
         d = self.obj(value, what)
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = unknown_keys(cls, d)
         if unknown and not self.lenient:
             raise ModelIntegrityError(f"{self.where}: unknown key(s) {', '.join(map(repr, unknown))} in {what} "
                                       f"(format_version {format_version_json()} has no such key)")
         wrong = wrong_field(cls, d, within=what)
         if wrong:
             raise ModelIntegrityError(f"{self.where}: {wrong}")
-        return {k: v for k, v in d.items() if k in names}
+        return {k: v for k, v in d.items() if k not in unknown}
 
     def build(self, cls: type[_T], value: Any, what: str) -> _T:
         return cls(**self.known(value, cls, what))

@@ -22,6 +22,17 @@ def wrong_field(cls: type, record: dict[str, Any], within: str = "") -> str | No
     return None
 
 
+def unknown_keys(cls: type, record: dict[str, Any]) -> list[str]:
+    """``record``'s keys that are not fields of the dataclass ``cls``, sorted."""
+    return sorted(set(record) - set(field_names(cls)))
+
+
+@functools.cache
+def field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass's field names."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 @functools.cache
 def field_types(cls: type) -> dict[str, Any]:
     """The dataclass's field annotations, resolved."""

@@ -13,7 +13,7 @@ from fer_train.models import ModelConfig
 from fer_train.pipeline import AugmentConfig
 from fer_train.precision import PRECISIONS
 from fer_train.schedules import SCHEDULES, check_cycles
-from fer_train.settings import from_stored
+from fer_train.settings import from_stored, stored_object
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
@@ -63,9 +63,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """A stored training config (config.json's ``train``); ValueError naming any setting it does not have."""
-        if not isinstance(d, dict):
-            raise ValueError(f"the training settings must be a JSON object, not {type(d).__name__}")
-        d = dict(d)
+        d = dict(stored_object(d, "training"))
         if "validate" in d:  # runs from before the field was renamed
             d.setdefault("val_fraction", d.pop("validate"))
         legacy = d.pop("mixed_precision", None)  # runs from before --precision

@@ -2,18 +2,24 @@
 a key that is not a field is refused by name, never dropped."""
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, TypeVar
 
+from fer_runtime.typed_json import unknown_keys
+
 _T = TypeVar("_T")
+
+
+def stored_object(stored: Any, what: str) -> dict[str, Any]:
+    """``stored`` itself if it is a JSON object; else ValueError naming the ``what`` settings."""
+    if not isinstance(stored, dict):
+        raise ValueError(f"the {what} settings must be a JSON object, not {type(stored).__name__}")
+    return stored
 
 
 def from_stored(cls: type[_T], stored: Any, what: str) -> _T:
     """``cls(**stored)``; ValueError naming ``what`` settings that ``cls`` does not have (a config.json from a newer
     fer-train) or a section that is not an object."""
-    if not isinstance(stored, dict):
-        raise ValueError(f"the {what} settings must be a JSON object, not {type(stored).__name__}")
-    unknown = sorted(set(stored) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
+    unknown = unknown_keys(cls, stored_object(stored, what))
     if unknown:
         raise ValueError(f"unknown {what} settings {', '.join(unknown)} (a config.json from a newer fer-train?)")
     return cls(**stored)
