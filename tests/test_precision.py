@@ -89,3 +89,43 @@ def test_bf16_run_is_recorded_and_resumes_in_float32_elsewhere(tmp_path, monkeyp
     assert resumed.get_layer("b1c1_conv").compute_dtype == "float32"
     steps = -(-json.loads((run / runs.CONFIG).read_text())["data"]["train_rows"] // 32)
     assert int(keras.models.load_model(run / runs.LAST).optimizer.iterations) == 2 * steps  # optimizer state carried over
+
+
+@pytest.mark.tf
+def test_a_bf16_run_is_validated_in_float32(tmp_path, monkeypatch):
+    """history's val_loss and val_accuracy (which choose best.keras) are those of the float32 model that is exported,
+    not of the bf16 one that trains."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from fer_train import precision, runs
+    from fer_train.data import load_source
+    from fer_train.fit import TrainConfig, fit
+    from fer_train.inference import load_model
+    from fer_train.models import ModelConfig
+    from fer_train.pipeline import AugmentConfig
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=str(FIX), epochs=2, batch_size=32, schedule="constant", warmup_epochs=0,
+                      augment=AugmentConfig(enabled=False))
+    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
+    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    try:
+        fit(run, tiny, cfg, log=lambda s: None)
+        bf16 = keras.models.load_model(run / runs.LAST, compile=False)  # as it trained
+        assert bf16.get_layer("b1c1_conv").compute_dtype == "bfloat16"
+        val = load_source(FIX)["val"]
+
+        def loss_and_accuracy(model):
+            p = np.asarray(model.predict(val.x, verbose=0), np.float64)
+            return float(-np.log(np.clip(p[np.arange(len(val.y)), val.y], 1e-7, 1)).mean()), float((p.argmax(1) == val.y).mean())
+
+        bf16_loss, _ = loss_and_accuracy(bf16)
+        f32_loss, f32_acc = loss_and_accuracy(load_model(run / runs.LAST))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    row = runs.read_history(run)[-1]
+    assert row["precision"] == "bfloat16"
+    assert abs(bf16_loss - f32_loss) > 1e-4  # the two precisions differ measurably here
+    assert row["val_loss"] == pytest.approx(f32_loss, rel=1e-5) and row["val_accuracy"] == pytest.approx(f32_acc)

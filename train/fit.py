@@ -21,6 +21,7 @@ from fer_train.models import ModelConfig, build_model
 from fer_train.pipeline import make_dataset
 from fer_train.plots import plot_run_curves
 from fer_train.selftrain import split_hidden
+from fer_train.validation import Float32Validation
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     """Learning rate of ``cfg``'s schedule for 0-based ``epoch``."""
@@ -127,8 +128,8 @@ def _check_rows(run: Path, conf: dict[str, Any], train_rows: int, val_rows: int)
                             f"started on {rec.get('train_rows')} / {rec.get('val_rows')}; pass the same data with --data")
 
 
-def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, Any]], steps: int, ds_va: Any,
-                               precision: str, log: Callable[[str], None]) -> None:
+def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, Any]], steps: int,
+                               validation: Float32Validation, precision: str, log: Callable[[str], None]) -> None:
     """Bring a resumed run's files back into step after a kill in the middle of an epoch's saves (the Recorder
     writes last.keras, then the history row, then best.keras). ``model`` holds last.keras.
 
@@ -139,7 +140,7 @@ def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, An
     """
     iterations = int(model.optimizer.iterations.numpy())
     if iterations == (len(history) + 1) * steps:
-        scores = model.evaluate(ds_va, verbose=0, return_dict=True)
+        scores = validation.scores(model)
         row = {"epoch": len(history) + 1, "loss": float("nan"), "accuracy": float("nan"),
                "val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"]),
                "lr": float(np.asarray(model.optimizer.learning_rate)), "seconds": float("nan"), "precision": precision}
@@ -268,8 +269,10 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
 
         ds_tr, ds_va = shard_by_data(ds_tr), shard_by_data(ds_va)
     steps = math.ceil(len(x_tr) / cfg.batch_size)
+    with strategy.scope():
+        validation = Float32Validation(model_cfg, ds_va, precision)
     if resume:
-        _mend_a_kill_between_saves(model, run, history, steps, ds_va, precision, log)
+        _mend_a_kill_between_saves(model, run, history, steps, validation, precision, log)
     start = len(history)
     snapshots = schedules.cycle_ends(cfg.epochs, cfg.warmup_epochs, cfg.cycles)
     patience = cfg.epochs if snapshots or cfg.swa_start else cfg.patience  # cycles and averaging run to the end
@@ -302,7 +305,8 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
                 current["epoch"] = epoch
                 epoch_var.assign(epoch)  # before Keras starts the epoch's data iterator
 
-        callbacks = [_EpochTracker(), rec]  # rec saves last.keras before the averager saves its mean
+        # validation first: rec and the rest read its val_accuracy; rec saves last.keras before the averager its mean
+        callbacks = [_EpochTracker(), validation.callback(), rec]
         if cfg.swa_start:
             from fer_train.swa import WeightAverager
 
@@ -312,7 +316,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         if cfg.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau("val_accuracy", factor=0.5, patience=4, min_lr=1e-6))
         warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
-        model.fit(ds_tr, validation_data=ds_va, epochs=cfg.epochs, initial_epoch=start, callbacks=callbacks, verbose=0)
+        model.fit(ds_tr, epochs=cfg.epochs, initial_epoch=start, callbacks=callbacks, verbose=0)
     if cfg.strategy == "multiworker":
         from fer_train.distribute import weights_digest
 
@@ -323,8 +327,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     if cfg.swa_start:
         from fer_train import swa
 
-        accuracy = lambda m: float(m.evaluate(ds_va, verbose=0, return_dict=True)["accuracy"])  # noqa: E731
-        done = swa.finish(model, run, ds_tr.take(steps), accuracy, log)  # model now holds the mean weights
+        done = swa.finish(model, run, ds_tr.take(steps), lambda m: validation.scores(m)["accuracy"], log)  # model now holds the mean weights
         result["swa_val_accuracy"] = done["val_accuracy"] if done else None
     write_summary(model, run, extra=f"Best val_accuracy {bv:.4f} at epoch {be} of {len(history)}\n")
     plot_run_curves(run)
