@@ -45,22 +45,30 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert cpu_bf16_flags(tmp_path / "missing") == []
 
 
+def _on_a_bf16_machine(monkeypatch):
+    """(tiny model config, 2-epoch training config) with fer-train seeing a bf16 CPU and no GPU."""
+    from fer_train import precision
+    from fer_train.fit import TrainConfig
+    from fer_train.models import ModelConfig
+    from fer_train.pipeline import AugmentConfig
+
+    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    cfg = TrainConfig(data=str(FIX), epochs=2, batch_size=32, schedule="constant", warmup_epochs=0,
+                      augment=AugmentConfig(enabled=False))
+    return ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0), cfg
+
+
 @pytest.mark.tf
 def test_bf16_run_is_recorded_and_resumes_in_float32_elsewhere(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     import keras
 
     from fer_train import precision, runs
-    from fer_train.fit import TrainConfig, fit
-    from fer_train.models import ModelConfig
-    from fer_train.pipeline import AugmentConfig
+    from fer_train.fit import fit
 
     run = tmp_path / "run"
-    cfg = TrainConfig(data=str(FIX), epochs=2, batch_size=32, schedule="constant", warmup_epochs=0,
-                      augment=AugmentConfig(enabled=False))
-    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
-    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: False)
-    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])  # a bf16 machine
+    tiny, cfg = _on_a_bf16_machine(monkeypatch)
     logs: list[str] = []
 
     def stop_in_epoch_2(epoch, step, steps):
@@ -98,19 +106,13 @@ def test_a_bf16_run_is_validated_in_float32(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     import keras
 
-    from fer_train import precision, runs
+    from fer_train import runs
     from fer_train.data import load_source
-    from fer_train.fit import TrainConfig, fit
+    from fer_train.fit import fit
     from fer_train.inference import load_model
-    from fer_train.models import ModelConfig
-    from fer_train.pipeline import AugmentConfig
 
     run = tmp_path / "run"
-    cfg = TrainConfig(data=str(FIX), epochs=2, batch_size=32, schedule="constant", warmup_epochs=0,
-                      augment=AugmentConfig(enabled=False))
-    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
-    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: False)
-    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    tiny, cfg = _on_a_bf16_machine(monkeypatch)
     try:
         fit(run, tiny, cfg, log=lambda s: None)
         bf16 = keras.models.load_model(run / runs.LAST, compile=False)  # as it trained
