@@ -66,7 +66,7 @@ def load_member(path: str | Path) -> Any:
 def recorded_accuracy(path: Path) -> tuple[float | None, str]:
     """(PublicTest accuracy, where it came from) as recorded in the member's run directory, if any.
 
-    history.csv counts only for an epoch trained (and so validated) in float32, the precision of the export.
+    history.csv counts only for an epoch validated in float32, the precision of the export.
     """
     if path.name != runs.BEST:
         return None, "unknown"
@@ -88,9 +88,9 @@ def recorded_accuracy(path: Path) -> tuple[float | None, str]:
         if validation == "PublicTest":
             history = runs.read_history(run)
             epoch, acc = runs.best_epoch(history)
-            # A bfloat16 epoch was validated in bfloat16; the exported graph is float32 (measured gaps up to 0.3 points).
-            precision = next((r.get("precision") for r in history if int(r["epoch"]) == epoch), None) or "float32"
-            if epoch > 0 and np.isfinite(acc) and precision == "float32":
+            # Older bfloat16 epochs were validated in bfloat16; the exported graph is float32 (gaps up to 0.3 points).
+            row = next((r for r in history if int(r["epoch"]) == epoch), {})
+            if epoch > 0 and np.isfinite(acc) and runs.validated_in_float32(row):
                 return float(acc), "history.csv"
     return None, "unknown"
 

@@ -588,6 +588,10 @@ def test_recorded_accuracy_sources(tmp_path):
                    for i, line in enumerate(hist.splitlines()))
     d = _run_dir(tmp_path, "d", 4, history=bf16)  # best epoch 2 was validated in bfloat16
     assert recorded_accuracy(d / "best.keras") == (None, "unknown")
+    f32_val = "".join(line + (",val_precision\n" if i == 0 else ",float32\n" if i == 2 else ",\n")
+                      for i, line in enumerate(bf16.splitlines()))
+    h = _run_dir(tmp_path, "h", 11, history=f32_val)  # epoch 2 trained in bfloat16, validated in float32
+    assert recorded_accuracy(h / "best.keras") == (pytest.approx(0.42), "history.csv")
     for k, damaged in enumerate(['[1, 2]', '{"PublicTest": {"accuracy": "high"}}', '{"PublicTest": 3', b"\xff\xfe"]):
         g = _run_dir(tmp_path, f"g{k}", 7 + k, history=hist)
         getattr(g / "metrics.json", "write_bytes" if isinstance(damaged, bytes) else "write_text")(damaged)

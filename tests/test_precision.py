@@ -128,6 +128,6 @@ def test_a_bf16_run_is_validated_in_float32(tmp_path, monkeypatch):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     row = runs.read_history(run)[-1]
-    assert row["precision"] == "bfloat16"
+    assert row["precision"] == "bfloat16" and row["val_precision"] == "float32"
     assert abs(bf16_loss - f32_loss) > 1e-4  # the two precisions differ measurably here
     assert row["val_loss"] == pytest.approx(f32_loss, rel=1e-5) and row["val_accuracy"] == pytest.approx(f32_acc)

@@ -57,6 +57,7 @@ class Recorder(keras.callbacks.Callback):
             "lr": float(np.asarray(self.model.optimizer.learning_rate)),
             "seconds": time.time() - self.t0,
             "precision": self.precision,
+            "val_precision": runs.VALIDATION_PRECISION,
         }
         prev_best = runs.best_epoch(self.history)[1] if self.history else -1.0
         if epoch + 1 in self.snapshot_epochs:

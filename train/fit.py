@@ -143,7 +143,8 @@ def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, An
         scores = validation.scores(model)
         row = {"epoch": len(history) + 1, "loss": float("nan"), "accuracy": float("nan"),
                "val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"]),
-               "lr": float(np.asarray(model.optimizer.learning_rate)), "seconds": float("nan"), "precision": precision}
+               "lr": float(np.asarray(model.optimizer.learning_rate)), "seconds": float("nan"), "precision": precision,
+               "val_precision": runs.VALIDATION_PRECISION}
         history.append(row)
         runs.write_history(run, history)
         log(f"{run}: epoch {row['epoch']} was saved but not recorded (interrupted); its history row is rebuilt from "

@@ -47,8 +47,10 @@ CURVES = "learning_curves.png"
 SUMMARY = "summary.txt"
 METRICS = "metrics.json"  # fer-train evaluate's reports per split (fer_train.evaluate)
 ENSEMBLE = "ensemble.json"
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "precision")
-TEXT_FIELDS = ("precision",)  # history columns that are not numbers
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "precision",
+                  "val_precision")
+TEXT_FIELDS = ("precision", "val_precision")  # history columns that are not numbers
+VALIDATION_PRECISION = "float32"  # fit validates in float32 under every training precision (fer_train.validation)
 
 
 class RunError(FerError):
@@ -119,7 +121,8 @@ def read_metrics(folder: Path) -> dict[str, Any]:
 
 
 def read_history(run: Path) -> list[dict[str, Any]]:
-    """Rows of history.csv: numbers as floats, ``precision`` as text (absent in older runs)."""
+    """Rows of history.csv: numbers as floats, ``precision`` and ``val_precision`` as text (absent or empty in
+    older runs)."""
     p = run / HISTORY
     if not p.exists():
         return []
@@ -148,6 +151,12 @@ def _cell(key: str, value: Any) -> str:
     if key in TEXT_FIELDS:
         return str(value)
     return f"{value:.6g}"
+
+
+def validated_in_float32(row: dict[str, Any]) -> bool:
+    """Whether a history row's ``val_`` figures are float32 ones, as the exported graph computes. Rows say so in
+    ``val_precision``; older rows (empty or no such column) were validated in their training ``precision``."""
+    return (row.get("val_precision") or row.get("precision") or "float32") == "float32"
 
 
 def best_epoch(history: list[dict[str, float]]) -> tuple[int, float]:

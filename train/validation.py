@@ -2,13 +2,15 @@
 
 A run trained in bfloat16 or float16 is still chosen (best.keras, early stopping, the plateau schedule, SWA's
 score) by the accuracy its float32 export will have: a float32 twin of the model, given the training model's
-weights, does the validation pass. The rows of runs trained on machines with and without bf16 then compare.
+weights, does the validation pass. The rows of runs trained on machines with and without bf16 then compare;
+history.csv says so in its ``val_precision`` column.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from fer_train.models import ModelConfig, build_model
+from fer_train.runs import VALIDATION_PRECISION
 
 
 class Float32Validation:
@@ -22,9 +24,9 @@ class Float32Validation:
 
         self.dataset = dataset
         self.twin: Any = None
-        if precision != "float32":
+        if precision != VALIDATION_PRECISION:
             policy = keras.mixed_precision.global_policy()
-            keras.mixed_precision.set_global_policy("float32")
+            keras.mixed_precision.set_global_policy(VALIDATION_PRECISION)
             try:
                 self.twin = build_model(model_cfg)
             finally:
