@@ -96,13 +96,22 @@ def test_best_checkpoint_follows_its_history_row_and_resume_mends_a_kill_between
     assert all(np.array_equal(a, b) for a, b in zip(best, epoch3))
 
 
-def test_resume_after_a_kill_between_last_keras_and_its_history_row_trains_no_epoch_twice(tmp_path):
+def test_resume_after_a_kill_between_last_keras_and_its_history_row_trains_no_epoch_twice(tmp_path, monkeypatch):
     """A kill after last.keras is saved but before the epoch's history row: --resume rebuilds the row from a
-    validation pass instead of training that epoch again on top of itself."""
+    validation pass instead of training that epoch again on top of itself. Trained on a bf16 machine, resumed on
+    one without: the rebuilt row keeps the precision its epoch was trained in."""
     import keras
 
+    from fer_train import precision
+
     run = tmp_path / "run"
-    fit(run, TINY, _cfg(epochs=3), log=lambda s: None)
+    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    try:
+        fit(run, TINY, _cfg(epochs=3), log=lambda s: None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])
     full = runs.read_history(run)
     runs.write_history(run, full[:2])  # as if killed just before epoch 3's row; last.keras holds epoch 3
     epoch3 = keras.models.load_model(run / runs.LAST)
@@ -112,6 +121,7 @@ def test_resume_after_a_kill_between_last_keras_and_its_history_row_trains_no_ep
     h = runs.read_history(run)
     assert [int(r["epoch"]) for r in h] == [1, 2, 3] and res["epochs_done"] == 3
     assert np.isnan(h[2]["loss"]) and h[2]["val_accuracy"] == pytest.approx(full[2]["val_accuracy"], abs=1e-6)
+    assert [r["precision"] for r in h] == ["bfloat16"] * 3 and h[2]["val_precision"] == "float32"
     assert any("epoch 3 was saved but not recorded" in m for m in lines), lines
     after = keras.models.load_model(run / runs.LAST)
     assert steps > 0 and int(after.optimizer.iterations.numpy()) == 3 * steps  # not trained a fourth time

@@ -131,7 +131,8 @@ def _check_rows(run: Path, conf: dict[str, Any], train_rows: int, val_rows: int)
 def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, Any]], steps: int,
                                validation: Float32Validation, precision: str, log: Callable[[str], None]) -> None:
     """Bring a resumed run's files back into step after a kill in the middle of an epoch's saves (the Recorder
-    writes last.keras, then the history row, then best.keras). ``model`` holds last.keras.
+    writes last.keras, then the history row, then best.keras). ``model`` holds last.keras, whose epoch was trained in
+    ``precision``.
 
     - Killed after last.keras but before the row: the optimizer has run ``steps`` more iterations than the history
       has epochs. The row is rebuilt from a validation pass (the training loss and accuracy of that epoch are lost:
@@ -214,8 +215,10 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     run = worker_run_dir(run, strategy)  # multiworker: only the chief writes the run; the others a temp copy
     history = runs.read_history(run) if resume else []
     run.mkdir(parents=True, exist_ok=True)
+    trained_in = precision  # the precision of the last epochs (a resumed run's are the previous session's)
     if resume:
-        if conf.get("precision", "float32") != precision:
+        trained_in = conf.get("precision", "float32")
+        if trained_in != precision:
             log(f"{run}: trained in {conf.get('precision', 'float32')} so far; continuing in {precision} on this machine")
             conf["precision"] = precision
             runs.write_json(run / runs.CONFIG, conf)
@@ -273,7 +276,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     with strategy.scope():
         validation = Float32Validation(model_cfg, ds_va, precision)
     if resume:
-        _mend_a_kill_between_saves(model, run, history, steps, validation, precision, log)
+        _mend_a_kill_between_saves(model, run, history, steps, validation, trained_in, log)
     start = len(history)
     snapshots = schedules.cycle_ends(cfg.epochs, cfg.warmup_epochs, cfg.cycles)
     patience = cfg.epochs if snapshots or cfg.swa_start else cfg.patience  # cycles and averaging run to the end
