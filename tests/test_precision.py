@@ -92,7 +92,13 @@ def test_bf16_run_is_recorded_and_resumes_in_float32_elsewhere(tmp_path, monkeyp
         keras.mixed_precision.set_global_policy("float32")
     assert any("trained in bfloat16 so far; continuing in float32" in line for line in logs), logs
     assert [r["precision"] for r in runs.read_history(run)] == ["bfloat16", "float32"]
-    assert json.loads((run / runs.CONFIG).read_text())["precision"] == "float32"
+    conf = json.loads((run / runs.CONFIG).read_text())
+    assert conf["precision"] == "float32"
+    from fer_runtime.machine import cpu_model
+
+    # where each part ran: the start in "environment", the resume from epoch 2 in "resumed"
+    assert [(r["from_epoch"], r["precision"], r["cpu"]) for r in conf["resumed"]] == [(2, "float32", cpu_model())]
+    assert "resumed" not in conf["environment"] and conf["environment"]["cpu"] == cpu_model()
     resumed = keras.models.load_model(run / runs.LAST, compile=False)
     assert resumed.get_layer("b1c1_conv").compute_dtype == "float32"
     steps = -(-json.loads((run / runs.CONFIG).read_text())["data"]["train_rows"] // 32)

@@ -43,7 +43,8 @@ def make_optimizer(cfg: TrainConfig) -> Any:
 
 
 def environment() -> dict[str, Any]:
-    """Versions, devices and CPU of this machine, as config.json records where a run started."""
+    """Versions, devices and CPU of this machine, as config.json records where a run started (``environment``)
+    and where each resume continued it (``resumed``, with the first epoch and the precision)."""
     import keras
     import tensorflow as tf
 
@@ -285,6 +286,9 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     elif runs.stopped_early(history, patience):
         log(f"{run}: stopped early after {start}/{cfg.epochs} epochs (no val_accuracy gain for {patience})")
     else:
+        if resume:  # which machine trains from here: config.json's environment is where the run started
+            conf.setdefault("resumed", []).append({"from_epoch": start + 1, "precision": precision, **environment()})
+            runs.write_json(run / runs.CONFIG, conf)
         current = {"epoch": start}
 
         def on_batch(step: int) -> None:
