@@ -144,7 +144,7 @@ def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, An
     if iterations == (len(history) + 1) * steps:
         scores = validation.scores(model)
         row = {"epoch": len(history) + 1, "loss": float("nan"), "accuracy": float("nan"),
-               "val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"]),
+               "val_loss": scores["loss"], "val_accuracy": scores["accuracy"],
                "lr": float(np.asarray(model.optimizer.learning_rate)), "seconds": float("nan"), "precision": precision,
                "val_precision": runs.VALIDATION_PRECISION}
         history.append(row)
@@ -220,7 +220,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     if resume:
         trained_in = conf.get("precision", "float32")
         if trained_in != precision:
-            log(f"{run}: trained in {conf.get('precision', 'float32')} so far; continuing in {precision} on this machine")
+            log(f"{run}: trained in {trained_in} so far; continuing in {precision} on this machine")
             conf["precision"] = precision
             runs.write_json(run / runs.CONFIG, conf)
     else:
