@@ -21,7 +21,7 @@ import numpy as np
 
 from fer_runtime.errors import FerError, first_line
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
-from fer_runtime.manifest import CLASS_INPUT, IMAGE_INPUT
+from fer_runtime.manifest import CLASS_INPUT, IMAGE_INPUT, LOGITS
 from fer_runtime.numeric import softmax
 from fer_runtime.tta import TTA_MODES, crop_matrices, view_count
 from fer_train import runs
@@ -86,11 +86,11 @@ def is_softmax(layer: Any) -> bool:
 def logits_layer(model: Any) -> Any:
     """The layer whose output is the model's logits: the one named ``logits``, else the input of a final softmax."""
     names = [l.name for l in model.layers]
-    if "logits" in names:
-        return model.get_layer("logits")
+    if LOGITS in names:
+        return model.get_layer(LOGITS)
     if model.layers and is_softmax(model.layers[-1]) and len(model.layers) >= 2:
         return model.layers[-2]
-    raise KerasInferenceError(f"model {model.name!r} has no layer named 'logits' and does not end in a softmax Activation")
+    raise KerasInferenceError(f"model {model.name!r} has no layer named {LOGITS!r} and does not end in a softmax Activation")
 
 
 def logits_models(models: Sequence[Any]) -> list[Any]:

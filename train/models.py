@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
+from fer_runtime.manifest import IMAGE_INPUT, LOGITS, PROBS
 from fer_train.settings import from_stored
 
 ACTIVATIONS = ("relu", "leakyrelu", "elu", "prelu", "selu")
@@ -95,8 +96,8 @@ def _activation(name: str, alpha: float, name_prefix: str, conv: bool):
 def _head(x):
     from keras import layers
 
-    x = layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(x)  # float32 under mixed precision too
-    return layers.Activation("softmax", dtype="float32", name="probs")(x)
+    x = layers.Dense(NUM_CLASSES, dtype="float32", name=LOGITS)(x)  # float32 under mixed precision too
+    return layers.Activation("softmax", dtype="float32", name=PROBS)(x)
 
 
 def _dense_stack(x, cfg: ModelConfig):
@@ -116,7 +117,7 @@ def _inputs():
     import keras
     from keras import layers
 
-    inp = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="image")
+    inp = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name=IMAGE_INPUT)
     return inp, layers.Rescaling(1.0 / 255.0, name="scale")(inp)
 
 
