@@ -50,12 +50,10 @@ def correct_matrix(probs: dict[str, dict[str, np.ndarray]], y: np.ndarray, tta: 
     return np.stack([np.mean([probs[n][tta] for n in sub], axis=0).argmax(1) == y for sub in subsets])
 
 
-def subset_table(probs: dict[str, dict[str, np.ndarray]], y: np.ndarray,
-                 ttas: tuple[str, ...] = ("none", "flip")) -> list[tuple[Any, ...]]:
-    """(members, accuracy under each of ``ttas``) for every subset; best under the last TTA first, then the
-    ones before it, then fewer members."""
-    subsets = all_subsets(list(probs))
-    accs = [correct_matrix(probs, y, t, subsets).mean(1) for t in ttas]
+def subset_table(subsets: Sequence[tuple[str, ...]], correct: dict[str, np.ndarray]) -> list[tuple[Any, ...]]:
+    """(members, accuracy under each TTA of ``correct``) for every subset, from its ``correct_matrix`` per TTA
+    (in order); best under the last TTA first, then the ones before it, then fewer members."""
+    accs = [c.mean(1) for c in correct.values()]
     rows = [(sub, *(float(a[i]) for a in accs)) for i, sub in enumerate(subsets)]
     return sorted(rows, key=lambda row: (*(-a for a in row[:0:-1]), len(row[0])))
 
@@ -117,16 +115,16 @@ def subset_index(subsets: Sequence[tuple[str, ...]], members: Sequence[str]) -> 
     return next(i for i, sub in enumerate(subsets) if set(sub) == want)
 
 
-def print_checks(probs: dict[str, dict[str, np.ndarray]], y: np.ndarray, tta: str, against: Sequence[str],
+def print_checks(subsets: Sequence[tuple[str, ...]], correct: np.ndarray, tta: str, against: Sequence[str],
                  halvings: int, seed: int) -> None:
-    """The baseline comparison and the halving check of the module docstring, as Markdown."""
-    subsets = all_subsets(list(probs))
+    """The baseline comparison and the halving check of the module docstring, as Markdown, from the
+    ``correct_matrix`` of ``subsets`` (``all_subsets`` of the members) under ``tta``."""
     base = subset_index(subsets, against)
-    correct = correct_matrix(probs, y, tta, subsets)
     sizes = np.array([len(s) for s in subsets])
-    caps = sorted({c for c in (3, 4, 6) if c < len(probs)} | {len(probs)})
+    n_members = int(sizes.max())
+    caps = sorted({c for c in (3, 4, 6) if c < n_members} | {n_members})
     counts = correct.sum(1)
-    label = {cap: ("any number" if cap == len(probs) else f"at most {cap}") for cap in caps}
+    label = {cap: ("any number" if cap == n_members else f"at most {cap}") for cap in caps}
     print(f"\nAgainst {' + '.join(subsets[base])} (TTA {tta}); McNemar's exact test on the images that differ\n")
     print("| subset | members | accuracy | gained | lost | p |\n|---|---|---:|---:|---:|---:|")
     rows = [("baseline", base)] + [(f"best, {label[c]}", best_subset(counts, sizes, c)) for c in caps]
@@ -134,7 +132,7 @@ def print_checks(probs: dict[str, dict[str, np.ndarray]], y: np.ndarray, tta: st
     for what, i in rows:
         acc, gained, lost, p = versus(correct, i, base)
         print(f"| {what} | {' + '.join(subsets[i])} | {acc:.4f} | {gained} | {lost} | {p:.2f} |")
-    gains = halving_gains(correct, sizes, base, caps, random_halves(len(y), halvings, seed))
+    gains = halving_gains(correct, sizes, base, caps, random_halves(correct.shape[1], halvings, seed))
     print(f"\nHalving check: {halvings} random halvings (seed {seed}); the best subset chosen on one half, "
           f"scored on the other against the baseline\n")
     print("| members allowed | mean gain (points) | sd | halvings with a gain |\n|---|---:|---:|---:|")
@@ -204,12 +202,14 @@ def main() -> None:
         mp = member_probs(logits)  # [N, M, V, 7]
         probs[name] = {t: mp[:, :, :n].mean((1, 2)) for t, n in modes_within(mp.shape[2])}
     ttas = tuple(probs[names[0]])
+    subsets = all_subsets(names)
+    correct = {t: correct_matrix(probs, public.y, t, subsets) for t in ttas}  # shared by the table and checks
     print(f"PublicTest ({len(public.y):,} images), mean member softmax at T = 1\n")
     print("| members | " + " | ".join(f"TTA {t}" for t in ttas) + " |\n|---|" + "---:|" * len(ttas))
-    for sub, *accs in subset_table(probs, public.y, ttas):
+    for sub, *accs in subset_table(subsets, correct):
         print(f"| {' + '.join(sub)} | " + " | ".join(f"{a:.4f}" for a in accs) + " |")
     if args.against:
-        print_checks(probs, public.y, ttas[-1], args.against, args.halvings, args.seed)
+        print_checks(subsets, correct[ttas[-1]], ttas[-1], args.against, args.halvings, args.seed)
 
 if __name__ == "__main__":
     main()

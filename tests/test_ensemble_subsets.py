@@ -19,7 +19,9 @@ def test_subset_table_scores_every_subset_by_mean_softmax():
     b = eye[[4, 4, 2, 0]] * 0.9 + 0.1 / 7  # right on images 2, 3, and more confident
     c = eye[[0, 1, 2, 5]] * 0.5 + 0.5 / 7  # right on images 0, 1, 2
     probs = {"a": {"none": a, "flip": a}, "b": {"none": b, "flip": b}, "c": {"none": c, "flip": c[:, ::-1]}}
-    rows = _bench().subset_table(probs, y)
+    bench = _bench()
+    subsets = bench.all_subsets(list(probs))
+    rows = bench.subset_table(subsets, {t: bench.correct_matrix(probs, y, t, subsets) for t in ("none", "flip")})
     # Worked out by hand from the arrays above (c's flip view reverses its classes, so it is wrong everywhere):
     # together the three err on different images and reach 1.0 without TTA; "a" pulls image 2 to class 3
     # in every pair it joins; sorted by flip accuracy, then no-TTA accuracy, then size.
@@ -115,7 +117,9 @@ def test_checks_print_the_baseline_comparison_and_the_halving_check(capsys):
     a = eye[[1, 2, 3, 4, 5]] * 0.6 + 0.4 / 7  # wrong on every image
     b = eye[[0, 1, 2, 3, 4]] * 0.9 + 0.1 / 7  # right on every image, and surer, so a + b is right too
     probs = {"a": {"flip": a}, "b": {"flip": b}}
-    _bench().print_checks(probs, y, "flip", ["a"], halvings=20, seed=0)
+    bench = _bench()
+    subsets = bench.all_subsets(list(probs))
+    bench.print_checks(subsets, bench.correct_matrix(probs, y, "flip", subsets), "flip", ["a"], halvings=20, seed=0)
     out = capsys.readouterr().out
     assert "| baseline | a | 0.0000 | 0 | 0 | 1.00 |" in out
     assert "| best, any number | b | 1.0000 | 5 | 0 | 0.06 |" in out  # b ties a + b with fewer members; 2 x 0.5^5
