@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import cv2
 import numpy as np
 
 Point = tuple[float, float]
@@ -36,8 +35,9 @@ class Box:
         cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
         if cx1 <= cx0 or cy1 <= cy0:  # entirely outside: nothing to replicate from
             return np.zeros((max(1, self.h), max(1, self.w), *image.shape[2:]), image.dtype)
-        inside = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
-        return cv2.copyMakeBorder(inside, cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1, cv2.BORDER_REPLICATE)
+        inside = image[cy0:cy1, cx0:cx1]
+        pad = ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1)) + ((0, 0),) * (image.ndim - 2)
+        return np.pad(inside, pad, mode="edge")  # any dtype and channel count (cv2 refuses bool, int64)
 
     def expand(self, margin: float, width: int, height: int) -> "Box":
         """Grow by ``margin`` of the box size on every side, clipped to a width x height image."""

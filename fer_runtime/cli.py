@@ -15,7 +15,7 @@ import typer
 
 from fer_runtime.choices import (DEFAULT_MAX_PIXELS, DETECTORS, DEVICES, FACE_CROP_MAX_SIDE, FACE_MODES, FORMATS,
                                  JSONL_SUFFIXES)
-from fer_runtime.exitcodes import cli_errors, fatal, run_app
+from fer_runtime.exitcodes import PARTIAL, cli_errors, fatal, run_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -174,7 +174,7 @@ def infer(
         console.print(f"{n_faces} face(s) from {len(files)} file(s), {n_failed} failed "
                       f"-> {where} ({n_rows} rows, {', '.join(predictor.providers)})", highlight=False, soft_wrap=True)
     if n_failed:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=PARTIAL)
 
 
 def _print_version(value: bool) -> None:
@@ -191,9 +191,10 @@ def _no_inputs(paths: list[str], missing: list[str]) -> typer.Exit:
     folder holds videos, that a video is passed by its own path)."""
     from fer_runtime.images import IMAGE_EXTENSIONS
     from fer_runtime.inputs import videos_in
+    from fer_runtime.pipeline import NO_SUCH_FILE
 
     if missing:
-        return fatal(f"no such file or directory: {', '.join(missing)}")
+        return fatal(f"{NO_SUCH_FILE}: {', '.join(missing)}")
     message = f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(paths)}"
     videos = videos_in(paths)
     if videos:
@@ -227,13 +228,13 @@ def _write_image_rows(out: Optional[Path], fmt: str, predictor: Any, files: list
     the rows (default :func:`fer_runtime.pipeline.infer_chunks`; ``--ray`` passes
     :func:`fer_runtime.distributed.ray_chunks`).
     """
-    from fer_runtime.pipeline import error_row, infer_chunks
+    from fer_runtime.pipeline import NO_SUCH_FILE, error_row, infer_chunks
     from fer_runtime.results import RowWriter, columns
     from fer_runtime.resume import ResumableWriter, run_settings
 
     chunks = chunks or infer_chunks
     cols = columns(predictor.labels)
-    missing_rows = [error_row(m, "no such file or directory") for m in missing]
+    missing_rows = [error_row(m, NO_SUCH_FILE) for m in missing]
     if out is None:
         n_rows = n_faces = n_failed = 0
         with RowWriter(None, fmt, cols) as w:
@@ -270,6 +271,7 @@ def _infer_ray(paths: list[str], out: Optional[Path], fmt: Optional[str], addres
     from functools import partial
 
     from fer_runtime import distributed as dist
+    from fer_runtime.errors import FerRuntimeError
     from fer_runtime.predictor import Predictor
     from fer_runtime.results import format_for
 
@@ -283,11 +285,14 @@ def _infer_ray(paths: list[str], out: Optional[Path], fmt: Optional[str], addres
     if resume and out is None:
         raise fatal("--resume needs --out FILE (stdout cannot be continued)")
     # The driver's predictor verifies the model before Ray starts and names it; each worker builds its own.
-    predictor = Predictor(**model_options, device="cpu", threads=1)
-    if run_options["faces"] != "crop":
-        from fer_runtime.detectors import get_detector
+    try:
+        predictor = Predictor(**model_options, device="cpu", threads=1)
+        if run_options["faces"] != "crop":
+            from fer_runtime.detectors import get_detector
 
-        get_detector(run_options["detector"], predictor.model_dir)
+            get_detector(run_options["detector"], predictor.model_dir)
+    except (FerRuntimeError, ValueError) as e:  # as in the local run: one line, before any output exists
+        raise fatal(str(e)) from None
     # A local Ray gets one logical CPU more than the workers hold, for Ray Data's own tasks (the Parquet writes).
     local_workers = workers or os.cpu_count() or 1
     started = dist.connect(address, num_cpus=local_workers + 1 if address == "local" else None)
@@ -327,7 +332,7 @@ def _infer_ray(paths: list[str], out: Optional[Path], fmt: Optional[str], addres
                       f"{out if out is not None else 'stdout'} ({n_rows} rows, Ray, {n} worker(s))",
                       highlight=False, soft_wrap=True)
     if n_failed:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=PARTIAL)
 
 
 def _infer_video(path: Path, out: Optional[Path], fmt: Optional[Format], device: Device, model_dir: Optional[Path],

@@ -27,7 +27,8 @@ import numpy as np
 from fer_runtime import providers as prov
 from fer_runtime.boxes import Box
 from fer_runtime.choices import DETECTORS
-from fer_runtime.errors import ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError, first_line
+from fer_runtime.errors import (InferenceError, ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError,
+                                first_line)
 from fer_runtime.images import to_bgr, to_gray_uint8
 from fer_runtime.manifest import DetectorEntry, Manifest, read_manifest
 from fer_runtime.model_files import read_graph
@@ -105,7 +106,9 @@ class BlazeFaceDetector:
             image's side) finds faces down to about an eighth of it. 0 looks at the whole image only.
 
     Raises ModelNotFoundError (no detector in the manifest, or its file is missing), ModelIntegrityError
-    (sha256 mismatch, unloadable graph), ProviderUnavailableError. One instance may be shared between threads.
+    (sha256 mismatch, unloadable graph, malformed manifest entry, anchor count unlike the graph's),
+    ProviderUnavailableError; detection raises InferenceError if onnxruntime fails. One instance may be shared
+    between threads.
     """
 
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, name: str = "blazeface", *,
@@ -127,20 +130,25 @@ class BlazeFaceDetector:
         dec = self.spec.decoding
         if dec.get("name") != "blazeface":
             raise ModelIntegrityError(f"detector {name!r}: unknown decoding {dec.get('name')!r}")
-        self.size = int(dec["input_size"])
-        self.anchors = ssd_anchors(self.size, dec["strides"], float(dec.get("anchor_offset", 0.5)))
-        self.keypoints = int(dec["keypoints"])
-        self.score_clip = float(dec.get("score_clip", 80.0))
-        min_score = float(dec.get("min_score", 0.5) if min_score is None else min_score)
-        nms_iou = float(dec.get("nms_iou", 0.3) if nms_iou is None else nms_iou)
+        try:  # the manifest's decoding entry; a missing or malformed field is a broken model folder
+            self.size = int(dec["input_size"])
+            self.anchors = ssd_anchors(self.size, dec["strides"], float(dec.get("anchor_offset", 0.5)))
+            self.keypoints = int(dec["keypoints"])
+            self.score_clip = float(dec.get("score_clip", 80.0))
+            default_score, default_iou = float(dec.get("min_score", 0.5)), float(dec.get("nms_iou", 0.3))
+            self._input = str(self.spec.input["name"])
+            self._outputs = [str(self.spec.outputs["boxes"]), str(self.spec.outputs["scores"])]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelIntegrityError(f"{self.model_dir / 'manifest.json'}: detector {name!r} has a malformed "
+                                      f"entry ({type(e).__name__}: {first_line(e)})") from None
+        min_score = float(default_score if min_score is None else min_score)
+        nms_iou = float(default_iou if nms_iou is None else nms_iou)
         if not 0.0 < min_score < 1.0:
             raise ValueError(f"min_score must be in (0, 1), got {min_score}")
         if not 0.0 < nms_iou <= 1.0:
             raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou}")
         self.min_score, self.nms_iou, self.batch_size = min_score, nms_iou, int(batch_size)
         self.tiles = int(tiles)
-        self._input = str(self.spec.input["name"])
-        self._outputs = [self.spec.outputs["boxes"], self.spec.outputs["scores"]]
 
         graph = read_graph(self.model_dir, manifest, self.spec.file)
         requested = prov.requested_providers(device, providers)
@@ -161,6 +169,11 @@ class BlazeFaceDetector:
         missing = [n for n in [self._input, *self._outputs] if n not in have]
         if missing:
             raise ModelIntegrityError(f"{self.model_dir / self.spec.file}: graph lacks {', '.join(missing)}",
+                                      str(self.model_dir / self.spec.file))
+        n_anchors = next(o.shape[1] for o in self.session.get_outputs() if o.name == self._outputs[0])
+        if isinstance(n_anchors, int) and n_anchors != len(self.anchors):
+            raise ModelIntegrityError(f"{self.model_dir / self.spec.file}: the graph has {n_anchors} anchors, its "
+                                      f"manifest entry's strides give {len(self.anchors)}",
                                       str(self.model_dir / self.spec.file))
         fixed = self.session.get_inputs()[0].shape[0]
         self._fixed_batch = fixed if isinstance(fixed, int) else None
@@ -186,7 +199,11 @@ class BlazeFaceDetector:
         step = 1 if self._fixed_batch == 1 else self.batch_size
         raw_boxes, raw_scores = [], []
         for i in range(0, len(x), step):
-            b, sc = self.session.run(self._outputs, {self._input: np.ascontiguousarray(x[i:i + step])})
+            try:
+                b, sc = self.session.run(self._outputs, {self._input: np.ascontiguousarray(x[i:i + step])})
+            except prov.onnxruntime_errors() as e:
+                raise InferenceError(f"{self.model_dir / self.spec.file}: onnxruntime failed to run it on "
+                                     f"{', '.join(self.session.get_providers())} ({first_line(e)})") from None
             raw_boxes.append(b)
             raw_scores.append(sc)
         boxes, scores = np.concatenate(raw_boxes), np.concatenate(raw_scores)

@@ -407,7 +407,7 @@ def predict_to_parquet(predictor: "Predictor", files: Sequence[str], missing: Se
     import pyarrow.parquet as pq
 
     from fer_runtime.atomic import atomic_path, atomic_write
-    from fer_runtime.pipeline import error_row
+    from fer_runtime.pipeline import NO_SUCH_FILE, error_row
     from fer_runtime.results import columns
     from fer_runtime.resume import run_settings, settings_difference
 
@@ -438,9 +438,11 @@ def predict_to_parquet(predictor: "Predictor", files: Sequence[str], missing: Se
     atomic_write(marker, json.dumps(settings, indent=1) + "\n")
     schema = result_schema(cols)
     gone = [m for m in missing if m not in done]
-    if gone:
+    if gone:  # the rows of inputs missing in an earlier run of this output are kept, the new ones added
+        before = (pq.read_table(out / MISSING_FILE, columns=["path"]).column("path").to_pylist()
+                  if (out / MISSING_FILE).exists() else [])
         with atomic_path(out / MISSING_FILE) as tmp:
-            pq.write_table(rows_table((error_row(m, "no such file or directory").fields for m in gone), schema), tmp)
+            pq.write_table(rows_table((error_row(m, NO_SUCH_FILE).fields for m in before + gone), schema), tmp)
     todo = [f for f in files if f not in done]
     if todo:
         ds = predict_dataset(paths_dataset(todo, block_rows_for(len(todo), workers)),

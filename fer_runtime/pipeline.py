@@ -16,7 +16,7 @@ from fer_runtime.errors import InvalidImageError, first_line
 from fer_runtime.detectors import DEFAULT_DETECTOR, FaceDetector, get_detector
 from fer_runtime.faces import face_regions
 from fer_runtime.frames import FrameAnalyzer
-from fer_runtime.images import DEFAULT_MAX_PIXELS, preprocess, read_image, resize, write_image
+from fer_runtime.images import DEFAULT_MAX_PIXELS, face_pixels, read_image, resize, write_image
 from fer_runtime.overlay import PANEL, saliency_figure
 from fer_runtime.predictor import Predictor
 from fer_runtime.inputs import common_root
@@ -24,6 +24,7 @@ from fer_runtime.results import SALIENCY_COLUMN, prob_column
 from fer_runtime.video import VideoFrame, VideoReader
 
 NO_FACE = "no face detected"
+NO_SUCH_FILE = "no such file or directory"  # the error of an input path that does not exist
 NONE = "none"  # the source of an `auto` row for an image in which no face was found (no label, not an error)
 
 
@@ -38,7 +39,7 @@ class Row:
 @dataclass(eq=False)
 class _Face:
     row: Row
-    face48: np.ndarray
+    face48: np.ndarray  # uint8 48x48 gray: read by the Predictor exactly as the library reads it
     display: np.ndarray | None = None  # face crop at figure size, only with a saliency dir
     figure: Path | None = None
 
@@ -186,7 +187,7 @@ def _read_faces(item: Path | Source, mode: str, margin: float | None, names: _Fi
             crop = box.crop(image)
             row = Row({"path": p, "face": k, "x": box.x, "y": box.y, "w": box.w, "h": box.h, "source": source,
                        "score": box.score})
-            face = _Face(row, preprocess(crop))
+            face = _Face(row, face_pixels(crop))
             if names is not None:  # keep only a figure-sized copy, never the full-size crop
                 s = min(1.0, PANEL / max(crop.shape[:2]))
                 face.display = resize(crop, max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))).copy()
@@ -203,7 +204,7 @@ def _read_faces(item: Path | Source, mode: str, margin: float | None, names: _Fi
 def _flush(predictor: Predictor, labels: list[str], batch: _Batch) -> Iterator[Row]:
     """Predict the queued faces, draw their figures, and yield every queued row in order."""
     if batch.faces:
-        probs = predictor.predict([f.face48 for f in batch.faces])
+        probs = predictor.predict(np.stack([f.face48 for f in batch.faces]))
         best = probs.argmax(axis=1)
         for f, p, b in zip(batch.faces, probs, best):
             f.row.fields.update({"label": labels[b], "confidence": float(p[b]), "error": None})

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fer_runtime import Box, InvalidImageError, ModelIntegrityError, ModelNotFoundError, Predictor, detect_faces, read_image
+from fer_runtime import (Box, InferenceError, InvalidImageError, ModelIntegrityError, ModelNotFoundError, Predictor,
+                         detect_faces, read_image)
 from fer_runtime.choices import DETECTORS
 from fer_runtime.cli import app
 from fer_runtime.detectors import BlazeFaceDetector, HaarDetector, get_detector, ssd_anchors, tile_regions
@@ -190,6 +191,37 @@ def test_manifest_without_a_detector(model_dir: Path, tmp_path: Path) -> None:
         read_manifest(d)
 
 
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: e["decoding"].pop("input_size"), "malformed entry.*KeyError.*input_size"),
+    (lambda e: e["decoding"].update(keypoints="six"), "malformed entry.*ValueError"),
+    (lambda e: e["decoding"].update(strides=None), "malformed entry.*TypeError"),
+    (lambda e: e["outputs"].pop("boxes"), "malformed entry.*KeyError.*boxes"),
+    (lambda e: e["decoding"].update(strides=[8, 16]), "the graph has 896 anchors, its manifest entry's strides give 640"),
+])
+def test_a_malformed_detector_entry_is_a_typed_error(model_dir: Path, tmp_path: Path, edit, message) -> None:
+    d = _detector_copy(model_dir, tmp_path)
+    raw = json.loads((d / MANIFEST_NAME).read_text())
+    edit(raw["detectors"]["blazeface"])
+    (d / MANIFEST_NAME).write_text(json.dumps(raw))
+    with pytest.raises(ModelIntegrityError, match=message):
+        BlazeFaceDetector(d)
+
+
+def test_a_failing_detector_run_is_an_inference_error(model_dir: Path) -> None:
+    det = BlazeFaceDetector(model_dir)
+
+    class Failing:  # onnxruntime raising mid-run (RuntimeError is among its error types)
+        def run(self, *args):
+            raise RuntimeError("device lost")
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    det.session = Failing()
+    with pytest.raises(InferenceError, match=r"face_detector.onnx: .* on CPUExecutionProvider \(device lost\)"):
+        det.detect(read_image(EXAMPLES / "photo_one_face.jpg"))
+
 def test_referenced_files_keep_the_detector(model_dir: Path) -> None:
     m = read_manifest(model_dir)
     assert m.detectors["blazeface"].file in m.referenced_files()
@@ -263,6 +295,10 @@ def test_crop_past_the_edge_is_padded() -> None:
     assert out.shape == (4, 6)
     assert (out[1:, 2:] == img[0:3, 0:4]).all() and (out[0, 2:] == img[0, 0:4]).all() and (out[1:, 0] == img[0:3, 0]).all()
     assert Box(20, 20, 3, 3).crop(img).shape == (3, 3)
+    for other in (img > 50, img.astype(np.int64), np.dstack([img] * 5)):  # every dtype and channel count
+        padded = Box(-2, -1, 6, 4).crop(other)
+        assert padded.dtype == other.dtype and (padded[..., 0] if padded.ndim == 3 else padded).tolist() == (
+            (out > 50) if other.dtype == bool else out).tolist()
 
 
 # -- honest auto, score column, FrameAnalyzer -------------------------------------------------------

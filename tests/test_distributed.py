@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +27,8 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from fer_runtime.cli import app  # noqa: E402
 from fer_runtime.distributed import SETTINGS_FILE, DistributedError, parquet_done, predict_dataset, predict_to_parquet  # noqa: E402,E501
+from fer_runtime.manifest import MANIFEST_NAME  # noqa: E402
+from fer_runtime.pipeline import NO_SUCH_FILE  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "fer2013_small.csv.gz"
 CORRUPT = "zz_corrupt.png"
@@ -257,3 +261,23 @@ def test_an_existing_plain_folder_as_out_is_refused_not_filled_with_parquet_part
     code, output = _run(str(crops), "--faces", "crop", "--ray", "local", "--workers", "1", "--out", str(mine))
     assert code == 2 and "is a folder (a Parquet output folder is named X.parquet)" in output, output
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_a_bad_detector_setting_is_one_line_before_ray_starts(crops: Path, model_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "models"
+    shutil.copytree(model_dir, bad)
+    raw = json.loads((bad / MANIFEST_NAME).read_text())
+    raw["detectors"]["blazeface"]["decoding"]["min_score"] = 1.5
+    (bad / MANIFEST_NAME).write_text(json.dumps(raw))
+    out = tmp_path / "preds.csv"
+    code, output = _run(str(crops), "--model-dir", str(bad), "--ray", "local", "--workers", "1", "--out", str(out))
+    assert code == 2 and "min_score must be in (0, 1), got 1.5" in output and "Traceback" not in output, output
+    assert not out.exists()
+
+
+def test_parquet_resume_keeps_the_rows_of_inputs_missing_before(predictor, tmp_path: Path) -> None:
+    out = tmp_path / "preds.parquet"
+    predict_to_parquet(predictor, [], ["gone1.png"], out, resume=False, workers=1)
+    predict_to_parquet(predictor, [], ["gone1.png", "gone2.png"], out, resume=True, workers=1)
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["path"], r["error"]) for r in rows] == [("gone1.png", NO_SUCH_FILE), ("gone2.png", NO_SUCH_FILE)]

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ import fer_runtime
 from fer_runtime import LABELS, FaceEmotion, InvalidImageError, Predictor, analyze, read_image
 from fer_runtime import oneshot
 from fer_runtime.pipeline import infer_files
+from fer_runtime.results import prob_column
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
@@ -55,6 +57,18 @@ def test_analyze_a_crop_a_blank_photo_and_faces_crop(predictor: Predictor) -> No
     assert whole.source == "whole" and (whole.box.w, whole.box.h) == (640, 480)
     assert len(analyze(TWO, model=predictor, detector="haar")) == 2
 
+
+
+def test_infer_files_sees_a_dark_face_as_the_library_does(predictor: Predictor, tmp_path: Path) -> None:
+    # Pixels of only 0 and 1: preprocessed twice, the float copy (max 1.0) would be read as a 0..1 image and
+    # stretched to 0..255. fer-infer must classify the pixels the Predictor classifies.
+    face = read_image(EXAMPLES / "happy_0.png")
+    dark = (face > face.mean()).astype(np.uint8)
+    path = tmp_path / "dark.png"
+    cv2.imwrite(str(path), dark)
+    (row,) = [r.fields for r in infer_files(predictor, [path], faces="crop")]
+    np.testing.assert_allclose([row[prob_column(l)] for l in LABELS], predictor.predict(dark)[0], atol=1e-6)
+    assert not np.allclose(predictor.predict(dark), predictor.predict(dark * 255), atol=1e-3)
 
 def test_analyze_errors(predictor: Predictor, tmp_path: Path) -> None:
     with pytest.raises(InvalidImageError, match="no such file"):
