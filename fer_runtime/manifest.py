@@ -315,6 +315,12 @@ class Manifest:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise ModelIntegrityError(f"{where}: malformed manifest ({first_line(e, named=True)})") from None
+        feeds, got = InputSpec(), m.input  # what the Predictor feeds (images.preprocess) is not a manifest choice
+        if (got.shape[1:], got.dtype, got.color, list(got.range)) != (feeds.shape[1:], feeds.dtype, feeds.color,
+                                                                       feeds.range):
+            raise ModelIntegrityError(f"{where}: input declares shape {got.shape}, {got.dtype}, {got.color}, range "
+                                      f"{got.range}; the runtime feeds shape {feeds.shape}, {feeds.dtype}, "
+                                      f"{feeds.color}, range {feeds.range}")
         for name in m.files:
             if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
                 raise ModelIntegrityError(f"{where}: file name {name!r} under 'files' is not a plain file name")

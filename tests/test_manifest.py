@@ -119,6 +119,14 @@ def test_names_that_would_reach_outside_the_model_folder_are_refused(model_copy:
         read_manifest(model_copy)
 
 
+
+@pytest.mark.parametrize("field, value", [("shape", [None, 64, 64, 1]), ("range", [0, 1]), ("color", "rgb"),
+                                          ("dtype", "uint8")])
+def test_an_input_the_runtime_does_not_feed_is_refused(model_copy: Path, field: str, value) -> None:
+    _edit(model_copy, lambda d: d["input"].update({field: value}))
+    with pytest.raises(ModelIntegrityError, match=r"input declares .*; the runtime feeds shape \[None, 48, 48, 1\]"):
+        read_manifest(model_copy)
+
 @pytest.mark.parametrize("version", [FORMAT_VERSION[0] + 1, f"{FORMAT_VERSION[0] + 1}.0", 0])
 def test_another_major_version_is_refused_in_one_line(model_copy: Path, version) -> None:
     _edit(model_copy, lambda d: d.update(format_version=version))
