@@ -27,8 +27,7 @@ import numpy as np
 from fer_runtime import providers as prov
 from fer_runtime.boxes import Box
 from fer_runtime.choices import DETECTORS
-from fer_runtime.errors import (InferenceError, ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError,
-                                first_line)
+from fer_runtime.errors import ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError, first_line
 from fer_runtime.images import to_bgr, to_gray_uint8
 from fer_runtime.manifest import DetectorEntry, Manifest, read_manifest
 from fer_runtime.model_files import read_graph
@@ -210,11 +209,8 @@ class BlazeFaceDetector:
         step = 1 if self._fixed_batch == 1 else self.batch_size
         raw_boxes, raw_scores = [], []
         for i in range(0, len(x), step):
-            try:
-                b, sc = self.session.run(self._outputs, {self._input: np.ascontiguousarray(x[i:i + step])})
-            except prov.onnxruntime_errors() as e:
-                raise InferenceError(f"{self.model_dir / self.spec.file}: onnxruntime failed to run it on "
-                                     f"{', '.join(self.session.get_providers())} ({first_line(e)})") from None
+            b, sc = prov.run_session(self.session, self.model_dir / self.spec.file, self._outputs,
+                                     {self._input: np.ascontiguousarray(x[i:i + step])})
             raw_boxes.append(b)
             raw_scores.append(sc)
         boxes, scores = np.concatenate(raw_boxes), np.concatenate(raw_scores)

@@ -12,7 +12,7 @@ import numpy as np
 
 from fer_runtime import images as imgs
 from fer_runtime import providers as prov
-from fer_runtime.errors import (FerRuntimeError, InferenceError, MissingOutputError, ModelIntegrityError,
+from fer_runtime.errors import (FerRuntimeError, MissingOutputError, ModelIntegrityError,
                                 ModelNotFoundError, ProviderUnavailableError, first_line)
 from fer_runtime.labels import IMAGE_SIZE
 from fer_runtime.manifest import CLASS_INPUT, MEMBER_PROBS, PROBS, SALIENCY, Manifest, read_manifest
@@ -243,11 +243,7 @@ class Predictor:
 
     def _run(self, sess: Any, filename: str, output: str, feed: dict[str, np.ndarray]) -> np.ndarray:
         """``sess.run([output], feed)[0]``; an onnxruntime failure becomes :class:`InferenceError`."""
-        try:
-            return sess.run([output], feed)[0]
-        except prov.onnxruntime_errors() as e:
-            raise InferenceError(f"{self.model_dir / filename}: onnxruntime failed to run it on "
-                                 f"{', '.join(sess.get_providers())} ({first_line(e)})") from None
+        return prov.run_session(sess, self.model_dir / filename, [output], feed)[0]
 
     def _class_array(self, classes: ClassSpec, n: int) -> np.ndarray:
         """Class indices (or label names), one for all or one per image, as an int64 array of length n."""

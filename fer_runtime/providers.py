@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fer_runtime.choices import DEVICES
-from fer_runtime.errors import MissingDependencyError, ProviderUnavailableError, first_line
+from fer_runtime.errors import InferenceError, MissingDependencyError, ProviderUnavailableError, first_line
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -96,3 +96,13 @@ def check_session_providers(requested: Sequence[ProviderSpec], session: Any, cud
             f"onnxruntime did not initialise {', '.join(dropped)} (session has {', '.join(got)}); "
             "check the CUDA/cuDNN installation, or use device='cpu'")
     return got
+
+
+def run_session(session: Any, path: object, outputs: list[str], feed: dict[str, Any]) -> list[Any]:
+    """``session.run(outputs, feed)``; an onnxruntime failure becomes :class:`InferenceError` naming the model
+    file ``path`` and the providers it ran on (a bug of ours keeps its traceback)."""
+    try:
+        return session.run(outputs, feed)
+    except onnxruntime_errors() as e:
+        raise InferenceError(f"{path}: onnxruntime failed to run it on {', '.join(session.get_providers())} "
+                             f"({first_line(e)})") from None
