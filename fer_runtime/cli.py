@@ -92,7 +92,6 @@ def infer(
     Exit status: 0 ok, 1 if any file could not be read, 2 on a fatal error (model missing or corrupt, no inputs),
     130 interrupted, 141 stdout closed by its reader.
     """
-    from fer_runtime.errors import FerRuntimeError
     from fer_runtime.inputs import collect_inputs, exclude_under
     from fer_runtime.results import format_for
     from fer_runtime.video import is_video_file
@@ -137,26 +136,9 @@ def infer(
         except OSError as e:
             raise fatal(f"cannot create --saliency-dir {saliency_dir}: {e.strerror or e}") from None
 
-    from fer_runtime.predictor import Predictor
-
-    try:
-        predictor = Predictor(model_dir=model_dir, model=model, device=device, batch_size=batch_size,
-                              threads=threads)
-        if saliency_dir is not None:
-            predictor.load_saliency()
-        if faces != "crop":  # verify and load the detector before any output exists
-            from fer_runtime.detectors import get_detector
-
-            get_detector(detector, predictor.model_dir)
-    except (FerRuntimeError, ValueError) as e:
-        raise fatal(str(e)) from None
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=console, disable=quiet, transient=False)
+    predictor = _load_model(dict(model_dir=model_dir, model=model, device=device, batch_size=batch_size,
+                                 threads=threads), faces, detector, saliency=saliency_dir is not None)
+    console, progress = _progress(quiet)
     limit = _pixel_limit(max_pixels)
     try:
         with progress:
@@ -201,6 +183,36 @@ def _no_inputs(paths: list[str], missing: list[str]) -> typer.Exit:
         message += (f"; folders are searched for images only, a video is passed directly: fer-infer {videos[0]}"
                     + (f" ({len(videos)} videos found)" if len(videos) > 1 else ""))
     return fatal(message)
+
+
+def _load_model(predictor_options: dict[str, Any], faces: str, detector: str, saliency: bool = False) -> Any:
+    """The Predictor, and the detector (unless ``faces`` is "crop") and saliency graph it will need, verified and
+    loaded before any output exists; a bad model or setting becomes one line and exit 2."""
+    from fer_runtime.errors import FerRuntimeError
+    from fer_runtime.predictor import Predictor
+
+    try:
+        predictor = Predictor(**predictor_options)
+        if saliency:
+            predictor.load_saliency()
+        if faces != "crop":
+            from fer_runtime.detectors import get_detector
+
+            get_detector(detector, predictor.model_dir)
+    except (FerRuntimeError, ValueError) as e:
+        raise fatal(str(e)) from None
+    return predictor
+
+
+def _progress(quiet: bool) -> tuple[Any, Any]:
+    """(stderr console, rich progress bar) for a run; the bar is off with ``quiet``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return console, Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TimeRemainingColumn(), console=console, disable=quiet,
+                             transient=False)
 
 
 def _make_out_folder(out: Optional[Path]) -> None:
@@ -271,8 +283,6 @@ def _infer_ray(paths: list[str], out: Optional[Path], fmt: Optional[str], addres
     from functools import partial
 
     from fer_runtime import distributed as dist
-    from fer_runtime.errors import FerRuntimeError
-    from fer_runtime.predictor import Predictor
     from fer_runtime.results import format_for
 
     files, missing = dist.expand_inputs(paths)
@@ -285,14 +295,8 @@ def _infer_ray(paths: list[str], out: Optional[Path], fmt: Optional[str], addres
     if resume and out is None:
         raise fatal("--resume needs --out FILE (stdout cannot be continued)")
     # The driver's predictor verifies the model before Ray starts and names it; each worker builds its own.
-    try:
-        predictor = Predictor(**model_options, device="cpu", threads=1)
-        if run_options["faces"] != "crop":
-            from fer_runtime.detectors import get_detector
-
-            get_detector(run_options["detector"], predictor.model_dir)
-    except (FerRuntimeError, ValueError) as e:  # as in the local run: one line, before any output exists
-        raise fatal(str(e)) from None
+    predictor = _load_model(dict(model_options, device="cpu", threads=1), run_options["faces"],
+                            run_options["detector"])
     # A local Ray gets one logical CPU more than the workers hold, for Ray Data's own tasks (the Parquet writes).
     local_workers = workers or os.cpu_count() or 1
     started = dist.connect(address, num_cpus=local_workers + 1 if address == "local" else None)
@@ -339,30 +343,24 @@ def _infer_video(path: Path, out: Optional[Path], fmt: Optional[Format], device:
                  model: Optional[str], batch_size: int, threads: Optional[int], quiet: bool, every: int,
                  detect_every: int, detector: str = DETECTORS[0]) -> None:
     """The video branch of :func:`infer`: one row per face per processed frame."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from fer_runtime.errors import FerRuntimeError
     from fer_runtime.frames import FrameAnalyzer
     from fer_runtime.pipeline import infer_video
-    from fer_runtime.predictor import Predictor
     from fer_runtime.results import RowWriter, format_for, video_columns
     from fer_runtime.video import VideoReader
 
     _make_out_folder(out)
     if out is not None and out.is_dir():
         raise fatal(f"--out {out} is a folder")
+    predictor = _load_model(dict(model_dir=model_dir, model=model, device=device, batch_size=batch_size,
+                                 threads=threads), "crop", detector)  # the FrameAnalyzer loads the detector
     try:
-        predictor = Predictor(model_dir=model_dir, model=model, device=device, batch_size=batch_size,
-                              threads=threads)
         with VideoReader(path) as probe:  # fail before the output exists, and size the progress bar
             total = probe.frame_count
         analyzer = FrameAnalyzer(predictor, detect_every=detect_every, detector=detector)
     except (FerRuntimeError, ValueError) as e:
         raise fatal(str(e)) from None
-    console = Console(stderr=True)
-    progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=console, disable=quiet, transient=False)
+    console, progress = _progress(quiet)
     n_rows = n_frames = 0
     try:
         with progress, RowWriter(out, format_for(out, fmt), video_columns(predictor.labels)) as w:
