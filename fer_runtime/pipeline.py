@@ -106,7 +106,7 @@ class Source:
 
 def infer_files(predictor: Predictor, files: Iterable[Path | Source], faces: str = "auto",
                 margin: float | None = None, saliency_dir: Path | None = None,
-                on_file: Callable[[Path], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                on_file: Callable[[Path | Source], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                 quiet: bool = True, *, detector: str | FaceDetector = DEFAULT_DETECTOR,
                 saliency_inputs: Sequence[Path | Source] | None = None) -> Iterator[Row]:
     """Yield result rows for ``files`` in order: one per face, or one error row per unreadable file.
@@ -120,7 +120,7 @@ def infer_files(predictor: Predictor, files: Iterable[Path | Source], faces: str
     Faces are predicted ``predictor.batch_size`` at a time. With ``saliency_dir`` a figure is
     written per face, named after the file's path below the folder holding all of ``saliency_inputs`` (default:
     ``files``; pass the whole input list when ``files`` is the rest of it, as a resumed run does), and the row's
-    ``saliency_png`` column holds its path. ``on_file`` is called after each file is read. Files whose header declares more than
+    ``saliency_png`` column holds its path. ``on_file`` is called with each file (or Source) after it is read. Files whose header declares more than
     ``max_pixels`` pixels get an error row without being decoded; ``quiet`` keeps the codecs' messages off
     stderr (:func:`fer_runtime.images.read_image`).
     """
@@ -131,7 +131,7 @@ def infer_files(predictor: Predictor, files: Iterable[Path | Source], faces: str
 
 def infer_chunks(predictor: Predictor, files: Iterable[Path | Source], faces: str = "auto",
                  margin: float | None = None, saliency_dir: Path | None = None,
-                 on_file: Callable[[Path], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 on_file: Callable[[Path | Source], None] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  quiet: bool = True, *, detector: str | FaceDetector = DEFAULT_DETECTOR,
                  saliency_inputs: Sequence[Path | Source] | None = None) -> Iterator[tuple[list[Row], int]]:
     """:func:`infer_files` in chunks: ``(rows, files_done)`` after each batch.
@@ -151,11 +151,11 @@ def infer_chunks(predictor: Predictor, files: Iterable[Path | Source], faces: st
     engine = get_detector(detector, predictor.model_dir) if faces != "crop" else None
     batch = _Batch()
     done = 0
-    for path in files:
-        _read_faces(path, faces, margin, names, batch, max_pixels, quiet, engine)
+    for item in files:
+        _read_faces(item, faces, margin, names, batch, max_pixels, quiet, engine)
         done += 1
         if on_file is not None:
-            on_file(path)
+            on_file(item)
         if len(batch.faces) >= predictor.batch_size or len(batch.rows) >= predictor.batch_size:
             yield list(_flush(predictor, labels, batch)), done
     yield list(_flush(predictor, labels, batch)), done
