@@ -66,6 +66,18 @@ def test_malformed_row_names_file_line_reason(tmp_path, rows, mutate, reason):
     assert f"{p}:4:" in msg and reason in msg
 
 
+@pytest.mark.parametrize("after, reason", [
+    (6, "expected 3 fields, found 2"),  # the quoted field runs to the end of the file
+    (36, "field larger than field limit"),  # past csv's 131,072-character limit: was a traceback
+])
+def test_an_unclosed_quote_names_the_line_it_opens_on(tmp_path, rows, after, reason):
+    e, px, u = rows[3].split(",")
+    p = _write(tmp_path, rows[:3] + [f'{e},"{px},{u}'] + rows[4:4 + after])
+    with pytest.raises(DataFormatError) as ei:
+        load_kaggle_csv(p)
+    assert f"{p}:4:" in str(ei.value) and reason in str(ei.value)
+
+
 def test_empty_truncated_and_header_only_files(tmp_path, rows):
     empty = tmp_path / "empty.csv"
     empty.write_text("")

@@ -274,6 +274,8 @@ def test_cyclic_cosine_restarts_each_cycle():
     assert cycle_ends(7, 1, 3) == [3, 5, 7] and cycle_ends(7, 1, 1) == []
     with pytest.raises(ValueError, match="do not split into 4 equal cycles"):
         _cfg(epochs=7, schedule="cosine", warmup_epochs=1, cycles=4).validate()
+    with pytest.raises(ValueError, match="leave fewer than 2 epochs for 2 cycles"):  # 0 % 2 == 0: no cycle ever ended
+        _cfg(epochs=10, schedule="cosine", warmup_epochs=10, cycles=2).validate()
     with pytest.raises(ValueError, match="needs --schedule cosine"):
         _cfg(epochs=7, schedule="step", warmup_epochs=1, cycles=3).validate()
 
@@ -303,6 +305,10 @@ def test_config_with_an_unknown_setting_is_refused_by_name():
     (lambda c: c["train"]["augment"].update(rotate=5), "unknown augmentation settings rotate"),  # was a TypeError
     (lambda c: c.pop("model"), "no 'model' section"),  # was "error: model"
     (lambda c: c.update(train=5), "the training settings must be a JSON object"),
+    (lambda c: c["train"].update(epochs="40"), "'epochs' must be an integer, not \"40\""),  # was a TypeError
+    (lambda c: c["train"].update(lr=None), "'lr' must be a number, not null"),
+    (lambda c: c["model"].update(blocks="4"), "model settings: 'blocks' must be an integer"),
+    (lambda c: c["train"]["augment"].update(flip="yes"), "augmentation settings: 'flip' must be true or false"),
 ])
 def test_a_run_config_that_does_not_fit_is_one_line_naming_the_file(tmp_path, change, message):
     from fer_train.config import TrainConfig

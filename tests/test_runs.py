@@ -30,3 +30,38 @@ def test_a_damaged_history_row_is_a_run_error_naming_file_and_line(tmp_path: Pat
             runs.read_history(tmp_path)
     (tmp_path / runs.HISTORY).write_text(f"{header}\n{good}\n2,nan,nan,1.0,0.6,0.01,nan,float32\n")  # a rebuilt row
     assert [r["val_accuracy"] for r in runs.read_history(tmp_path)] == [0.55, 0.6]
+
+
+def test_an_ensemble_written_into_itself_adds_members_and_never_lists_itself(tmp_path: Path) -> None:
+    import pytest
+
+    from fer_train.ensemble import write_ensemble
+
+    for name in "abc":
+        (tmp_path / name).mkdir()
+        (tmp_path / name / runs.BEST).write_bytes(b"")
+    ens = tmp_path / "ens"
+    write_ensemble(ens, [tmp_path / "a", tmp_path / "b"])
+    write_ensemble(ens, [ens, tmp_path / "c"])  # "add c to ens": ens's members take its place
+    assert [p.resolve() for p in runs.member_paths(ens)] == [(tmp_path / n / runs.BEST).resolve() for n in "abc"]
+    with pytest.raises(runs.RunError, match="same member"):  # ens again would count a, b and c twice
+        write_ensemble(ens, [ens, tmp_path / "a"])
+    with pytest.raises(runs.RunError, match="is a run folder"):  # it would stop being run a
+        write_ensemble(tmp_path / "a", [tmp_path / "a", tmp_path / "b"])
+    assert [p.resolve() for p in runs.member_paths(tmp_path / "a")] == [(tmp_path / "a" / runs.BEST).resolve()]
+
+
+def test_a_damaged_or_cyclic_ensemble_json_is_a_run_error_naming_it(tmp_path: Path) -> None:
+    import pytest
+
+    for damaged in ('["a"]', '{"members": ["a"]}', '{"members": []}', '{"members": [{"path": 1}]}',
+                    '{"members": [{"path": "."}], "data": 3}'):
+        (tmp_path / runs.ENSEMBLE).write_text(damaged)
+        with pytest.raises(runs.RunError, match=r"ensemble\.json"):
+            runs.member_paths(tmp_path)
+    (tmp_path / "x").mkdir()  # x lists y, y lists x
+    (tmp_path / "y").mkdir()
+    (tmp_path / "x" / runs.ENSEMBLE).write_text('{"members": [{"path": "../y"}]}')
+    (tmp_path / "y" / runs.ENSEMBLE).write_text('{"members": [{"path": "../x"}]}')
+    with pytest.raises(runs.RunError, match="lists itself"):
+        runs.member_paths(tmp_path / "x")

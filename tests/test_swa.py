@@ -77,9 +77,11 @@ def test_averager_keeps_a_running_mean_that_a_resumed_run_continues(tmp_path):
     said = []
     swa.WeightAverager(tmp_path, start=2, log=said.append).resume(5)
     assert "epoch 5 is missing from the average" in said[0]
-    (tmp_path / runs.SWA_STATE).write_bytes(b"not an npz")
-    with pytest.raises(runs.RunError, match="unreadable"):
-        swa.read_state(tmp_path)
+    whole = (tmp_path / runs.SWA_STATE).read_bytes()
+    for damaged in (b"not an npz", b"", whole[:len(whole) // 2]):  # the empty file was an EOFError traceback
+        (tmp_path / runs.SWA_STATE).write_bytes(damaged)
+        with pytest.raises(runs.RunError, match="unreadable"):
+            swa.read_state(tmp_path)
 
 
 def test_a_resume_adds_the_epoch_whose_weights_were_saved_but_not_averaged(tmp_path):

@@ -198,7 +198,7 @@ def test_teacher_follows_its_tta_and_a_run_reads_its_cached_probabilities(tmp_pa
     for tta, x in (("flip", train.x), ("crops", train.x[:-1])):  # another TTA or other images: predicted again
         with pytest.raises(AssertionError, match="predicted again"):
             teacher_targets(tmp_path / "teacher", x, 2.0, tta, run / runs.TEACHER_PROBS)
-    for damaged in (b"not an npz", (run / runs.TEACHER_PROBS).read_bytes()[:100]):  # predicted again, no numpy error
+    for damaged in (b"not an npz", b"", (run / runs.TEACHER_PROBS).read_bytes()[:100]):  # predicted again, no numpy error
         (run / runs.TEACHER_PROBS).write_bytes(damaged)
         with pytest.raises(AssertionError, match="predicted again"):
             teacher_targets(tmp_path / "teacher", train.x, 2.0, "crops", run / runs.TEACHER_PROBS)

@@ -124,13 +124,17 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], lis
     if missing:
         raise DataFormatError(f"{path}:1: header {header} lacks column(s) {missing}")
     rows, lines = [], []
-    for row in reader:
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise DataFormatError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)} (truncated row?)")
-        rows.append(row)
-        lines.append(reader.line_num)
+    start = reader.line_num + 1  # the line the next row begins on (a quoted field may span lines)
+    try:
+        for row in reader:
+            if row and len(row) != len(header):
+                raise DataFormatError(f"{path}:{start}: expected {len(header)} fields, found {len(row)} (truncated row?)")
+            if row:
+                rows.append(row)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as e:  # e.g. an unclosed quote swallowing the rest of the file
+        raise DataFormatError(f"{path}:{start}: {e} (an unclosed quote?)") from None
     if not rows:
         raise DataFormatError(f"{path}: header only, no data rows")
     if not text.endswith("\n") and len(rows[-1][header.index(required[-1])].split()) == 0:

@@ -11,7 +11,16 @@ from fer_train.fit import fit
 
 
 def write_ensemble(out: Path, members: list[Path], data: str = "") -> Path:
-    """Write ``out/ensemble.json`` listing ``members`` (run dirs or .keras files) and ``data``, relative to ``out``."""
+    """Write ``out/ensemble.json`` listing ``members`` (run dirs or .keras files) and ``data``, relative to ``out``.
+
+    ``out`` may be one of ``members`` when it is an ensemble: its current members are listed in its place (so
+    ``ensemble A B --out A`` adds B to A). A run folder cannot hold an ensemble (it would no longer be that run).
+    """
+    if (out / runs.BEST).exists() or (out / runs.LAST).exists():
+        raise runs.RunError(f"{out} is a run folder; write the ensemble into a folder of its own")
+    if (out / runs.ENSEMBLE).exists() and any(m.resolve() == out.resolve() for m in members):
+        listed = runs.read_ensemble(out)[0]
+        members = [x for m in members for x in (listed if m.resolve() == out.resolve() else [m])]
     seen: dict[Path, Path] = {}
     for m in members:
         for f in runs.member_paths(m):  # raises RunError if it is not a run

@@ -20,10 +20,8 @@ def data_path_of(path: str | Path) -> str:
     """The training data a run (or an ensemble's first member) was trained on."""
     p = Path(path)
     if (p / runs.ENSEMBLE).exists():
-        spec = runs.read_json(p / runs.ENSEMBLE)
-        if spec.get("data"):
-            return str(p / spec["data"])  # relative to the ensemble folder (an absolute path stays as it is)
-        return data_path_of(p / spec["members"][0]["path"])
+        members, data = runs.read_ensemble(p)  # data is relative to the ensemble folder (or absolute)
+        return data or data_path_of(members[0])
     if p.is_file():
         p = p.parent
     from fer_train.config import read_run_config

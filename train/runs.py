@@ -184,19 +184,31 @@ def member_name(path: str | Path) -> str:
     return f"{p.parent.name}/{p.stem}" if (is_snapshot(p) or p.name == SWA_MODEL) and p.parent.name else p.stem
 
 
-def member_paths(path: str | Path) -> list[Path]:
+def read_ensemble(folder: str | Path) -> tuple[list[Path], str]:
+    """An ensemble folder's (member paths, data path): each as written in its ``ensemble.json``, resolved
+    against the folder; RunError naming the file if it is damaged or lists no members."""
+    path = Path(folder) / ENSEMBLE
+    spec = read_json(path)
+    entries = spec.get("members") if isinstance(spec, dict) else None
+    if (not isinstance(entries, list) or not entries
+            or not all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in entries)):
+        raise RunError(f'{path}: expected {{"members": [{{"path": ...}}, ...], "data": ...}} with at least one member')
+    data = spec.get("data") or ""
+    if not isinstance(data, str):
+        raise RunError(f"{path}: data must be a path, got {data!r}")
+    return [Path(folder) / e["path"] for e in entries], (str(Path(folder) / data) if data else "")
+
+
+def member_paths(path: str | Path, _within: frozenset[Path] = frozenset()) -> list[Path]:
     """The ``best.keras`` files of a run, an ensemble directory, or a ``.keras`` file itself."""
     p = Path(path)
     if p.is_file() and p.suffix == ".keras":
         return [p]
     if (p / ENSEMBLE).exists():
-        spec = read_json(p / ENSEMBLE)
-        out: list[Path] = []
-        for m in spec.get("members", []):
-            out.extend(member_paths(p / m["path"]))
-        if not out:
-            raise RunError(f"{p / ENSEMBLE}: lists no members")
-        return out
+        if (key := p.resolve()) in _within:
+            raise RunError(f"{p / ENSEMBLE}: the ensemble lists itself (a member path leads back to {p})")
+        members, _ = read_ensemble(p)
+        return [f for m in members for f in member_paths(m, _within | {key})]
     if (p / BEST).exists():
         return [p / BEST]
     if not p.exists():

@@ -12,6 +12,8 @@ def check_cycles(schedule: str, epochs: int, warmup_epochs: int, cycles: int) ->
         raise ValueError(f"cycles must be >= 1, got {cycles}")
     if cycles > 1 and schedule != "cosine":
         raise ValueError(f"--cycles {cycles} needs --schedule cosine (one cosine decay per cycle)")
+    if cycles > 1 and epochs - warmup_epochs < cycles:
+        raise ValueError(f"{epochs} epochs minus {warmup_epochs} warm-up leave fewer than {cycles} epochs for {cycles} cycles")
     if cycles > 1 and (epochs - warmup_epochs) % cycles:
         raise ValueError(f"{epochs} epochs minus {warmup_epochs} warm-up do not split into {cycles} equal cycles")
 

@@ -8,6 +8,7 @@ averaged weights), and the model is saved as ``runs.SWA_MODEL``: a member like `
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -79,7 +80,7 @@ def read_state(run: Path) -> tuple[list[np.ndarray], int, int] | None:
         with np.load(path) as f:
             n = sum(1 for k in f.files if k.startswith("w"))
             return [f[f"w{i}"] for i in range(n)], int(f["count"]), int(f["epoch"])
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise runs.RunError(f"{path}: unreadable ({e.__class__.__name__}); remove it to restart the average") from None
 
 

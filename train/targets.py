@@ -83,7 +83,7 @@ def _read_cache(cache: Path, key: str, rows: int) -> np.ndarray | None:
         with np.load(cache) as f:
             if str(f["key"]) == key and (probs := f["probs"]).shape == (rows, NUM_CLASSES):  # each f[...] reads the file
                 return probs
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # missing or damaged: predict again and rewrite it
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged: predict again and rewrite it
         pass
     return None
 
