@@ -246,6 +246,12 @@ def test_resume_with_moved_data(tmp_path):
     r = runner.invoke(app, ["fit", "--resume", str(run), "--data", str(short)])
     assert r.exit_code == 2 and "pass the same data with --data" in r.output
     assert len(r.output.strip().splitlines()) == 1
+    relabelled = tmp_path / "relabelled.csv"  # the same row counts, one label changed
+    e, rest = training[0].split(",", 1)
+    relabelled.write_text("\n".join([lines[0], f"{(int(e) + 1) % 7},{rest}", *training[1:], *others]) + "\n")
+    r = runner.invoke(app, ["fit", "--resume", str(run), "--data", str(relabelled)])
+    assert r.exit_code == 2 and "not the file the run started on" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
     assert len(runs.read_history(run)) == 1
     r = runner.invoke(app, ["fit", "--resume", str(run), "--data", str(moved)])
     assert r.exit_code == 0, r.output

@@ -13,6 +13,7 @@ import numpy as np
 from fer_runtime.atomic import atomic_write
 from fer_runtime.labels import LABELS, NUM_CLASSES
 from fer_runtime.machine import cpu_model, machine_line
+from fer_runtime.manifest import sha256_file
 from fer_train import runs, schedules
 from fer_train.config import (TrainConfig, data_record, missing_input, read_run_config,  # noqa: F401 (re-export)
                               stored_inputs)
@@ -121,12 +122,15 @@ def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
     return targets.blend(train.y, parts)
 
 
-def _check_rows(run: Path, conf: dict[str, Any], train_rows: int, val_rows: int) -> None:
-    """Refuse to resume on data whose split sizes differ from the ones recorded when the run started."""
+def _check_data(run: Path, conf: dict[str, Any], data: str, train_rows: int, val_rows: int) -> None:
+    """Refuse to resume on data whose split sizes or sha256 differ from the ones recorded when the run started."""
     rec = conf.get("data", {})
     if (rec.get("train_rows"), rec.get("val_rows")) not in ((train_rows, val_rows), (None, None)):
         raise runs.RunError(f"{run}: the data has {train_rows} training / {val_rows} validation rows, but the run "
                             f"started on {rec.get('train_rows')} / {rec.get('val_rows')}; pass the same data with --data")
+    if rec.get("sha256") and Path(data).is_file() and (now := sha256_file(Path(data))) != rec["sha256"]:
+        raise runs.RunError(f"{run}: {data} is not the file the run started on (sha256 {now[:12]}..., recorded "
+                            f"{rec['sha256'][:12]}... for {rec.get('file', 'its data')}); pass the same data with --data")
 
 
 def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, Any]], steps: int,
@@ -205,7 +209,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     train = split_hidden(train, cfg)[0]
 
     if resume:
-        _check_rows(run, conf, len(train), len(val))
+        _check_data(run, conf, cfg.data, len(train), len(val))
     from fer_train.precision import resolve
 
     precision, why = resolve(cfg.precision)
