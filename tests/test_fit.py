@@ -729,3 +729,31 @@ def test_fit_option_defaults_are_the_config_defaults():
                 checked += 1
     assert checked >= 40 and options["augment"].default.default == AugmentConfig().enabled
     assert all(options[p].default.default is None and getattr(TrainConfig(), p) == "" for p in paths)
+
+
+@pytest.mark.parametrize("cooldown", [0, 1])
+def test_a_resumed_plateau_schedule_cuts_the_rate_where_an_uninterrupted_one_does(cooldown):
+    """--schedule plateau: a run resumed after any epoch gets the learning rates of one that never stopped."""
+    import keras
+
+    from fer_train.callbacks import ResumablePlateau
+
+    vals = [0.30, 0.40, 0.41, 0.40, 0.39, 0.41, 0.40, 0.42, 0.41, 0.41, 0.40, 0.41, 0.40, 0.40, 0.39, 0.43, 0.40, 0.4]
+
+    def rates(resume_at: int | None) -> list[float]:
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(1.0), "mse")
+        out = []
+        for e, v in enumerate(vals):
+            if e in (0, resume_at):  # a new process: a new callback that sees the history so far
+                cb = ResumablePlateau([{"val_accuracy": x} for x in vals[:e]], factor=0.5, patience=3,
+                                      cooldown=cooldown)
+                cb.set_model(model)
+                cb.on_train_begin()
+            cb.on_epoch_end(e, {"val_accuracy": v})
+            out.append(float(model.optimizer.learning_rate))
+        return out
+
+    whole = rates(None)
+    assert whole[-1] <= 0.25  # the sequence has plateaus: at least two cuts
+    assert [e for e in range(1, len(vals)) if rates(e) != whole] == []

@@ -79,3 +79,29 @@ class Recorder(keras.callbacks.Callback):
         if runs.stopped_early(self.history, self.patience):
             self.log(f"early stop: no val_accuracy gain for {self.patience} epochs")
             self.model.stop_training = True
+
+
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` on ``val_accuracy`` that a resumed run continues where it stopped: its best value and
+    wait count are replayed from the run's ``history`` rows (a fresh one would take the first resumed epoch for
+    an improvement and cut the rate up to ``patience`` epochs late)."""
+
+    def __init__(self, history: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__("val_accuracy", mode="max", **kwargs)
+        self.history = history
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        for row in self.history:  # the rows trained before this call, as on_epoch_end saw them
+            v = row["val_accuracy"]
+            if not np.isfinite(v):  # a row rebuilt after a kill: not validated
+                continue
+            if self.cooldown_counter > 0:  # the steps of ReduceLROnPlateau.on_epoch_end
+                self.cooldown_counter -= 1
+                self.wait = 0
+            if self.best is None or v - self.min_delta > self.best:
+                self.best, self.wait = v, 0
+            elif self.cooldown_counter == 0:
+                self.wait += 1
+                if self.wait >= self.patience:  # the rate was cut at that epoch (unless already at min_lr)
+                    self.wait, self.cooldown_counter = 0, self.cooldown

@@ -299,7 +299,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
             if progress:
                 progress(current["epoch"], step, steps)
 
-        from fer_train.callbacks import Recorder
+        from fer_train.callbacks import Recorder, ResumablePlateau
 
         fixed_lr = cfg.schedule != "plateau"  # ReduceLROnPlateau owns the rate after the first full-rate epoch
         if snapshots:
@@ -326,7 +326,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
             averager.resume(start, model)
             callbacks.append(averager)
         if cfg.schedule == "plateau":
-            callbacks.append(keras.callbacks.ReduceLROnPlateau("val_accuracy", factor=0.5, patience=4, min_lr=1e-6))
+            callbacks.append(ResumablePlateau(history, factor=0.5, patience=4, min_lr=1e-6))
         warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
         model.fit(ds_tr, epochs=cfg.epochs, initial_epoch=start, callbacks=callbacks, verbose=0)
     if cfg.strategy == "multiworker":
