@@ -538,7 +538,10 @@ def test_self_train_on_hidden_labels(tmp_path):
     assert r.exit_code == 0, r.output
     info = json.loads((tmp_path / "st" / "self_training.json").read_text())
     assert info["unlabelled"] == 70 and info["pseudo_labelled"] == 70
-    assert json.loads((tmp_path / "st" / "student" / runs.CONFIG).read_text())["data"]["train_rows"] == 210
+    student_data = json.loads((tmp_path / "st" / "student" / runs.CONFIG).read_text())["data"]
+    assert (student_data["train_rows"], student_data["extra_rows"]) == (210, 70)
+    r = runner.invoke(app, ["fit", "--resume", str(tmp_path / "st" / "student")])  # would drop the 70 rows
+    assert r.exit_code == 2 and "continue it with fer-train self-train" in r.output, r.output
     assert info["split"] == "PublicTest"
     public = load_source(FIX)["PublicTest"]
     student = keras.models.load_model(tmp_path / "st" / "student" / runs.BEST, compile=False)

@@ -122,9 +122,14 @@ def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
     return targets.blend(train.y, parts)
 
 
-def _check_data(run: Path, conf: dict[str, Any], data: str, train_rows: int, val_rows: int) -> None:
-    """Refuse to resume on data whose split sizes or sha256 differ from the ones recorded when the run started."""
+def _check_data(run: Path, conf: dict[str, Any], data: str, train_rows: int, val_rows: int, extra_rows: int) -> None:
+    """Refuse to resume on data whose split sizes or sha256 differ from the ones recorded when the run started, or
+    with another number of ``extra_train`` (self-training) rows."""
     rec = conf.get("data", {})
+    if (started := rec.get("extra_rows", 0)) != extra_rows:
+        raise runs.RunError(f"{run}: a self-training student that trained on {started} pseudo-labelled rows besides "
+                            f"its data; continue it with fer-train self-train, which adds them again" if started else
+                            f"{run}: trained without pseudo-labelled rows; it cannot continue with {extra_rows}")
     if (rec.get("train_rows"), rec.get("val_rows")) not in ((train_rows, val_rows), (None, None)):
         raise runs.RunError(f"{run}: the data has {train_rows} training / {val_rows} validation rows, but the run "
                             f"started on {rec.get('train_rows')} / {rec.get('val_rows')}; pass the same data with --data")
@@ -209,7 +214,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     train = split_hidden(train, cfg)[0]
 
     if resume:
-        _check_data(run, conf, cfg.data, len(train), len(val))
+        _check_data(run, conf, cfg.data, len(train), len(val), len(extra_train[0]) if extra_train is not None else 0)
     from fer_train.precision import resolve
 
     precision, why = resolve(cfg.precision)
@@ -231,7 +236,8 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         runs.write_json(run / runs.CONFIG, {
             "model": model_cfg.to_dict(), "train": stored_inputs(cfg, run).to_dict(), "labels": list(LABELS),
             "data": {**data_record(cfg.data, run), "layout": source.layout, "validation": source.validation,
-                     "train_rows": len(train), "val_rows": len(val)},
+                     "train_rows": len(train), "val_rows": len(val),
+                     **({"extra_rows": len(extra_train[0])} if extra_train is not None else {})},
             "precision": precision,
             "environment": environment(),
         })
