@@ -48,17 +48,8 @@ class Recorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        row = {
-            "epoch": epoch + 1,
-            "loss": float(logs.get("loss", float("nan"))),
-            "accuracy": float(logs.get("accuracy", float("nan"))),
-            "val_loss": float(logs.get("val_loss", float("nan"))),
-            "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
-            "lr": float(np.asarray(self.model.optimizer.learning_rate)),
-            "seconds": time.time() - self.t0,
-            "precision": self.precision,
-            "val_precision": runs.VALIDATION_PRECISION,
-        }
+        row = runs.history_row(epoch + 1, logs, np.asarray(self.model.optimizer.learning_rate), time.time() - self.t0,
+                               self.precision)
         prev_best = runs.best_epoch(self.history)[1] if self.history else -1.0
         if epoch + 1 in self.snapshot_epochs:
             k = self.snapshot_epochs.index(epoch + 1) + 1

@@ -152,10 +152,8 @@ def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, An
     iterations = int(model.optimizer.iterations.numpy())
     if iterations == (len(history) + 1) * steps:
         scores = validation.scores(model)
-        row = {"epoch": len(history) + 1, "loss": float("nan"), "accuracy": float("nan"),
-               "val_loss": scores["loss"], "val_accuracy": scores["accuracy"],
-               "lr": float(np.asarray(model.optimizer.learning_rate)), "seconds": float("nan"), "precision": precision,
-               "val_precision": runs.VALIDATION_PRECISION}
+        row = runs.history_row(len(history) + 1, {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]},
+                               np.asarray(model.optimizer.learning_rate), float("nan"), precision)
         history.append(row)
         runs.write_history(run, history)
         log(f"{run}: epoch {row['epoch']} was saved but not recorded (interrupted); its history row is rebuilt from "

@@ -137,6 +137,14 @@ def read_history(run: Path) -> list[dict[str, Any]]:
         return rows
 
 
+def history_row(epoch: int, logs: dict[str, Any], lr: float, seconds: float, precision: str) -> dict[str, Any]:
+    """One history.csv row (:data:`HISTORY_FIELDS`): the 1-based ``epoch``, its losses and accuracies from Keras-style
+    ``logs`` (NaN for any missing), the learning rate, the seconds it took and the training precision."""
+    nan = float("nan")
+    return {"epoch": epoch, **{k: float(logs.get(k, nan)) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+            "lr": float(lr), "seconds": float(seconds), "precision": precision, "val_precision": VALIDATION_PRECISION}
+
+
 def write_history(run: Path, rows: Iterable[dict[str, float]]) -> None:
     """Write the run's history.csv (:data:`HISTORY_FIELDS`), atomically."""
     lines = [",".join(HISTORY_FIELDS)]
