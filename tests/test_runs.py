@@ -28,6 +28,9 @@ def test_a_damaged_history_row_is_a_run_error_naming_file_and_line(tmp_path: Pat
         (tmp_path / runs.HISTORY).write_text(f"{header}\n{good}\n{damaged}\n")
         with pytest.raises(runs.RunError, match=r"history\.csv:3: damaged row"):
             runs.read_history(tmp_path)
+    (tmp_path / runs.HISTORY).write_text(f"{header.replace('val_accuracy', 'val_acc')}\n{good}\n")  # was a KeyError later
+    with pytest.raises(runs.RunError, match=r"history\.csv:1: damaged header \(no val_accuracy column\)"):
+        runs.read_history(tmp_path)
     (tmp_path / runs.HISTORY).write_text(f"{header}\n{good}\n2,nan,nan,1.0,0.6,0.01,nan,float32\n")  # a rebuilt row
     assert [r["val_accuracy"] for r in runs.read_history(tmp_path)] == [0.55, 0.6]
 

@@ -128,6 +128,8 @@ def read_history(run: Path) -> list[dict[str, Any]]:
         return []
     with p.open(newline="") as f:
         reader = csv.DictReader(f)
+        if missing := [k for k in HISTORY_FIELDS if k not in TEXT_FIELDS and k not in (reader.fieldnames or [])]:
+            raise RunError(f"{p}:1: damaged header (no {', '.join(missing)} column)")
         rows = []
         for row in reader:
             try:
