@@ -441,6 +441,10 @@ def test_cli_fit_evaluate_ensemble_predict(tmp_path):
     dup = runner.invoke(app, ["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / "best.keras"),
                               "--out", str(tmp_path / "ens2")])  # the same model twice would count double
     assert dup.exit_code == 2 and "same member" in dup.output and not (tmp_path / "ens2").exists()
+    for extra, said in ((["--like", str(tmp_path / "a")], "not both"), (["--seed", "3"], "apply to members trained")):
+        r = runner.invoke(app, ["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ens3"),
+                                *extra])  # were ignored without a word
+        assert r.exit_code == 2 and said in r.output and not (tmp_path / "ens3").exists(), r.output
     r = runner.invoke(app, ["evaluate", str(tmp_path / "ens")])
     assert r.exit_code == 0, r.output
     for damaged in ("[1, 2]", '{"PublicTest": '):  # a damaged metrics.json: one line naming it, and left as it was

@@ -218,6 +218,10 @@ def ensemble(
     """Train N members (configs x seeds, resumable) or gather existing runs into an ensemble."""
     from fer_train.ensemble import train_ensemble, write_ensemble
 
+    if like and members:
+        _fail("give member runs to gather or --like RUN to train members, not both")
+    if not like and (seeds or epochs is not None):
+        _fail("--seed and --epochs apply to members trained with --like")
     with _running():
         if like:
             results = train_ensemble(out, list(like), list(seeds or [1, 2, 3]), epochs,
