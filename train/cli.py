@@ -179,7 +179,10 @@ def fit(
 
     with _running():
         if resume is not None:
-            moved = {k: str(v) for k, v in (("data", data), ("ferplus", ferplus), ("teacher", teacher)) if v is not None}
+            from fer_train.config import INPUT_FIELDS
+
+            given = {"data": data, "ferplus": ferplus, "teacher": teacher}  # the options named as INPUT_FIELDS
+            moved = {k: str(given[k]) for k in INPUT_FIELDS if given[k] is not None}
             result = _run_fit(resume, None, None, resume=True, moved=moved or None)
         else:
             if data is None or out is None:
