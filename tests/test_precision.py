@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,35 @@ def test_bf16_run_is_recorded_and_resumes_in_float32_elsewhere(tmp_path, monkeyp
     assert resumed.get_layer("b1c1_conv").compute_dtype == "float32"
     steps = -(-json.loads((run / runs.CONFIG).read_text())["data"]["train_rows"] // 32)
     assert int(keras.models.load_model(run / runs.LAST).optimizer.iterations) == 2 * steps  # optimizer state carried over
+
+
+@pytest.mark.tf
+def test_a_gpu_run_resumed_on_a_cpu_says_its_optimizer_state_starts_afresh(tmp_path, monkeypatch):
+    """mixed_float16 wraps the optimizer in a loss scaler; Keras skips loading its state elsewhere with a warning."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from fer_train import precision, runs
+    from fer_train.fit import fit
+
+    run = tmp_path / "run"
+    tiny, cfg = _on_a_bf16_machine(monkeypatch)
+    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: True)  # started on a "GPU" (float16 runs on CPU too)
+    logs: list[str] = []
+    try:
+        fit(run, tiny, replace(cfg, epochs=1), log=logs.append)
+        assert json.loads((run / runs.CONFIG).read_text())["precision"] == "mixed_float16"
+        for gpu, said in ((True, False), (False, True)):  # the same precision carries it; float32 does not
+            monkeypatch.setattr(precision, "has_cuda_gpu", lambda: gpu)
+            monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])
+            conf = json.loads((run / runs.CONFIG).read_text())
+            conf["train"]["epochs"] += 1
+            (run / runs.CONFIG).write_text(json.dumps(conf))
+            logs.clear()
+            fit(run, resume=True, log=logs.append)
+            assert any("optimizer state does not fit" in line for line in logs) == said, logs
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.tf

@@ -255,6 +255,9 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         if resume:
             model.optimizer.build(model.trainable_variables)
             runs.load_weights(model, run / runs.LAST)
+            if history and int(model.optimizer.iterations.numpy()) == 0:  # Keras skipped it with a warning only
+                log(f"{run}: {runs.LAST}'s optimizer state does not fit this {precision} optimizer (mixed_float16 "
+                    f"adds a loss scaler), so it starts afresh: weights and epoch count carry on, momentum restarts")
     write_summary(model, run)
 
     x_tr = train.x
