@@ -40,19 +40,10 @@ def member_paths(sources: Sequence[str | Path]) -> list[Path]:
     """The ``.keras`` files of the given runs, ensembles or files, in order; ExportError if none or repeated."""
     if not sources:
         raise ExportError("no run, ensemble or .keras file given")
-    paths: list[Path] = []
-    for s in sources:
-        try:
-            paths.extend(runs.member_paths(s))
-        except runs.RunError as e:
-            raise ExportError(str(e)) from None
-    seen: set[Path] = set()
-    for p in paths:
-        rp = p.resolve()
-        if rp in seen:
-            raise ExportError(f"{p} is listed twice; an ensemble member must appear once")
-        seen.add(rp)
-    return paths
+    try:
+        return runs.distinct_member_paths(sources)
+    except runs.RunError as e:
+        raise ExportError(str(e)) from None
 
 
 def load_member(path: str | Path) -> Any:

@@ -68,3 +68,21 @@ def test_a_damaged_or_cyclic_ensemble_json_is_a_run_error_naming_it(tmp_path: Pa
     (tmp_path / "y" / runs.ENSEMBLE).write_text('{"members": [{"path": "../x"}]}')
     with pytest.raises(runs.RunError, match="lists itself"):
         runs.member_paths(tmp_path / "x")
+
+
+def test_a_model_listed_twice_is_refused_by_gather_and_export(tmp_path: Path) -> None:
+    import pytest
+
+    from fer_export.errors import ExportError
+    from fer_export.members import member_paths
+
+    for name in "ab":
+        (tmp_path / name).mkdir()
+        (tmp_path / name / runs.BEST).write_bytes(b"")
+    ok = [tmp_path / "a", tmp_path / "b" / runs.BEST]
+    assert runs.distinct_member_paths(ok) == member_paths(ok) == [tmp_path / "a" / runs.BEST, ok[1]]
+    twice = [tmp_path / "a", tmp_path / "b", tmp_path / "b" / ".." / "a" / runs.BEST]
+    with pytest.raises(runs.RunError, match="are the same member"):
+        runs.distinct_member_paths(twice)
+    with pytest.raises(ExportError, match="are the same member"):
+        member_paths(twice)

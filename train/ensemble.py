@@ -21,11 +21,7 @@ def write_ensemble(out: Path, members: list[Path], data: str = "") -> Path:
     if (out / runs.ENSEMBLE).exists() and any(m.resolve() == out.resolve() for m in members):
         listed = runs.read_ensemble(out)[0]
         members = [x for m in members for x in (listed if m.resolve() == out.resolve() else [m])]
-    seen: dict[Path, Path] = {}
-    for m in members:
-        for f in runs.member_paths(m):  # raises RunError if it is not a run
-            if (first := seen.setdefault(f.resolve(), m)) is not m:
-                raise runs.RunError(f"{m} and {first} are the same member ({f}); list each model once")
+    runs.distinct_member_paths(members)  # RunError if one is not a run, or a model is listed twice
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for m in members:

@@ -194,6 +194,19 @@ def member_name(path: str | Path) -> str:
     return f"{p.parent.name}/{p.stem}" if (is_snapshot(p) or p.name == SWA_MODEL) and p.parent.name else p.stem
 
 
+def distinct_member_paths(sources: Iterable[str | Path]) -> list[Path]:
+    """The ``.keras`` files of the given runs, ensembles or files (:func:`member_paths`), in order; RunError if a
+    model appears twice (an ensemble would count it double)."""
+    seen: dict[Path, str | Path] = {}
+    out: list[Path] = []
+    for s in sources:
+        for f in member_paths(s):
+            if (first := seen.setdefault(f.resolve(), s)) is not s:
+                raise RunError(f"{s} and {first} are the same member ({f}); list each model once")
+            out.append(f)
+    return out
+
+
 def read_ensemble(folder: str | Path) -> tuple[list[Path], str]:
     """An ensemble folder's (member paths, data path): each as written in its ``ensemble.json``, resolved
     against the folder; RunError naming the file if it is damaged or lists no members."""
