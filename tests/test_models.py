@@ -84,3 +84,19 @@ def test_compact_config_is_recorded_as_built():
     m = build_model(cfg)
     assert any(type(l).__name__ == "GlobalAveragePooling2D" for l in m.layers)
     assert not any(l.name.startswith("dense") for l in m.layers)
+
+
+def test_batch_norm_inside_a_nested_model_is_found_by_swa_and_multiworker():
+    import keras
+
+    from fer_train import swa
+    from fer_train.distribute import synchronize_batch_norm
+    from fer_train.models import all_layers
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(name="bn_in")], name="inner")
+    outer = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2, name="d")], name="outer")
+    assert [layer.name for layer in all_layers(outer)] == ["outer", "inner", "bn_in", "d"]
+    assert synchronize_batch_norm(outer) == 1 and inner.get_layer("bn_in").synchronized
+    batch = np.full((8, 4), 3.0, np.float32)
+    assert swa.recompute_batch_norm(outer, [batch]) == 1
+    np.testing.assert_allclose(inner.get_layer("bn_in").moving_mean.numpy(), 3.0)

@@ -131,13 +131,10 @@ def synchronize_batch_norm(model) -> int:
     end with different normalisation weights. Returns the number of layers changed."""
     import keras
 
-    def walk(layer):
-        yield layer
-        for child in getattr(layer, "layers", []):
-            yield from walk(child)
+    from fer_train.models import all_layers
 
     changed = 0
-    for layer in walk(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
             layer.synchronized = True
             changed += 1

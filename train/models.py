@@ -200,3 +200,11 @@ def match_dnn_units(target_params: int, cfg: ModelConfig) -> int:
     if not math.isclose(got, target_params, rel_tol=0.05):
         raise ValueError(f"cannot match {target_params} params within 5% with {cfg.dense_layers} layers (closest {got})")
     return best
+
+
+def all_layers(model: Any) -> list[Any]:
+    """Every layer of ``model``, the layers of nested models included (depth first, each container before its own)."""
+    out = [model]
+    for layer in getattr(model, "layers", []):
+        out.extend(all_layers(layer))
+    return out

@@ -17,6 +17,7 @@ import numpy as np
 
 from fer_runtime.atomic import atomic_path
 from fer_train import runs
+from fer_train.models import all_layers
 
 
 class WeightAverager(keras.callbacks.Callback):
@@ -91,7 +92,7 @@ def recompute_batch_norm(model: Any, batches: Iterable[Any]) -> int:
     Keras updates ``moving = moving * momentum + batch * (1 - momentum)``; a momentum of (k-1)/k at the
     k-th batch makes that the plain mean of the batch statistics.
     """
-    bns = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [l for l in all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
     saved = [l.momentum for l in bns]
     k = 0
     try:
@@ -107,11 +108,6 @@ def recompute_batch_norm(model: Any, batches: Iterable[Any]) -> int:
     return k
 
 
-def _all_layers(model: Any) -> list[Any]:
-    out = []
-    for l in model.layers:
-        out.extend(_all_layers(l) if hasattr(l, "layers") else [l])
-    return out
 
 
 def finish(model: Any, run: Path, batches: Iterable[Any], evaluate: Callable[[Any], float],
