@@ -127,9 +127,9 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], lis
     start = reader.line_num + 1  # the line the next row begins on (a quoted field may span lines)
     try:
         for row in reader:
-            if row and len(row) != len(header):
-                raise DataFormatError(f"{path}:{start}: expected {len(header)} fields, found {len(row)} (truncated row?)")
             if row:
+                if len(row) != len(header):
+                    raise DataFormatError(f"{path}:{start}: expected {len(header)} fields, found {len(row)} (truncated row?)")
                 rows.append(row)
                 lines.append(start)
             start = reader.line_num + 1
