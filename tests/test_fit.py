@@ -546,6 +546,9 @@ def test_self_train_on_hidden_labels(tmp_path):
     assert (student_data["train_rows"], student_data["extra_rows"]) == (210, 70)
     r = runner.invoke(app, ["fit", "--resume", str(tmp_path / "st" / "student")])  # would drop the 70 rows
     assert r.exit_code == 2 and "continue it with fer-train self-train" in r.output, r.output
+    r = runner.invoke(app, ["self-train", "--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "st"),
+                            "--epochs", "2"])  # the student resumes with its own 1 epoch: --epochs 2 would be ignored
+    assert r.exit_code == 2 and "started with 1 epochs" in r.output, r.output
     assert info["split"] == "PublicTest"
     public = load_source(FIX)["PublicTest"]
     student = keras.models.load_model(tmp_path / "st" / "student" / runs.BEST, compile=False)
@@ -588,6 +591,10 @@ def test_ensemble_like_trains_one_member_per_seed_and_resumes(tmp_path):
     r = runner.invoke(app, ["ensemble", "--like", str(tmp_path / "tmpl"), "--seed", "5", "--out", str(tmp_path / "ens")])
     assert r.exit_code == 0 and "already trained 1/1" in r.output  # a finished member is not trained again
     assert (tmp_path / "ens" / "tmpl_s5" / runs.LAST).stat().st_mtime_ns == mtime
+    r = runner.invoke(app, ["ensemble", "--like", str(tmp_path / "tmpl"), "--seed", "7", "--seed", "5", "--epochs", "3",
+                            "--out", str(tmp_path / "ens")])  # tmpl_s5 resumes with its own 1 epoch: --epochs 3 would be ignored
+    assert r.exit_code == 2 and "started with 1 epochs" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "ens" / "tmpl_s7").exists()  # refused before any member trained
     import shutil
 
     other = Path(shutil.copytree(tmp_path / "tmpl", tmp_path / "elsewhere" / "tmpl"))  # another template, same name

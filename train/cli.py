@@ -216,7 +216,7 @@ def ensemble(
     out: Path = typer.Option(..., "--out", help="Ensemble directory (ensemble.json lists the members)."),
     like: list[Path] = typer.Option(None, "--like", help="Train members with this run's config (repeatable)."),
     seeds: list[int] = typer.Option(None, "--seed", help="One member per seed and --like config (repeatable)."),
-    epochs: Optional[int] = typer.Option(None, help="Override the template's epoch count."),
+    epochs: Optional[int] = typer.Option(None, help="Override the template's epoch count (a resumed member keeps its own)."),
 ) -> None:
     """Train N members (configs x seeds, resumable) or gather existing runs into an ensemble."""
     from fer_train.ensemble import train_ensemble, write_ensemble
@@ -242,7 +242,7 @@ def self_train_cmd(
     out: Path = typer.Option(..., "--out", help="Directory for the student run and self_training.json."),
     threshold: float = typer.Option(0.8, help="Keep pseudo-labels at or above this confidence."),
     unlabelled: Optional[Path] = typer.Option(None, help="Unlabelled course test.csv (id,feature) instead of hidden Training rows."),
-    epochs: Optional[int] = typer.Option(None, help="Override the teacher's epoch count for the student."),
+    epochs: Optional[int] = typer.Option(None, help="Override the teacher's epoch count for the student (a resumed student keeps its own)."),
 ) -> None:
     """Semi-supervised self-training: pseudo-label, retrain, compare with the supervised run."""
     from fer_train.selftrain import self_train

@@ -145,6 +145,16 @@ def read_run_config(run: Path) -> tuple[dict[str, Any], ModelConfig, TrainConfig
         raise runs.RunError(f"{path}: {e}") from None
 
 
+def refuse_new_epochs(run: Path, epochs: int | None) -> None:
+    """RunError when ``run`` resumes under an ``epochs`` other than the one it was started with (a resume keeps its
+    own schedule, so the option would be ignored)."""
+    from fer_train import runs
+
+    if epochs and (started := read_run_config(run)[2].epochs) != epochs:
+        raise runs.RunError(f"{run} was started with {started} epochs and resumes with them: leave out --epochs "
+                            f"or pass {started}")
+
+
 def data_record(path: str | os.PathLike[str], run: Path) -> dict[str, Any]:
     """How config.json names a data file: its path relative to the run, its file name and its sha256."""
     p = Path(path)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fer_train import runs
-from fer_train.config import read_run_config
+from fer_train.config import read_run_config, refuse_new_epochs
 from fer_train.fit import fit
 
 
@@ -51,6 +51,8 @@ def train_ensemble(out: Path, templates: list[Path], seeds: list[int], epochs: i
             if (first := names.setdefault(name, t)) is not t or list(seeds).count(seed) > 1:
                 raise runs.RunError(f"{first} and {t} with seed {seed} would both train {out / name}: give each "
                                     "template a folder name of its own and each seed once")
+            if (out / name / runs.LAST).exists():
+                refuse_new_epochs(out / name, epochs)  # before any member trains
     results, members, data = [], [], ""
     for t in templates:
         _, mcfg, template = read_run_config(t)

@@ -8,7 +8,7 @@ import numpy as np
 
 from fer_runtime.labels import NUM_CLASSES
 from fer_train import runs
-from fer_train.config import TrainConfig, read_run_config
+from fer_train.config import TrainConfig, read_run_config, refuse_new_epochs
 from fer_train.data import Split, load_course_test, load_source
 
 
@@ -51,6 +51,9 @@ def self_train(teacher: Path, out: Path, threshold: float = 0.8, unlabelled: Pat
     from fer_train.inference import load_models
 
     _, mcfg, tcfg = read_run_config(teacher)
+    student = out / "student"
+    if resume := (student / runs.LAST).exists():
+        refuse_new_epochs(student, epochs)  # before the pseudo-labelling, which takes a while
     source = load_source(tcfg.data, tcfg.val_fraction, tcfg.validation_seed)
     if unlabelled is not None:
         pool: Split = load_course_test(unlabelled)
@@ -66,8 +69,6 @@ def self_train(teacher: Path, out: Path, threshold: float = 0.8, unlabelled: Pat
     log(f"pseudo-labelled {info['pseudo_labelled']}/{len(pool)} faces at confidence >= {threshold}")
     if epochs:
         tcfg.epochs = epochs
-    student = out / "student"
-    resume = (student / runs.LAST).exists()
     run_fit(student, None if resume else mcfg, None if resume else tcfg, resume=resume, source=source,
             extra_train=(pool.x[keep], targets[keep]))
     split = source.validation if source.fixed_validation else "val"
