@@ -24,6 +24,7 @@ from fer_runtime.labels import IMAGE_SIZE
 from fer_runtime.manifest import (MANIFEST_NAME, PROBS, FileEntry, Quantization, read_manifest, sha256_bytes,
                                   variant_file_names, variant_name_problem, write_manifest)
 from fer_runtime.model_files import read_graph
+from fer_runtime.providers import run_batched
 
 MIN_AGREEMENT = 0.99  # argmax agreement with the float graph
 MAX_ACCURACY_LOSS = 0.005  # accuracy points (fraction) the int8 graph may lose
@@ -104,10 +105,6 @@ def _calibration_reader(x: np.ndarray, input_name: str) -> Any:
             self._it = _batches(x, input_name, min(_CALIB_BATCH, len(x)), whole=True)
 
     return _Reader()
-
-
-def _predict(session: Any, x: np.ndarray, input_name: str) -> np.ndarray:
-    return np.concatenate([session.run([PROBS], feed)[0] for feed in _batches(x, input_name)])
 
 
 def _as_input(images: np.ndarray) -> np.ndarray:
@@ -213,7 +210,8 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     fp32_sess = fp32.session(["CPUExecutionProvider"], so)
 
     log(f"comparing on {len(evalx)} images")
-    p32, p8 = _predict(fp32_sess, evalx, input_name).argmax(1), _predict(int8_sess, evalx, input_name).argmax(1)
+    p32, p8 = (run_batched(sess, name, [PROBS], {input_name: evalx}, _BATCH)[0].argmax(1)
+                for sess, name in ((fp32_sess, "the float graph"), (int8_sess, "the int8 graph")))
     report = QuantizeReport(source, target, len(calib), len(evalx), float(np.mean(p32 == p8)),
                             float(np.mean(p32 == labels)), float(np.mean(p8 == labels)),
                             min_agreement, max_accuracy_loss, calibrate_method)

@@ -142,16 +142,6 @@ def _tf_disagrees_with_itself(models: Sequence[Any], x: np.ndarray, classes: np.
     return bool(tf_self > rel_tol and saliency_agreement(got[i:i + 1], alone)[0][0] <= rel_tol)
 
 
-def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
-    n = len(next(iter(feeds.values())))
-    parts: list[list[np.ndarray]] = [[] for _ in outputs]
-    for i in range(0, n, batch):
-        res = session.run(outputs, {k: v[i:i + batch] for k, v in feeds.items()})
-        for p, r in zip(parts, res):
-            p.append(r)
-    return [np.concatenate(p) for p in parts]
-
-
 def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[Any], images: np.ndarray,
                   real_images: int = 0, source: str = "", temperature: float = 1.0, tta: str = "none",
                   prob_tol: float = PROB_TOL, rel_tol: float = REL_TOL, cos_tol: float = COS_TOL) -> VerifyReport:
@@ -162,6 +152,7 @@ def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[
     """
     from fer_export.graphs import check_options
     from fer_runtime.manifest import CLASS_INPUT, FORWARD_OUTPUTS, IMAGE_INPUT, SALIENCY_OUTPUTS
+    from fer_runtime.providers import run_batched
 
     check_options(temperature, tta)
     x = np.asarray(images, np.float32)
@@ -170,8 +161,9 @@ def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[
     ref_mp = inference.member_probs(z, temperature).astype(np.float32)
     ref_p, ref_z = inference.probs_of(z, temperature), z.mean((1, 2)).astype(np.float32)
     ref_g = inference.reference_saliency(models, x, classes, tta)
-    fp, fz, fmp = _run(forward_session, list(FORWARD_OUTPUTS), {IMAGE_INPUT: x})
-    sp, sg = _run(saliency_session, list(SALIENCY_OUTPUTS), {IMAGE_INPUT: x, CLASS_INPUT: classes})
+    fp, fz, fmp = run_batched(forward_session, "the forward graph", list(FORWARD_OUTPUTS), {IMAGE_INPUT: x})
+    sp, sg = run_batched(saliency_session, "the saliency graph", list(SALIENCY_OUTPUTS),
+                         {IMAGE_INPUT: x, CLASS_INPUT: classes})
     if fmp.shape != ref_mp.shape:
         raise ExportError(f"forward graph member_probs has shape {fmp.shape}; expected {ref_mp.shape} (N, members, views, classes)")
     rel, cos = saliency_agreement(sg, ref_g)

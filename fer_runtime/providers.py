@@ -106,3 +106,14 @@ def run_session(session: Any, path: object, outputs: list[str], feed: dict[str, 
     except onnxruntime_errors() as e:
         raise InferenceError(f"{path}: onnxruntime failed to run it on {', '.join(session.get_providers())} "
                              f"({first_line(e)})") from None
+
+
+def run_batched(session: Any, path: object, outputs: list[str], feeds: dict[str, Any], batch: int = 64) -> list[Any]:
+    """:func:`run_session` over ``feeds`` (arrays of equal length) in slices of ``batch`` rows, each output
+    concatenated back to full length."""
+    import numpy as np
+
+    n = len(next(iter(feeds.values())))
+    parts = [run_session(session, path, outputs, {k: v[i:i + batch] for k, v in feeds.items()})
+             for i in range(0, n, batch)]
+    return [np.concatenate([part[j] for part in parts]) for j in range(len(outputs))]

@@ -31,6 +31,23 @@ def test_a_failed_run_is_an_inference_error_naming_the_model(predictor) -> None:
     assert "dimensions" in msg.lower() and "\n" not in msg
 
 
+def test_run_batched_equals_one_run_and_names_the_model_when_it_fails(model_dir: Path) -> None:
+    """The batched runner that export verification and quantization share: slices that end short, stitched back."""
+    import onnxruntime as ort
+
+    from fer_runtime.manifest import FORWARD_OUTPUTS, IMAGE_INPUT
+
+    sess = ort.InferenceSession(str(model_dir / "fer_fast.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(0, 255, (70, 48, 48, 1)).astype(np.float32)
+    whole = sess.run(list(FORWARD_OUTPUTS), {IMAGE_INPUT: x})
+    got = prov.run_batched(sess, "fast", list(FORWARD_OUTPUTS), {IMAGE_INPUT: x}, batch=32)  # 32 + 32 + 6
+    assert [g.shape for g in got] == [w.shape for w in whole]
+    for g, w in zip(got, whole):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InferenceError, match=r"^the fast graph: onnxruntime failed to run it on CPUExecutionProvider"):
+        prov.run_batched(sess, "the fast graph", list(FORWARD_OUTPUTS), {IMAGE_INPUT: x[:, :47]})
+
+
 def test_auto_falls_back_to_cpu_when_cuda_fails_but_cuda_is_an_error(model_dir: Path, monkeypatch) -> None:
     import onnxruntime as ort
     from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
