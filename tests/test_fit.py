@@ -215,7 +215,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_history(tmp_path):
         np.testing.assert_allclose([x[key] for x in got], [x[key] for x in want], rtol=1e-3, err_msg=key)
 
 
-def test_resume_with_moved_data(tmp_path):
+def test_resume_with_moved_data(tmp_path, monkeypatch):
     """A run resumed where its data lives elsewhere: --data says where, the row counts must match, config follows."""
     import gzip
     import shutil
@@ -253,10 +253,17 @@ def test_resume_with_moved_data(tmp_path):
     assert r.exit_code == 2 and "not the file the run started on" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
     assert len(runs.read_history(run)) == 1
+    import fer_train.config
+    import fer_train.fit
+
+    hashed, real = [], fer_train.config.sha256_file
+    for module in (fer_train.config, fer_train.fit):
+        monkeypatch.setattr(module, "sha256_file", lambda p: hashed.append(p) or real(p))
     r = runner.invoke(app, ["fit", "--resume", str(run), "--data", str(moved)])
     assert r.exit_code == 0, r.output
     assert [int(x["epoch"]) for x in runs.read_history(run)] == [1, 2, 3]
     conf = json.loads((run / runs.CONFIG).read_text())
+    assert len(hashed) == 1 and conf["data"]["sha256"] == real(moved)  # checked once, then recorded
     assert conf["train"]["data"] == conf["data"]["path"] == os.path.relpath(moved, run)  # stored relative to the run
 
 

@@ -155,12 +155,13 @@ def refuse_new_epochs(run: Path, epochs: int | None) -> None:
                             f"or pass {started}")
 
 
-def data_record(path: str | os.PathLike[str], run: Path) -> dict[str, Any]:
-    """How config.json names a data file: its path relative to the run, its file name and its sha256."""
+def data_record(path: str | os.PathLike[str], run: Path, sha256: str | None = None) -> dict[str, Any]:
+    """How config.json names a data file: its path relative to the run, its file name and its sha256 (``sha256``
+    when the caller has just checked it, else read from the file)."""
     p = Path(path)
     rec: dict[str, Any] = {"path": os.path.relpath(p.resolve(), Path(run).resolve()), "file": p.name}
     if p.is_file():
-        rec["sha256"] = sha256_file(p)
+        rec["sha256"] = sha256 or sha256_file(p)
     return rec
 
 

@@ -265,7 +265,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     t_tr = training_targets(cfg, train, data_rows, log, run)
     if moved:  # every moved input has been read: record where they are now
         conf["train"] = stored_inputs(cfg, run).to_dict()
-        conf["data"].update(data_record(cfg.data, run))
+        conf["data"].update(data_record(cfg.data, run, conf["data"].get("sha256")))  # _check_data compared it
         runs.write_json(run / runs.CONFIG, conf)
         log(f"{run}: inputs now at {', '.join(f'{k}={v}' for k, v in moved.items())}")
     if extra_train is not None:
