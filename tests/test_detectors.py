@@ -50,6 +50,13 @@ def blaze(model_dir: Path) -> BlazeFaceDetector:
 
 
 # -- decoding ---------------------------------------------------------------------------------------
+def test_a_face_crop_is_at_most_the_shipped_detectors_input(blaze: BlazeFaceDetector) -> None:
+    """choices.FACE_CROP_MAX_SIDE (which --faces auto and its help text use) restates the detector's input size."""
+    from fer_runtime.choices import FACE_CROP_MAX_SIDE
+
+    assert blaze.size == FACE_CROP_MAX_SIDE
+
+
 def test_anchor_layout_is_16x16x2_then_8x8x6() -> None:
     a = ssd_anchors(128, [8, 16, 16, 16])
     assert a.shape == (896, 2)
