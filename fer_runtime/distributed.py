@@ -24,6 +24,7 @@ import numpy as np
 
 from fer_runtime.errors import FerRuntimeError, InvalidImageError, first_line, last_line, missing_dependency
 from fer_runtime.images import DEFAULT_MAX_PIXELS, decode_image, is_image_path
+from fer_runtime.results import printable
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -247,7 +248,7 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
 
     if not any(is_uri(a) for a in args):
         files, missing = collect_inputs(args)
-        return [str(f) for f in files], missing
+        return _utf8_names([str(f) for f in files], missing)
     from pyarrow import fs
 
     out: list[str] = []
@@ -272,7 +273,16 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
                 out.append(arg)
         except (OSError, ValueError) as e:
             raise DistributedError(f"cannot list {arg}: {' '.join(str(e).split())}") from None
-    return list(dict.fromkeys(out)), missing
+    return _utf8_names(list(dict.fromkeys(out)), missing)
+
+
+def _utf8_names(files: list[str], missing: list[str]) -> tuple[list[str], list[str]]:
+    """``(files, missing)``, or DistributedError for the first name that Arrow's string columns cannot hold."""
+    for name in (*files, *missing):
+        if printable(name) != name:
+            raise DistributedError(f"{printable(name)}: a file name that is not UTF-8 cannot go through Ray's "
+                                   "string columns; rename it, or run without --ray")
+    return files, missing
 
 
 def paths_dataset(paths: Sequence[str], block_rows: int) -> "ray.data.Dataset":

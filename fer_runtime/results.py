@@ -113,8 +113,18 @@ def _csv_cell(v: Any) -> Any:
         return ""
     if isinstance(v, float):
         return f"{v:.6f}"
-    return v
+    return printable(v) if isinstance(v, str) else v
 
 
 def _json_cell(v: Any) -> Any:
-    return round(v, 6) if isinstance(v, float) else v
+    return round(v, 6) if isinstance(v, float) else printable(v) if isinstance(v, str) else v
+
+
+def printable(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a file name's bytes that are not UTF-8 (which Python keeps as surrogates)
+    become ``\\xNN`` escapes, as ``ls -b`` shows them; other text is returned as it is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

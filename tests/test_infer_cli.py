@@ -159,6 +159,35 @@ def test_stdout_when_no_out(model_dir: Path) -> None:
     assert len(rows) == 1 and rows[0]["label"] in LABELS
 
 
+def test_a_file_name_that_is_not_utf8(model_dir: Path, tmp_path: Path) -> None:
+    """Its bytes are written as \\xNN escapes (CSV and JSON lines); a video of such a name, which OpenCV's binding
+    would crash on, is a one-line error."""
+    import os
+
+    bad = tmp_path / os.fsdecode(b"bad\xffname.png")
+    shutil.copy(EXAMPLES / "happy_0.png", bad)
+    named = tmp_path / os.fsdecode(b"crop\xfe.dat")  # named, without an image suffix: probed as a video first
+    shutil.copy(EXAMPLES / "happy_0.png", named)
+    for out in (tmp_path / "p.csv", tmp_path / "p.jsonl"):
+        res = runner.invoke(app, [str(bad), str(named), "--out", str(out), "--model-dir", str(model_dir),
+                                  "--model", "fast", "-q"])
+        assert res.exit_code == 0, res.output
+        text = out.read_text(encoding="utf-8")  # valid UTF-8 throughout
+        rows = _csv(out) if out.suffix == ".csv" else [json.loads(line) for line in text.splitlines()]
+        assert sorted(Path(r["path"]).name for r in rows) == ["bad\\xffname.png", "crop\\xfe.dat"]
+        assert all(r["label"] in LABELS for r in rows)
+    res = runner.invoke(app, [str(bad), "--out", str(tmp_path / "r.csv"), "--ray", "local"])  # Arrow cannot hold it
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [
+        f"error: {tmp_path / 'bad'}\\xffname.png: a file name that is not UTF-8 cannot go through Ray's string "
+        "columns; rename it, or run without --ray"], res.output
+    clip = tmp_path / os.fsdecode(b"v\xff.mp4")
+    clip.write_bytes(b"not opened")
+    res = subprocess.run([sys.executable, "-c", "from fer_runtime.cli import main; main()", str(clip), "--out",
+                          str(tmp_path / "v.csv"), "--model-dir", str(model_dir)], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: " + str(tmp_path / "v\\xff.mp4") + ": OpenCV cannot open a file whose name is not UTF-8; rename it"]
+
+
 def test_missing_path_is_an_error_row(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "p.csv"
     res = runner.invoke(app, [str(EXAMPLES / "fear_0.png"), str(tmp_path / "absent.png"), "--out", str(out),
