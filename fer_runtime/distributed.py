@@ -379,6 +379,8 @@ def parquet_done(folder: Path) -> tuple[set[str], list[Path]]:
     done: set[str] = set()
     torn: list[Path] = []
     for f in sorted(folder.glob("*.parquet")):
+        if f.name == MISSING_FILE:  # error rows of inputs that did not exist: not done, redone once they do
+            continue
         try:
             done.update(p for p in pq.read_table(f, columns=["path"]).column("path").to_pylist() if p is not None)
         except Exception:  # pyarrow raises ArrowInvalid/OSError for a file without its footer
@@ -447,12 +449,16 @@ def predict_to_parquet(predictor: "Predictor", files: Sequence[str], missing: Se
     out.mkdir(exist_ok=True)
     atomic_write(marker, json.dumps(settings, indent=1) + "\n")
     schema = result_schema(cols)
-    gone = [m for m in missing if m not in done]
-    if gone:  # the rows of inputs missing in an earlier run of this output are kept, the new ones added
-        before = (pq.read_table(out / MISSING_FILE, columns=["path"]).column("path").to_pylist()
-                  if (out / MISSING_FILE).exists() else [])
+    # inputs missing in an earlier run of this output keep their error rows unless they exist now; new ones are added
+    before = (pq.read_table(out / MISSING_FILE, columns=["path"]).column("path").to_pylist()
+              if (out / MISSING_FILE).exists() else [])
+    now = set(files)
+    still = list(dict.fromkeys([m for m in before if m not in now] + [m for m in missing if m not in done]))
+    if still and still != before:
         with atomic_path(out / MISSING_FILE) as tmp:
-            pq.write_table(rows_table((error_row(m, NO_SUCH_FILE).fields for m in before + gone), schema), tmp)
+            pq.write_table(rows_table((error_row(m, NO_SUCH_FILE).fields for m in still), schema), tmp)
+    elif before and not still:
+        (out / MISSING_FILE).unlink()
     todo = [f for f in files if f not in done]
     if todo:
         ds = predict_dataset(paths_dataset(todo, block_rows_for(len(todo), workers)),

@@ -279,7 +279,17 @@ def test_a_bad_detector_setting_is_one_line_before_ray_starts(crops: Path, model
 
 def test_parquet_resume_keeps_the_rows_of_inputs_missing_before(predictor, tmp_path: Path) -> None:
     out = tmp_path / "preds.parquet"
-    predict_to_parquet(predictor, [], ["gone1.png"], out, resume=False, workers=1)
-    predict_to_parquet(predictor, [], ["gone1.png", "gone2.png"], out, resume=True, workers=1)
+    gone1, gone2 = str(tmp_path / "gone1.png"), str(tmp_path / "gone2.png")
+    predict_to_parquet(predictor, [], [gone1], out, resume=False, workers=1)
+    predict_to_parquet(predictor, [], [gone1, gone2], out, resume=True, workers=1)
     rows = pq.read_table(out).to_pylist()
-    assert [(r["path"], r["error"]) for r in rows] == [("gone1.png", NO_SUCH_FILE), ("gone2.png", NO_SUCH_FILE)]
+    assert [(r["path"], r["error"]) for r in rows] == [(gone1, NO_SUCH_FILE), (gone2, NO_SUCH_FILE)]
+    # gone1 exists now: a resume classifies it and drops its stale error row (it was counted as done)
+    cv2.imencode(".png", _faces(1)[0])[1].tofile(gone1)
+    assert predict_to_parquet(predictor, [gone1], [gone2], out, resume=True, workers=1) == (1, 0)
+    rows = sorted(pq.read_table(out).to_pylist(), key=lambda r: r["path"])
+    assert [(r["path"], r["label"] is not None, r["error"]) for r in rows] == [(gone1, True, None),
+                                                                               (gone2, False, NO_SUCH_FILE)]
+    Path(gone2).write_bytes(Path(gone1).read_bytes())  # the last one appears: no error rows are left
+    assert predict_to_parquet(predictor, [gone1, gone2], [], out, resume=True, workers=1) == (1, 1)
+    assert [r["error"] for r in pq.read_table(out).to_pylist()] == [None, None]
