@@ -34,10 +34,10 @@ def infer(
     paths: list[str] = typer.Argument(..., show_default=False, metavar="PATH",
                                       help="Image files, folders (searched recursively; hidden files and "
                                            "folders skipped) or globs."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="Output file, written atomically (missing folders are created). Default: "
-                                            "stdout. With --ray, a folder X.parquet/ gets a Parquet dataset written "
-                                            "by the workers."),
+    out_text: Optional[str] = typer.Option(None, "--out", "-o",
+                                           help="Output file, written atomically (missing folders are created). "
+                                                "Default: stdout. With --ray, a folder X.parquet or X/ (a trailing "
+                                                "slash) gets a Parquet dataset written by the workers."),
     fmt: Optional[Format] = typer.Option(None, "--format", "-f",
                                          help=f"Output format. Default: jsonl for {'/'.join(JSONL_SUFFIXES)} outputs, else "
                                               "csv."),
@@ -96,6 +96,7 @@ def infer(
     from fer_runtime.results import format_for
     from fer_runtime.video import is_video_file
 
+    out = Path(out_text) if out_text is not None else None  # the text keeps a trailing slash, which Path drops
     videos = [p for p in paths if is_video_file(p)]
     if videos:
         if len(paths) > 1:
@@ -112,7 +113,7 @@ def infer(
     if ray_address is not None:
         if saliency_dir is not None:
             raise fatal("--saliency-dir is not supported with --ray")
-        _infer_ray(paths, out, fmt, ray_address, workers, resume, quiet,
+        _infer_ray(paths, out_text, fmt, ray_address, workers, resume, quiet,
                    dict(model_dir=model_dir, model=model, batch_size=batch_size),
                    dict(device=device, threads=threads, faces=faces, max_pixels=_pixel_limit(max_pixels),
                         detector=detector))
@@ -275,7 +276,7 @@ def _write_image_rows(out: Optional[Path], fmt: str, predictor: Any, files: list
     return w.state.rows, w.state.faces, w.state.failed
 
 
-def _infer_ray(paths: list[str], out: Optional[Path], fmt: Optional[str], address: str, workers: Optional[int],
+def _infer_ray(paths: list[str], out_text: Optional[str], fmt: Optional[str], address: str, workers: Optional[int],
                resume: bool, quiet: bool, model_options: dict[str, Any], run_options: dict[str, Any]) -> None:
     """The ``--ray`` branch of :func:`infer`: the same rows, computed by Ray Data actors
     (:mod:`fer_runtime.distributed`); CSV/JSONL/stdout are streamed to this process in input order, a Parquet
@@ -288,7 +289,8 @@ def _infer_ray(paths: list[str], out: Optional[Path], fmt: Optional[str], addres
     files, missing = dist.expand_inputs(paths)
     if not files:
         raise _no_inputs(paths, missing)
-    parquet = out is not None and dist.is_parquet_out(out)
+    out = Path(out_text) if out_text is not None else None
+    parquet = out_text is not None and dist.is_parquet_out(out_text)
     _make_out_folder(out)
     if out is not None and not parquet and out.is_dir():
         raise fatal(f"--out {out} is a folder (a Parquet output folder is named X.parquet)")

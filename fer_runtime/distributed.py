@@ -101,12 +101,13 @@ def row_failed(fields: dict[str, Any]) -> bool:
 
 def result_schema(cols: Sequence[str]) -> "pa.Schema":
     """Arrow types of the result columns (every block and Parquet file gets the same schema): int64 box
-    fields, strings, and float32 for the probabilities, as the model computes them."""
+    fields, strings, float32 for the probabilities, as the model computes them, and float64 for the detector's
+    score (:func:`fer_runtime.results.column_kind`)."""
     import pyarrow as pa
 
     from fer_runtime.results import column_kind
 
-    arrow = {"int": pa.int64(), "text": pa.string(), "float": pa.float32()}
+    arrow = {"int": pa.int64(), "text": pa.string(), "float32": pa.float32(), "float64": pa.float64()}
     return pa.schema([pa.field(c, arrow[column_kind(c)]) for c in cols])
 
 

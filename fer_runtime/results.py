@@ -24,12 +24,15 @@ SALIENCY_COLUMN = "saliency_png"
 
 INT_COLUMNS = ("face", "x", "y", "w", "h", "frame", "track")
 TEXT_COLUMNS = ("path", "source", "label", SALIENCY_COLUMN, "error")
+FLOAT64_COLUMNS = ("score", "timestamp_ms")  # computed in float64 (the detector's sigmoid, the container's clock)
 
 
 def column_kind(column: str) -> str:
-    """``"int"``, ``"text"`` or ``"float"`` (score, confidence, timestamp_ms, p_<label>): how a typed output
-    (the Parquet dataset) stores the column."""
-    return "int" if column in INT_COLUMNS else "text" if column in TEXT_COLUMNS else "float"
+    """``"int"``, ``"text"``, ``"float64"`` (score, timestamp_ms) or ``"float32"`` (confidence, p_<label>, as the
+    model computes them): how a typed output (the Parquet dataset) stores the column."""
+    if column in INT_COLUMNS:
+        return "int"
+    return "text" if column in TEXT_COLUMNS else "float64" if column in FLOAT64_COLUMNS else "float32"
 
 
 def prob_column(label: str) -> str:

@@ -94,7 +94,7 @@ def test_ray_csv_is_the_single_process_csv(crops: Path, plain_csv: Path, tmp_pat
 
 
 def test_ray_parquet_holds_the_same_rows(crops: Path, plain_csv: Path, tmp_path: Path) -> None:
-    out = tmp_path / "preds.parquet"
+    out = tmp_path / "preds"  # not named .parquet: the trailing slash asks for the folder
     code, output = _run(str(crops), "--faces", "crop", "--ray", "local", "--out", f"{out}/")
     assert code == 1, output
     table = pq.ParquetDataset(out).read()
@@ -109,8 +109,25 @@ def test_ray_parquet_holds_the_same_rows(crops: Path, plain_csv: Path, tmp_path:
         if w["label"]:
             assert np.allclose([g[c] for c in probs], [float(w[c]) for c in probs], atol=5e-7, rtol=0)
     # A second run into the same folder must not mix two runs' files.
-    code, output = _run(str(crops), "--faces", "crop", "--ray", "local", "--out", str(out))
+    code, output = _run(str(crops), "--faces", "crop", "--ray", "local", "--out", f"{out}/")
     assert code == 2 and "--resume" in output
+
+
+def test_the_result_table_keeps_every_value_as_the_csv_writes_it() -> None:
+    """--ray's CSV goes through Arrow tables: the detector's float64 scores must come back to the same 6 decimals
+    (a float32 column changed some), and the model's float32 probabilities are float32 already."""
+    from fer_runtime import LABELS
+    from fer_runtime.distributed import result_schema, rows_table
+    from fer_runtime.results import encode_row, video_columns
+
+    cols = video_columns(LABELS)
+    rng = np.random.default_rng(0)
+    rows = [{"path": f"{i}.jpg", "face": 0, "x": 1, "y": 2, "w": 3, "h": 4, "source": "detected", "score": score,
+             "label": LABELS[0], "confidence": float(np.float32(score)), "frame": i, "timestamp_ms": i * 33.3667,
+             **{c: float(v) for c, v in zip([c for c in cols if c.startswith("p_")], rng.random(7, np.float32))}}
+            for i, score in enumerate(np.linspace(0.5, 1.0, 1001))]
+    back = rows_table(rows, result_schema(cols)).to_pylist()
+    assert [encode_row("csv", cols, r) for r in back] == [encode_row("csv", cols, r) for r in rows]
 
 
 def test_predict_dataset_on_arrays_and_bytes(crops: Path, predictor) -> None:

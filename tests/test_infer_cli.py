@@ -251,6 +251,7 @@ def test_every_value_written_is_of_its_columns_kind(model_dir: Path, inputs: Pat
             seen.add(c)
             kind = column_kind(c)
             ok = {"int": isinstance(v, int) and not isinstance(v, bool), "text": isinstance(v, str),
-                  "float": isinstance(v, (int, float)) and not isinstance(v, bool)}[kind]
+                  "float32": isinstance(v, (int, float)) and not isinstance(v, bool),
+                  "float64": isinstance(v, (int, float)) and not isinstance(v, bool)}[kind]
             assert ok, (c, kind, v)
     assert seen == set(columns(LABELS))  # every column held a value somewhere
