@@ -137,7 +137,8 @@ def _read_uri(uri: str, max_pixels: int | None) -> np.ndarray:
 
 def rgb_to_bgr(image: Any) -> np.ndarray:
     """A Ray ``image`` cell as the pipeline's OpenCV channel order: RGB(A), as ``ray.data.read_images`` decodes
-    (Pillow), becomes BGR(A); a gray array is returned as it is."""
+    (Pillow), becomes BGR(A); a gray array is returned as it is (so read with ``mode="RGB"`` or ``"L"``: a palette
+    image's indices would pass for gray)."""
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[2] in (3, 4):
         return a[:, :, [2, 1, 0, 3][:a.shape[2]]]
@@ -203,8 +204,10 @@ def predict_dataset(ds: "ray.data.Dataset", model: str | None = None, detector: 
                     max_retries: int = DEFAULT_MAX_RETRIES) -> "ray.data.Dataset":
     """Add ``fer-infer``'s result columns to a Ray Dataset of images.
 
-    Each row of ``ds`` holds an ``image`` (a decoded array, as from ``ray.data.read_images``: RGB or RGBA, turned
-    into OpenCV's BGR(A) by :func:`rgb_to_bgr`, or gray), or ``bytes`` (an
+    Each row of ``ds`` holds an ``image`` (a decoded array, as from ``ray.data.read_images(..., mode="RGB")``: RGB
+    or RGBA, turned into OpenCV's BGR(A) by :func:`rgb_to_bgr`, or gray; without ``mode`` Pillow gives a palette
+    PNG as its palette indices and a CMYK JPEG as four channels, which no array can be told apart from gray or
+    RGBA), or ``bytes`` (an
     encoded file, as from ``read_binary_files``), or only a ``path`` (a local file, or a pyarrow filesystem URI
     such as ``s3://...``); a ``path`` column, where present, fills the result's path column. The result has one
     row per face (``faces``: auto | detect | crop, as in :func:`fer_runtime.pipeline.infer_files`) or one error
