@@ -51,7 +51,10 @@ class FaceDetector(Protocol):
 
 def ssd_anchors(input_size: int, strides: Sequence[int], offset: float = 0.5) -> np.ndarray:
     """Anchor centres (A, 2) in [0, 1] of MediaPipe's SSD anchor calculator with aspect ratio 1 and an
-    interpolated scale: two anchors per cell for every layer of a stride (short range: 16x16x2, then 8x8x6)."""
+    interpolated scale: two anchors per cell for every layer of a stride (short range: 16x16x2, then 8x8x6).
+    ValueError unless every stride is a positive integer no larger than ``input_size``."""
+    if not strides or any(not isinstance(st, int) or not 0 < st <= input_size for st in strides):
+        raise ValueError(f"strides must be positive integers up to the input size {input_size}, got {strides}")
     out = []
     i = 0
     while i < len(strides):
@@ -184,6 +187,11 @@ class BlazeFaceDetector:
         if isinstance(n_anchors, int) and n_anchors != len(self.anchors):
             raise ModelIntegrityError(f"{self.model_dir / self.spec.file}: the graph has {n_anchors} anchors, its "
                                       f"manifest entry's strides give {len(self.anchors)}",
+                                      str(self.model_dir / self.spec.file))
+        width = next(o.shape[2] for o in self.session.get_outputs() if o.name == self._outputs[0])
+        if isinstance(width, int) and width != 4 + 2 * self.keypoints:
+            raise ModelIntegrityError(f"{self.model_dir / self.spec.file}: the graph's boxes have {width} values, "
+                                      f"its manifest entry's {self.keypoints} keypoints give {4 + 2 * self.keypoints}",
                                       str(self.model_dir / self.spec.file))
         fixed = self.session.get_inputs()[0].shape[0]
         self._fixed_batch = fixed if isinstance(fixed, int) else None

@@ -202,9 +202,12 @@ def test_manifest_without_a_detector(model_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("edit, message", [
     (lambda e: e["decoding"].pop("input_size"), "malformed entry.*KeyError.*input_size"),
     (lambda e: e["decoding"].update(keypoints="six"), "malformed entry.*ValueError"),
-    (lambda e: e["decoding"].update(strides=None), "malformed entry.*TypeError"),
+    (lambda e: e["decoding"].update(strides=None), "malformed entry.*strides must be positive integers.*got None"),
     (lambda e: e["outputs"].pop("boxes"), "malformed entry.*KeyError.*boxes"),
     (lambda e: e["decoding"].update(strides=[8, 16]), "the graph has 896 anchors, its manifest entry's strides give 640"),
+    (lambda e: e["decoding"].update(strides=[0, 16]), "malformed entry.*ValueError: strides must be positive"),
+    (lambda e: e["decoding"].update(strides=[]), "malformed entry.*ValueError: strides must be positive"),
+    (lambda e: e["decoding"].update(keypoints=7), "the graph's boxes have 16 values, its manifest entry's 7 keypoints give 18"),
     (lambda e: e["input"].update(range=[0, 1]), r"declares input .*'range': \[0, 1\].*this runtime feeds"),
     (lambda e: e["input"].update(shape=[None, 128, 128, 3]), r"shape \[N, 128, 128, 3\]; this runtime feeds"),
     (lambda e: e["input"].pop("layout"), "malformed entry.*KeyError.*layout"),
