@@ -47,7 +47,21 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype == np.uint8:
         return image
+    if image.dtype == np.uint16:  # a photo-sized 16-bit image: no float copies of the whole of it
+        return _uint16_to_uint8(image)
     return _round_uint8(_to_float255(image))
+
+
+def _uint16_to_uint8(image: np.ndarray, rows: int = 256) -> np.ndarray:
+    """``rint(x * 255 / 65535)`` exactly (x / 257 is never halfway between integers), in strips of ``rows`` rows
+    so that the extra memory is a strip's, not the image's."""
+    out = np.empty(image.shape, np.uint8)
+    for i in range(0, max(len(image), 1), rows):
+        strip = image[i:i + rows].astype(np.uint32)
+        strip += 128
+        strip //= 257
+        out[i:i + rows] = strip
+    return out
 
 
 def read_image(path: str | PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,

@@ -374,3 +374,23 @@ def test_large_colour_images_turn_gray_in_strips_with_the_same_numbers() -> None
         assert im.size > images._STRIP_PIXELS
         whole = cv2.cvtColor(images._to_float255(im), cv2.COLOR_BGR2GRAY if shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
         np.testing.assert_array_equal(images.to_gray(im), whole)
+
+
+def test_sixteen_bit_images_become_8_bit_in_strips() -> None:
+    """uint16 -> uint8 is the float rule's rounding for every value, without a float copy of the whole image
+    (a 179 MP 16-bit RGB photo would have needed about 8 GB)."""
+    import tracemalloc
+
+    from fer_runtime import images
+
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    np.testing.assert_array_equal(images.to_uint8(every), images._round_uint8(images._to_float255(every)))
+    big = np.random.default_rng(16).integers(0, 65535, (3000, 1000, 3), dtype=np.uint16)  # 18 MB
+    tracemalloc.start()
+    try:
+        small = images.to_uint8(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert small.shape == big.shape and small.dtype == np.uint8
+    assert peak < big.nbytes, peak  # the uint8 result (half the input) and strips; a float32 copy alone is 2x
