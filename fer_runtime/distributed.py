@@ -90,15 +90,6 @@ def quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def row_failed(fields: dict[str, Any]) -> bool:
-    """What :attr:`fer_runtime.pipeline.Row.failed` says for a row read back from a dataset: an error other than
-    "no face detected"."""
-    from fer_runtime.pipeline import NO_FACE
-
-    error = fields.get("error")
-    return error is not None and error != NO_FACE
-
-
 def result_schema(cols: Sequence[str]) -> "pa.Schema":
     """Arrow types of the result columns (every block and Parquet file gets the same schema): int64 box
     fields, strings, float32 for the probabilities, as the model computes them, and float64 for the detector's
@@ -342,7 +333,7 @@ def ordered_chunks(ds: "ray.data.Dataset", on_file: Callable[[Any], None] | None
     carry: list[Row] = []
     try:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
-            rows = [Row(f, failed=row_failed(f)) for f in table.to_pylist()]
+            rows = [Row(f) for f in table.to_pylist()]
             starts = [i for i, r in enumerate(rows) if r.fields.get("face") in (None, 0)]
             if not starts:
                 carry += rows
@@ -396,12 +387,14 @@ def parquet_counts(folder: Path) -> tuple[int, int, int]:
     """``(rows, faces, failed files)`` in a Parquet output folder."""
     import pyarrow.parquet as pq
 
+    from fer_runtime.pipeline import Row
+
     rows = faces = failed = 0
     for f in sorted(folder.glob("*.parquet")):
         t = pq.read_table(f, columns=["label", "error"])
         rows += t.num_rows
         faces += t.num_rows - t.column("label").null_count
-        failed += sum(row_failed({"error": e}) for e in t.column("error").to_pylist())
+        failed += sum(Row({"error": e}).failed for e in t.column("error").to_pylist())
     return rows, faces, failed
 
 

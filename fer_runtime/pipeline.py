@@ -30,10 +30,15 @@ NONE = "none"  # the source of an `auto` row for an image in which no face was f
 
 @dataclass
 class Row:
-    """One output row (``fields`` keyed by column name) and whether it records a failed file."""
+    """One output row (``fields`` keyed by column name)."""
 
     fields: dict[str, Any]
-    failed: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """Whether the row records a failed file: it has an error other than "no face detected" (the one rule for
+        rows made here and rows read back from a Ray dataset or a Parquet file)."""
+        return self.fields.get("error") not in (None, NO_FACE)
 
 
 @dataclass(eq=False)
@@ -50,9 +55,9 @@ class _Batch:
     faces: list[_Face] = field(default_factory=list)  # rows still waiting for a prediction
 
 
-def error_row(path: str, message: str, failed: bool = True) -> Row:
-    """A row without a prediction; ``failed`` marks a file that could not be processed."""
-    return Row({"path": path, "error": message}, failed=failed)
+def error_row(path: str, message: str) -> Row:
+    """A row without a prediction (a failed file, unless ``message`` is :data:`NO_FACE`)."""
+    return Row({"path": path, "error": message})
 
 
 def _one_line(e: BaseException) -> str:
@@ -180,7 +185,7 @@ def _read_faces(item: Path | Source, mode: str, margin: float | None, names: _Fi
         boxes = face_regions(image, mode, detector or DEFAULT_DETECTOR, margin=margin)
         if not boxes:
             batch.rows.append(Row({"path": p, "source": NONE, "error": None}) if mode == "auto"
-                              else error_row(p, NO_FACE, failed=False))
+                              else error_row(p, NO_FACE))
             return
         queued = []
         for k, (box, source) in enumerate(boxes):
@@ -221,7 +226,6 @@ def _flush(predictor: Predictor, labels: list[str], batch: _Batch) -> Iterator[R
                     f.row.fields[SALIENCY_COLUMN] = str(f.figure)
                 except (OSError, InvalidImageError) as e:
                     f.row.fields["error"] = f"saliency figure not written: {_one_line(e)}"
-                    f.row.failed = True
     rows, batch.rows, batch.faces = batch.rows, [], []
     yield from rows
 

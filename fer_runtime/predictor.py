@@ -126,7 +126,8 @@ class Predictor:
     def predict_members(self, images: Any) -> np.ndarray:
         """Per-member, per-view probabilities, float32 of shape (N, M members, V views, number of labels).
 
-        View 0 is the image itself, view 1 (when the model was exported with flip TTA) its mirror; each entry is
+        The views are those of the TTA the model was exported with, in :mod:`fer_runtime.tta`'s order (1 for
+        none, 2 for flip, 12 for crops; view 0 is the image itself). Each entry is
         ``softmax(member logits / temperature)``, so ``predict(images)`` equals the mean over axes 1 and 2.
         Images are accepted as in :meth:`predict`. Raises MissingOutputError for models exported before
         ``member_probs`` existed.
