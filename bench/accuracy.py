@@ -1,6 +1,6 @@
 """Accuracy benchmark of the exported variants, through fer_runtime: the tables of the model card.
 
-Usage (from the repo; needs the runtime, numpy and matplotlib only, no TensorFlow):
+Usage (from the repo, with the ``train`` extra for ``fer_train``'s CSV reader and plots; TensorFlow is not imported):
 
     python bench/accuracy.py [--model-dir models] [--data ../shared/data/fer2013/fer2013.csv.gz] [--card models/README.md]
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from fer_runtime.errors import (FerError, FerRuntimeError, ImageTooLargeError, InferenceError, InvalidImageError,
-                                InvalidVideoError, MissingDependencyError, MissingOutputError, ModelIntegrityError,
-                                ModelNotFoundError, ProviderUnavailableError)
+from fer_runtime.errors import (DistributedError, FerError, FerRuntimeError, ImageTooLargeError, InferenceError,
+                                InvalidImageError, InvalidVideoError, ManifestVersionError, MissingDependencyError,
+                                MissingOutputError, ModelIntegrityError, ModelNotFoundError, ProviderUnavailableError,
+                                ResumeError)
 from fer_runtime.labels import IMAGE_SIZE, LABELS, NUM_CLASSES
 
 __version__ = "0.1.0"
@@ -43,9 +44,9 @@ _LAZY = {
     "VideoReader": "fer_runtime.video",
 }
 
-__all__ = ["FerError", "FerRuntimeError", "ImageTooLargeError", "InferenceError", "InvalidImageError", "InvalidVideoError",
-           "MissingDependencyError", "MissingOutputError", "ModelIntegrityError", "ModelNotFoundError", "ProviderUnavailableError", "IMAGE_SIZE",
-           "LABELS", "NUM_CLASSES", *_LAZY]
+__all__ = ["DistributedError", "FerError", "FerRuntimeError", "ImageTooLargeError", "InferenceError", "InvalidImageError",
+           "InvalidVideoError", "ManifestVersionError", "MissingDependencyError", "MissingOutputError", "ModelIntegrityError",
+           "ModelNotFoundError", "ProviderUnavailableError", "ResumeError", "IMAGE_SIZE", "LABELS", "NUM_CLASSES", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from fer_runtime.detectors import BlazeFaceDetector, HaarDetector

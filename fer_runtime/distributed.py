@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fer_runtime.errors import FerRuntimeError, InvalidImageError, first_line, last_line, missing_dependency
+from fer_runtime.errors import DistributedError, InvalidImageError, first_line, last_line, missing_dependency
 from fer_runtime.images import DEFAULT_MAX_PIXELS, decode_image, is_image_path
 from fer_runtime.results import printable
 
@@ -35,10 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 INPUT_COLUMNS = ("image", "bytes", "path")  # what a dataset row may hold, in order of preference
 DEFAULT_MAX_RETRIES = 3
-
-
-class DistributedError(FerRuntimeError):
-    """Ray is missing, cannot be reached, or a Ray job failed after its retries."""
 
 
 def import_ray() -> Any:

@@ -59,6 +59,14 @@ class MissingDependencyError(FerError, ImportError):
     """An optional package a command needs is not installed (the message names the extra that installs it)."""
 
 
+class ResumeError(FerError):
+    """The interrupted run's files cannot be continued (other inputs or settings, or a damaged partial file)."""
+
+
+class DistributedError(FerRuntimeError):
+    """Ray is missing, cannot be reached, or a Ray job failed after its retries."""
+
+
 # top-level module -> the fer-toolkit extra that installs it (pyproject.toml's optional-dependencies; tests/test_missing_deps.py
 # checks the two agree)
 EXTRAS = {"tensorflow": "train", "keras": "train", "tf2onnx": "train", "onnx": "train", "matplotlib": "train",

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from fer_runtime.atomic import atomic_replace, atomic_write
-from fer_runtime.errors import FerError, first_line
+from fer_runtime.errors import ResumeError, first_line
 from fer_runtime.results import encode_header, encode_row
 from fer_runtime.typed_json import wrong_field
 
@@ -48,10 +48,6 @@ def settings_difference(was: dict[str, Any], now: dict[str, Any]) -> str | None:
         if was.get(key) != now.get(key):
             return f"{key} was {was.get(key)!r} in the interrupted run, now {now.get(key)!r}"
     return None
-
-
-class ResumeError(FerError):
-    """The interrupted run's files cannot be continued (other inputs or settings, or a damaged partial file)."""
 
 
 def partial_path(out: Path) -> Path:

@@ -80,6 +80,11 @@ def test_invalid_video_error_is_exported_and_every_error_is_in_the_readme(tmp_pa
     errors = [n for n in fer_runtime.__all__ if n.endswith("Error") and n not in ("FerRuntimeError",)]
     assert "InvalidVideoError" in errors
     assert [n for n in errors if f"`{n}`" not in runtime] == []
+    import inspect
+
+    from fer_runtime import errors as defined  # every error class the runtime defines is exported
+    assert sorted(n for n, c in vars(defined).items() if inspect.isclass(c) and issubclass(c, Exception)
+                  and c.__module__ == defined.__name__ and n not in fer_runtime.__all__) == []
 
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
