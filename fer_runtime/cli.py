@@ -255,7 +255,7 @@ def _write_image_rows(out: Optional[Path], fmt: str, predictor: Any, files: list
                         for row in rows)
             for row in chain(missing_rows, computed):
                 w.write(row.fields)
-                n_rows, n_faces, n_failed = n_rows + 1, n_faces + (row.fields.get("label") is not None), n_failed + row.failed
+                n_rows, n_faces, n_failed = n_rows + 1, n_faces + row.has_face, n_failed + row.failed
         return n_rows, n_faces, n_failed
 
     settings = {**run_settings(predictor, faces=options["faces"], detector=options["detector"],

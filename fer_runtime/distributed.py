@@ -24,7 +24,7 @@ import numpy as np
 
 from fer_runtime.errors import DistributedError, InvalidImageError, first_line, last_line, missing_dependency
 from fer_runtime.images import DEFAULT_MAX_PIXELS, decode_image, is_image_path
-from fer_runtime.results import printable
+from fer_runtime.results import is_utf8, printable
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -270,7 +270,7 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
 def _utf8_names(files: list[str], missing: list[str]) -> tuple[list[str], list[str]]:
     """``(files, missing)``, or DistributedError for the first name that Arrow's string columns cannot hold."""
     for name in (*files, *missing):
-        if printable(name) != name:
+        if not is_utf8(name):
             raise DistributedError(f"{printable(name)}: a file name that is not UTF-8 cannot go through Ray's "
                                    "string columns; rename it, or run without --ray")
     return files, missing
@@ -389,7 +389,7 @@ def parquet_counts(folder: Path) -> tuple[int, int, int]:
     for f in sorted(folder.glob("*.parquet")):
         t = pq.read_table(f, columns=["label", "error"])
         rows += t.num_rows
-        faces += t.num_rows - t.column("label").null_count
+        faces += sum(Row({"label": v}).has_face for v in t.column("label").to_pylist())
         failed += sum(Row({"error": e}).failed for e in t.column("error").to_pylist())
     return rows, faces, failed
 

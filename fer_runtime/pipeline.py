@@ -20,7 +20,7 @@ from fer_runtime.images import DEFAULT_MAX_PIXELS, face_pixels, read_image, resi
 from fer_runtime.overlay import PANEL, saliency_figure
 from fer_runtime.predictor import Predictor
 from fer_runtime.inputs import common_root
-from fer_runtime.results import SALIENCY_COLUMN, prob_column
+from fer_runtime.results import SALIENCY_COLUMN, has_face, prob_column
 from fer_runtime.video import VideoFrame, VideoReader
 
 NO_FACE = "no face detected"
@@ -39,6 +39,11 @@ class Row:
         """Whether the row records a failed file: it has an error other than "no face detected" (the one rule for
         rows made here and rows read back from a Ray dataset or a Parquet file)."""
         return self.fields.get("error") not in (None, NO_FACE)
+
+    @property
+    def has_face(self) -> bool:
+        """Whether the row holds a face (see :func:`fer_runtime.results.has_face`)."""
+        return has_face(self.fields)
 
 
 @dataclass(eq=False)

@@ -6,7 +6,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -123,11 +123,25 @@ def _json_cell(v: Any) -> Any:
     return round(v, 6) if isinstance(v, float) else printable(v) if isinstance(v, str) else v
 
 
+def has_face(fields: Mapping[str, Any]) -> bool:
+    """Whether a result row holds a face: it has a label (a failed file, or an image with no face, has none). The
+    one rule for every count of faces."""
+    return fields.get("label") is not None
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: False for a file name whose bytes are not UTF-8, which Python keeps as
+    surrogates, and which OpenCV and Arrow cannot take."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def printable(text: str) -> str:
     """``text`` as UTF-8 can hold it: a file name's bytes that are not UTF-8 (which Python keeps as surrogates)
     become ``\\xNN`` escapes, as ``ls -b`` shows them; other text is returned as it is."""
-    try:
-        text.encode("utf-8")
+    if is_utf8(text):
         return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

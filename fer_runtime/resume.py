@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from fer_runtime.atomic import atomic_replace, atomic_write
 from fer_runtime.errors import ResumeError, first_line
-from fer_runtime.results import encode_header, encode_row
+from fer_runtime.results import encode_header, encode_row, has_face
 from fer_runtime.typed_json import wrong_field
 
 PARTIAL_SUFFIX = ".partial"
@@ -139,7 +139,7 @@ class ResumableWriter:
         self._fh.write(encode_row(self.fmt, self.cols, row).encode("utf-8"))
         self.state.rows += 1
         self.state.failed += bool(failed)
-        self.state.faces += row.get("label") is not None
+        self.state.faces += has_face(row)
 
     def commit(self, inputs_done: int) -> None:
         """Make every row written so far durable and record that the first ``inputs_done`` inputs are complete."""

@@ -16,7 +16,7 @@ import numpy as np
 from fer_runtime.atomic import atomic_path
 from fer_runtime.errors import InvalidVideoError
 from fer_runtime.images import is_image_path
-from fer_runtime.results import printable
+from fer_runtime.results import is_utf8, printable
 
 # FFmpeg's own log lines ("moov atom not found") would duplicate our one-line errors; read at first capture.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -44,18 +44,13 @@ def is_video_file(path: str | PathLike[str]) -> bool:
     p = Path(path)
     if p.suffix.lower() in VIDEO_EXTENSIONS:
         return not p.is_dir()
-    if not p.is_file() or is_image_path(p) or not _utf8(p):  # OpenCV crashes on a name it cannot encode
+    if not p.is_file() or is_image_path(p) or not is_utf8(str(p)):  # OpenCV crashes on a name it cannot encode
         return False
     cap = cv2.VideoCapture(str(p))
     try:
         return bool(cap.isOpened()) and cap.get(cv2.CAP_PROP_FRAME_COUNT) > 1
     finally:
         cap.release()
-
-
-def _utf8(p: Path) -> bool:
-    """Whether ``p``'s name can be handed to OpenCV (it cannot take bytes that are not UTF-8)."""
-    return printable(str(p)) == str(p)
 
 
 class VideoReader:
@@ -73,7 +68,7 @@ class VideoReader:
         self.is_camera = isinstance(source, int)
         if not self.is_camera and not Path(source).is_file():
             raise InvalidVideoError(f"no such video file: {printable(str(source))}")
-        if not self.is_camera and not _utf8(Path(source)):  # OpenCV's binding would crash the process
+        if not self.is_camera and not is_utf8(str(source)):  # OpenCV's binding would crash the process
             raise InvalidVideoError(f"{printable(str(source))}: OpenCV cannot open a file whose name is not UTF-8; "
                                     "rename it")
         self._cap = cv2.VideoCapture(source if self.is_camera else str(source))

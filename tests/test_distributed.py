@@ -108,6 +108,12 @@ def test_ray_parquet_holds_the_same_rows(crops: Path, plain_csv: Path, tmp_path:
         assert (g["label"] or "", g["error"] or "") == (w["label"], w["error"])
         if w["label"]:
             assert np.allclose([g[c] for c in probs], [float(w[c]) for c in probs], atol=5e-7, rtol=0)
+    from fer_runtime.distributed import parquet_counts
+    from fer_runtime.pipeline import NO_FACE
+
+    assert parquet_counts(out) == (len(want), sum(w["label"] != "" for w in want),
+                                   sum(w["error"] not in ("", NO_FACE) for w in want))
+    assert len(want) > sum(w["label"] != "" for w in want)  # the folder has rows without a face
     # A second run into the same folder must not mix two runs' files.
     code, output = _run(str(crops), "--faces", "crop", "--ray", "local", "--out", f"{out}/")
     assert code == 2 and "--resume" in output

@@ -152,6 +152,27 @@ def test_faces_detect_and_globs(model_dir: Path, tmp_path: Path) -> None:
     assert sad["source"] == "detected" and sad["label"] in LABELS and sad["error"] == ""  # the default detector finds it
 
 
+def _summary_matches(rows: list[dict[str, str]], stderr: str) -> bool:
+    """Whether fer-infer's last line gives the face and failure counts of these rows."""
+    from fer_runtime.pipeline import NO_FACE
+
+    faces = sum(r["label"] != "" for r in rows)
+    failed = sum(r["error"] not in ("", NO_FACE) for r in rows)
+    assert faces < len(rows) and failed  # rows without a face make the counts tell apart
+    return stderr.splitlines()[-1].startswith(f"{faces} face(s) from ") and f", {failed} failed ->" in stderr
+
+
+def test_the_summary_counts_the_rows_written(run, model_dir: Path, tmp_path: Path) -> None:
+    """The last line's face and failure counts match the rows, to a file (counted by the resumable writer) and to
+    stdout (counted as they stream)."""
+    res, out, _ = run
+    assert _summary_matches(_csv(out), res.stderr), res.stderr
+    res = runner.invoke(app, [str(EXAMPLES), str(tmp_path / "gone.png"), "--model-dir", str(model_dir),
+                              "--device", "cpu"])
+    assert res.exit_code == 1, res.output
+    assert _summary_matches(list(csv.DictReader(io.StringIO(res.stdout))), res.stderr), res.stderr
+
+
 def test_stdout_when_no_out(model_dir: Path) -> None:
     res = runner.invoke(app, [str(EXAMPLES / "fear_0.png"), "--model-dir", str(model_dir), "-q"])
     assert res.exit_code == 0
