@@ -90,7 +90,7 @@ def saliency(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = 
              index: list[int] = typer.Option(None, "--index", help="Row index in the split (repeatable)."),
              image: list[Path] = typer.Option(None, "--image", help="Image file (repeatable)."),
              per_class: int = typer.Option(1, "--per-class", help="Sample size per class without --index/--image."),
-             threshold: float = typer.Option(FOCUS_THRESHOLD, "--threshold", help="Focus mask: saliency >= this (0..1)."),
+             threshold: float = typer.Option(FOCUS_THRESHOLD, "--threshold", help="Focus mask: saliency >= this (0 < this <= 1)."),
              engine: str = typer.Option("tf", "--engine", help="tf (GradientTape) | onnx (exported gradient graph)"),
              model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Exported model dir for --engine onnx "
                                                       "(default: export the run now into a temp dir)."),

@@ -10,13 +10,14 @@ from fer_analysis.figures import compact_png, pyplot, save
 from fer_analysis.inputs import AnalysisError, Target
 from fer_analysis.results import result, write_csv
 from fer_runtime.labels import LABELS, NUM_CLASSES
+from fer_train.metrics import row_normalise
 
 
 def top_confused_pairs(cm: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
     """The ``k`` off-diagonal (true -> predicted) cells with the highest row-normalised rate (count breaks ties)."""
-    cm = np.asarray(cm)
+    cm, rate = np.asarray(cm), row_normalise(cm)
     support = cm.sum(1)
-    cells = [(cm[i, j] / support[i], cm[i, j], i, j) for i in range(len(cm)) for j in range(len(cm))
+    cells = [(rate[i, j], cm[i, j], i, j) for i in range(len(cm)) for j in range(len(cm))
              if i != j and support[i] > 0 and cm[i, j] > 0]
     cells.sort(key=lambda c: (-c[0], -c[1], c[2], c[3]))
     return [{"true": LABELS[i], "predicted": LABELS[j], "true_index": int(i), "predicted_index": int(j),
@@ -55,13 +56,14 @@ def analyze_confusion(t: Target, out: Path, top: int = 5) -> dict[str, Any]:
     title = f"{t.name} on {t.split_name}: acc {rep['accuracy']:.3f}, balanced {rep['balanced_accuracy']:.3f}"
     f1 = compact_png(plot_confusion(cm, title, out / "confusion.png"))
     f2 = plot_confused_pairs(pairs, f"Most confused pairs ({t.name}, {t.split_name})", out / "confused_pairs.png")
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    norm = row_normalise(cm)
     c1 = write_csv(out / "confusion.csv", ["true", *[f"pred_{l}" for l in LABELS], "support"],
                    [[LABELS[i], *[float(v) for v in norm[i]], int(cm[i].sum())] for i in range(NUM_CLASSES)])
     c2 = write_csv(out / "confused_pairs.csv", ["true", "predicted", "rate", "count", "support"],
                    [[p["true"], p["predicted"], p["rate"], p["count"], p["support"]] for p in pairs])
     summary = {"run": str(t.path), "split": t.split_name, "n": rep["n"], "accuracy": rep["accuracy"],
                "balanced_accuracy": rep["balanced_accuracy"], "macro_f1": rep["macro_f1"],
-               "recall": {k: v["recall"] for k, v in rep["per_class"].items()}, "pairs": pairs,
+               "recall": {k: v["recall"] for k, v in rep["per_class"].items()},
+               "support": {k: v["support"] for k, v in rep["per_class"].items()}, "pairs": pairs,
                "confusion": cm.tolist()}
     return result("confusion", [f1, f2], [c1, c2], summary, out)

@@ -200,8 +200,12 @@ def layer_model(model: Any, layer: str) -> Any:
 
 
 def share_data(a: Target, b: Target) -> None:
-    """Let ``b`` reuse ``a``'s data (loaded once) when neither overrides it and both were trained on the same data."""
-    from fer_train.evaluate import data_path_of
+    """Let ``b`` reuse ``a``'s data (loaded once) when neither overrides it, both were trained on the same file,
+    and both drew their validation rows alike (else b's ``val`` could be a's validation rows, b's training rows)."""
+    from fer_train.evaluate import data_path_of, validation_settings
 
-    if a.data is None and b.data is None and str(a.path) != str(b.path) and data_path_of(a.path) == data_path_of(b.path):
+    if a.data is not None or b.data is not None or a.path.resolve() == b.path.resolve():
+        return
+    if (Path(data_path_of(a.path)).resolve() == Path(data_path_of(b.path)).resolve()
+            and validation_settings(a.path) == validation_settings(b.path)):
         b._source = a.source

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from fer_analysis.inputs import AnalysisError
-from fer_runtime.errors import first_line
+from fer_runtime.errors import MissingDependencyError, first_line
 from fer_runtime.labels import NUM_CLASSES
 from fer_runtime.manifest import CLASS_INPUT, IMAGE_INPUT, PROBS, SALIENCY
 
@@ -92,6 +92,8 @@ def exported_saliency(run: str | Path, model_dir: str | Path | None = None, veri
             export_models([run], out, verify_count=verify_count, log=log)
         except ExportError as e:
             raise AnalysisError(f"exporting {run} to ONNX failed: {e}") from None
+        except MissingDependencyError as e:  # its message names the extra already
+            raise AnalysisError(f"exporting {run} to ONNX: {e}") from None
         except ImportError as e:  # tf2onnx, onnx or onnxruntime not installed
             raise AnalysisError(f"exporting {run} to ONNX needs {getattr(e, 'name', None) or first_line(e)}, which is "
                                 "not installed (the 'train' and 'cpu' extras)") from None

@@ -148,8 +148,9 @@ def _key_findings(res: dict[str, dict[str, Any]]) -> str:
     c = res["confusion"]["summary"]
     items.append(f"Accuracy on {c['split']}: <b>{_pct(c['accuracy'])}</b> (balanced {_pct(c['balanced_accuracy'])}, "
                  f"n={c['n']}).")
-    worst = sorted(c["recall"].items(), key=lambda kv: kv[1])[:2]
-    best = max(c["recall"].items(), key=lambda kv: kv[1])
+    seen = {k: v for k, v in c["recall"].items() if c["support"][k] > 0}  # a class absent from the split is not "hard"
+    worst = sorted(seen.items(), key=lambda kv: kv[1])[:2]
+    best = max(seen.items(), key=lambda kv: kv[1])
     items.append(f"Best recognised: {best[0]} (recall {_pct(best[1])}); hardest: "
                  + ", ".join(f"{k} ({_pct(v)})" for k, v in worst) + ".")
     items.append("Most confused: " + "; ".join(f"{p['true']} &rarr; {p['predicted']} {_pct(p['rate'])}"
@@ -228,6 +229,9 @@ def build_report(run: str | Path, out: Path, *, split: str = "PublicTest", data:
         raise AnalysisError(f"--steps must be >= 1, got {steps}")
     t = open_target(run, split, data)
     other = open_target(compare, split, data) if compare is not None else None
+    for target in (t, other):
+        if target is not None:
+            target.split  # an unknown or empty split fails now, before the output folder exists
     # the layer options are checked now, not after minutes of the earlier sections; a net without convolutions
     # (the DNN baseline) has no filters or feature maps to show, so those sections are left out
     cnn = bool(conv_layers(t.models[0])) or filter_layer is not None or map_layer is not None

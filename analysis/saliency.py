@@ -113,6 +113,8 @@ def analyze_saliency(t: Target, out: Path, indices: Sequence[int] | None = None,
         names = [f"#{r}" for r in rows]
         if target == "true" and (y < 0).any():
             raise AnalysisError(f"--target true: split {t.split_name!r} has unlabelled rows; use --target pred")
+    # the class means need the run's data: load it now, before any figure is written (and only then)
+    labelled = np.flatnonzero(t.split.y >= 0) if mean_per_class > 0 else np.empty(0, np.int64)
     probs = predict_probs(t.models, x)
     pred = probs.argmax(1)
     cls = pred if target == "pred" else y
@@ -145,7 +147,6 @@ def analyze_saliency(t: Target, out: Path, indices: Sequence[int] | None = None,
     # Where the model looks on average: correctly classified rows of each class, saliency of the true class.
     figures, data = [f1], []
     region_rows, mean_summary = [], {}
-    labelled = np.flatnonzero(t.split.y >= 0)
     if mean_per_class > 0 and len(labelled):
         correct = np.zeros(len(t.split), bool)
         correct[labelled] = t.probs[labelled].argmax(1) == t.split.y[labelled]
@@ -172,8 +173,7 @@ def analyze_saliency(t: Target, out: Path, indices: Sequence[int] | None = None,
         figures.append(plot_mean_saliency(np.stack(faces), np.stack(means), counts,
                                           f"{t.name}: mean saliency of correctly classified {t.split_name} faces "
                                           f"(up to {mean_per_class} per class, TF engine)", out / "saliency_mean.png"))
-        area = {k: (b - a) / IMAGE_SIZE for k, (a, b) in FACE_REGIONS.items()}
-        region_rows.append(["(area share)", 0, *[area[k] for k in FACE_REGIONS]])
+        region_rows.append(["(area share)", 0, *[region_area(k) for k in FACE_REGIONS]])
         data.append(write_csv(out / "saliency_regions.csv", ["class", "n", *FACE_REGIONS], region_rows))
     summary = {"run": str(t.path), "split": t.split_name, "engine": engine, "target": target, "threshold": threshold,
                "smooth_sigma": smooth, "face_regions_rows": {k: list(v) for k, v in FACE_REGIONS.items()},

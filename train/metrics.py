@@ -8,6 +8,12 @@ import numpy as np
 from fer_runtime.labels import LABELS, NUM_CLASSES
 
 
+def row_normalise(cm: np.ndarray) -> np.ndarray:
+    """A confusion matrix as rates of its true class (each row sums to 1; a row without samples stays 0)."""
+    cm = np.asarray(cm, float)
+    return cm / np.maximum(cm.sum(1, keepdims=True), 1)
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class."""
     return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)

@@ -9,6 +9,7 @@ import numpy as np
 from fer_runtime.atomic import atomic_path
 from fer_runtime.labels import LABELS
 from fer_train import runs
+from fer_train.metrics import row_normalise
 
 
 def pyplot() -> Any:
@@ -69,7 +70,7 @@ def plot_confusion(cm: np.ndarray, title: str, path: Path, percent: bool = False
     """Row-normalised confusion matrix heatmap (recall on the diagonal) with counts; ``percent``: cells in %."""
     plt = pyplot()
     cm = np.asarray(cm, float)
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    norm = row_normalise(cm)
     fig, ax = plt.subplots(figsize=(6.8, 5.8))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(LABELS)), LABELS, rotation=45, ha="right")
