@@ -121,7 +121,7 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     temperature on the PublicTest split of ``verify_data`` (a Kaggle CSV), with the variant's TTA,
     and records the fit in the variant's ``calibration``. Raises ExportError on any failure.
     """
-    from fer_export import convert, graphs, members as members_mod, share, twin, verify
+    from fer_export import convert, graphs, members as members_mod, share, verify
 
     out = Path(out)
     if problem := variant_name_problem(variant):
@@ -146,11 +146,6 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     check_data = data if data is not None else (verify.load_data(FIXTURE) if FIXTURE.exists() else None)
     log(f"loading members of {', '.join(map(str, sources))}")
     members = members_mod.load_members(sources, data)
-    for m in members:
-        try:
-            twin.check_model(m.model)
-        except ExportError as e:
-            raise ExportError(f"member {m.name!r} ({m.path}): {e}") from None
     models = [m.model for m in members]
     calibration: dict[str, Any] = {}
     if auto:

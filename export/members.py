@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fer_export import twin
 from fer_export.errors import ExportError
 from fer_runtime.manifest import MemberEntry
 from fer_train import inference, runs
@@ -92,7 +93,8 @@ def public_test_accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch_size: i
 
 
 def load_members(sources: Sequence[str | Path], data: Any | None = None) -> list[Member]:
-    """Resolve and load every member; fill params and PublicTest accuracy.
+    """Resolve and load every member, check that the twins can differentiate it (ExportError naming the member
+    if not); fill params and PublicTest accuracy.
 
     ``data`` (a :class:`fer_train.data.DataSource`) is used to compute the accuracy of members
     whose run directory has none recorded, if it has a PublicTest split.
@@ -106,6 +108,10 @@ def load_members(sources: Sequence[str | Path], data: Any | None = None) -> list
             name, k = f"{base}-{k}", k + 1
         names.add(name)
         model = load_member(p)
+        try:  # before anything runs the model: a wrong input shape or layer is one line, not a Keras traceback
+            twin.check_model(model)
+        except ExportError as e:
+            raise ExportError(f"member {name!r} ({p}): {e}") from None
         acc, src = recorded_accuracy(p)
         if acc is None and data is not None and "PublicTest" in data.splits and len(data["PublicTest"]):
             split = data["PublicTest"]

@@ -170,3 +170,16 @@ def test_image_folders_with_train_and_test(tmp_path):
     order = np.concatenate([np.flatnonzero(data["PublicTest"].y == c) for c in range(7)])
     np.testing.assert_array_equal(test.x, data["PublicTest"].x[order])
     assert load_source(tmp_path, 0.2, 3)["test"].x.shape == test.x.shape  # load_source finds the layout itself
+
+
+def test_a_quoted_header_is_recognised_as_the_loaders_read_it(tmp_path):
+    """load_source detects the layout from the header row, which may be quoted like any CSV field."""
+    import gzip
+
+    from fer_train.data import load_source
+
+    lines = gzip.decompress(FIX.read_bytes()).decode().splitlines()
+    quoted = tmp_path / "fer2013.csv"
+    quoted.write_text('"emotion","pixels","Usage"\n' + "\n".join(lines[1:]) + "\n")
+    a, b = load_source(FIX), load_source(quoted)
+    assert len(b["train"]) == len(a["train"]) > 0 and np.array_equal(b["train"].x, a["train"].x)

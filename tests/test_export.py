@@ -400,6 +400,18 @@ def test_failed_export_leaves_out_untouched(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.keras", "good.keras", "models"]  # no temp dirs left
 
 
+def test_a_member_of_the_wrong_input_shape_is_refused_before_it_is_run(tmp_path):
+    """With --verify-data, a member without a recorded accuracy is scored on PublicTest: a 3-channel model must be
+    refused by name first, not fail inside Keras."""
+    inp = keras.Input((48, 48, 3), name="image")
+    x = layers.Flatten(name="flatten")(layers.Rescaling(1 / 255, name="scale")(inp))
+    rgb = keras.Model(inp, layers.Activation("softmax", name="probs")(layers.Dense(7, name="logits")(x)))
+    rgb.save(tmp_path / "rgb.keras")
+    with pytest.raises(ExportError, match=r"member 'rgb'.*takes input shape \(None, 48, 48, 3\)"):
+        export_models([tmp_path / "rgb.keras"], tmp_path / "models", verify_data=FIX)
+    assert not (tmp_path / "models").exists()
+
+
 def test_mixed_precision_member_is_loaded_in_float32(tmp_path):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:

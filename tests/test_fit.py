@@ -374,6 +374,24 @@ def test_random_erasing_hits_the_asked_share_of_images():
         _cfg(augment=AugmentConfig(erase=1.5)).validate()
 
 
+def test_the_random_layers_draw_independently_of_each_other():
+    """One seed given to every layer made them draw the same numbers: each flip went with one sign of rotation and
+    the zoom followed the angle. Each layer's draws must be uncorrelated with every other's."""
+    import tensorflow as tf
+
+    from fer_train.pipeline import make_augmenter
+
+    aug = make_augmenter(AugmentConfig(erase=0.5), seed=1234)
+    z = tf.zeros((2000, 48, 48, 1))
+    for _ in range(2):  # two batches
+        flip, rot, shift, zoom, erase = (l.get_random_transformation(z) for l in aug.layers)
+        draws = np.stack([np.ravel(flip["flips"]), np.ravel(rot["angle"]), np.asarray(shift["translations"])[:, 0],
+                          np.ravel(zoom["height_zoom"]), np.ravel(erase["apply_erasing"])]).astype(np.float64)
+        corr = np.corrcoef(draws)
+        off = np.abs(corr[~np.eye(len(corr), dtype=bool)])
+        assert off.max() < 0.1, np.round(corr, 3)  # 2,000 draws: 4.5 standard errors
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("kind", ["mixup", "cutmix"])
 def test_mixup_and_cutmix_blend_images_and_targets_alike(kind, policy):

@@ -164,3 +164,39 @@ def test_init_starts_from_a_runs_weights_and_architecture(tmp_path):
         np.testing.assert_array_equal(a, b)
     r = CliRunner().invoke(app, ["fit", "--data", str(FIX), "--out", str(tmp_path / "x"), "--init", str(tmp_path / "nope")])
     assert r.exit_code != 0 and "nope" in r.output and "Traceback" not in r.output
+
+
+def test_batch_norm_of_the_mean_is_recomputed_on_unblended_images(tmp_path, monkeypatch):
+    """With mixup, the training batches are blends; the mean's batch norm must see the faces themselves."""
+    seen = []
+    recompute = swa.recompute_batch_norm
+
+    def spy(model, batches):
+        batches = list(batches)
+        seen.extend(np.asarray(t) for _, t in batches)
+        return recompute(model, batches)
+
+    monkeypatch.setattr(swa, "recompute_batch_norm", spy)
+    from fer_train.pipeline import AugmentConfig
+
+    fit(tmp_path / "run", TINY, _cfg(epochs=2, swa_start=2, augment=AugmentConfig(mixup=0.4)), log=lambda s: None)
+    targets = np.concatenate(seen)
+    assert len(targets) == 256 and np.array_equal(targets.max(1), np.ones(256, np.float32))  # one-hot: not blended
+
+
+def test_init_from_a_run_that_drew_other_validation_rows_is_refused(tmp_path):
+    """On a course train.csv the validation rows come from a seed: starting from a run of another seed would
+    validate on rows its weights were trained on."""
+    import gzip
+
+    rows = [line.split(",") for line in gzip.decompress(FIX.read_bytes()).decode().splitlines()[1:]]
+    course = tmp_path / "train.csv"
+    course.write_text("label,feature\n" + "".join(f"{e},{px}\n" for e, px, _ in rows))
+    src = tmp_path / "src"
+    fit(src, TINY, _cfg(data=str(course), epochs=1, random_seed=7), log=lambda s: None)
+    with pytest.raises(runs.RunError, match=r"--init .*src drew its validation rows .* add --split-seed 7 "):
+        fit(tmp_path / "a", TINY, _cfg(data=str(course), epochs=1, random_seed=8, init=str(src)), log=lambda s: None)
+    assert not (tmp_path / "a" / runs.HISTORY).exists()
+    fit(tmp_path / "b", TINY, _cfg(data=str(course), epochs=1, random_seed=8, split_seed=7, init=str(src)),
+        log=lambda s: None)  # the same validation rows, another seed for everything else
+    assert len(runs.read_history(tmp_path / "b")) == 1

@@ -65,6 +65,19 @@ def test_votes_map_to_fer2013_classes_and_ignore_others(tmp_path):
     assert dist[2].sum() == 0
 
 
+def test_each_ferplus_column_lands_on_its_fer2013_class(tmp_path):
+    """Every emotion column of the FER+ file, one row each, against the class order written out here (not taken
+    from FERPLUS_COLUMNS, which would make the check circular)."""
+    from fer_runtime.labels import LABELS
+
+    want = {"neutral": "Neutral", "happiness": "Happy", "surprise": "Surprise", "sadness": "Sad", "anger": "Angry",
+            "disgust": "Disgust", "fear": "Fear"}
+    votes = [[10 if HEADER[2 + j] == col else 0 for j in range(10)] for col in want]
+    dist, _ = load_ferplus_votes(_write_votes(tmp_path / "v.csv", ["Training"] * 7, votes))
+    for row, col in zip(dist, want):
+        assert LABELS[int(row.argmax())] == want[col] and row.max() == 1, (col, row)
+
+
 def test_malformed_vote_files_name_the_problem(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("Usage,neutral\nTraining,1\n")

@@ -274,8 +274,7 @@ def load_source(path: str | Path, validate: float = 0.1, seed: int = 1234) -> Da
     path = Path(path)
     if path.is_dir():
         return load_image_folders(path, validate, seed)
-    text_head = _head(path)
-    cols = [c.strip() for c in text_head.split(",")]
+    cols = [c.strip() for c in next(csv.reader([_head(path)]))]  # as read_csv_rows reads it: quotes allowed
     if "Usage" in cols and "emotion" in cols:
         return load_kaggle_csv(path)
     if "label" in cols and "feature" in cols:

@@ -184,6 +184,22 @@ def fit(run: Path, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None
         keras.mixed_precision.set_global_policy(policy)
 
 
+def _check_init_validation(cfg: TrainConfig) -> None:
+    """RunError if ``--init``'s run drew other validation rows from the same data: some of this run's validation
+    rows would be rows the weights it starts from were trained on."""
+    from fer_train.evaluate import data_path_of, validation_settings
+
+    theirs = validation_settings(cfg.init)
+    ours = (cfg.val_fraction, cfg.validation_seed)
+    if (not theirs or theirs == {ours}
+            or Path(data_path_of(runs.member_paths(cfg.init)[0])).resolve() != Path(cfg.data).resolve()):
+        return
+    frac, seed = min(theirs)
+    raise runs.RunError(f"--init {cfg.init} drew its validation rows from {Path(cfg.data).name} with fraction {frac:g} "
+                        f"and seed {seed}; this run's ({ours[0]:g}, seed {ours[1]}) would validate on rows those "
+                        f"weights trained on: add --split-seed {seed} --val-fraction {frac:g}")
+
+
 def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, resume: bool,
          source: DataSource | None, extra_train: tuple[np.ndarray, np.ndarray] | None, log: Callable[[str], None],
          progress: Callable[[int, int, int], None] | None, moved: dict[str, str] | None) -> dict[str, Any]:
@@ -208,6 +224,8 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     cfg.validate()
     model_cfg = model_cfg.effective()
     source = source or load_source(cfg.data, cfg.val_fraction, cfg.validation_seed)
+    if cfg.init and not resume and not source.fixed_validation:
+        _check_init_validation(cfg)
     train, val = source["train"], source["val"]
     train = split_hidden(train, cfg)[0]
 
@@ -346,7 +364,14 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     if cfg.swa_start:
         from fer_train import swa
 
-        done = swa.finish(model, run, ds_tr.take(steps), lambda m: validation.scores(m)["accuracy"], log)  # model now holds the mean weights
+        # batch norm from the augmented training images, not blended ones: mixup/CutMix images are no test faces
+        bn_batches = make_dataset(x_tr, y_hard, cfg.batch_size, training=True, soft_targets=t_tr,
+                                  augment=replace(cfg.augment, mixup=0.0, cutmix=0.0), seed=cfg.random_seed)
+        if cfg.strategy == "multiworker":
+            from fer_train.distribute import shard_by_data
+
+            bn_batches = shard_by_data(bn_batches)
+        done = swa.finish(model, run, bn_batches.take(steps), lambda m: validation.scores(m)["accuracy"], log)  # model now holds the mean weights
         result["swa_val_accuracy"] = done["val_accuracy"] if done else None
     write_summary(model, run, extra=f"Best val_accuracy {bv:.4f} at epoch {be} of {len(history)}\n")
     plot_run_curves(run)

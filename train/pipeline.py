@@ -42,8 +42,15 @@ class AugmentConfig:
             raise ValueError("mixup and cutmix blend targets; they cannot be combined with class weights")
 
 
+def _stream(seed: int | None, i: int) -> int | None:
+    """The seed of the ``i``-th random layer: one stream each. Layers given the same seed draw the same numbers,
+    which tied every flip to the sign of its rotation and the zoom to the angle."""
+    return None if seed is None else seed * 8 + i
+
+
 def make_augmenter(cfg: AugmentConfig, seed: int | None = None):
-    """A Keras Sequential of random layers, used inside ``Dataset.map`` (or None when disabled)."""
+    """A Keras Sequential of random layers, used inside ``Dataset.map`` (or None when disabled). Each layer draws
+    from its own seed."""
     import keras
     from keras import layers
 
@@ -51,15 +58,15 @@ def make_augmenter(cfg: AugmentConfig, seed: int | None = None):
         return None
     steps = []
     if cfg.flip:
-        steps.append(layers.RandomFlip("horizontal", seed=seed))
+        steps.append(layers.RandomFlip("horizontal", seed=_stream(seed, 0)))
     if cfg.rotation > 0:
-        steps.append(layers.RandomRotation(cfg.rotation / 360.0, fill_mode="nearest", seed=seed))
+        steps.append(layers.RandomRotation(cfg.rotation / 360.0, fill_mode="nearest", seed=_stream(seed, 1)))
     if cfg.shift > 0:
-        steps.append(layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="nearest", seed=seed))
+        steps.append(layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="nearest", seed=_stream(seed, 2)))
     if cfg.zoom > 0:
-        steps.append(layers.RandomZoom(cfg.zoom, fill_mode="nearest", seed=seed))
+        steps.append(layers.RandomZoom(cfg.zoom, fill_mode="nearest", seed=_stream(seed, 3)))
     if cfg.erase > 0:  # (p, p): exactly probability p per image (a single float would draw p from [0, p])
-        steps.append(layers.RandomErasing(factor=(cfg.erase, cfg.erase), value_range=(0, 255), seed=seed))
+        steps.append(layers.RandomErasing(factor=(cfg.erase, cfg.erase), value_range=(0, 255), seed=_stream(seed, 4)))
     return keras.Sequential(steps, name="augment") if steps else None
 
 
@@ -72,8 +79,8 @@ def make_batch_mixer(cfg: AugmentConfig, seed: int | None = None, class_weights:
         return None
     # float32 whatever the global policy: under mixed_bfloat16 the targets would otherwise be cast to bfloat16
     if cfg.mixup > 0:
-        return layers.MixUp(alpha=cfg.mixup, seed=seed, dtype="float32")
-    return layers.CutMix(factor=(cfg.cutmix, cfg.cutmix), seed=seed, dtype="float32")  # (a, a): alpha exactly a
+        return layers.MixUp(alpha=cfg.mixup, seed=_stream(seed, 5), dtype="float32")
+    return layers.CutMix(factor=(cfg.cutmix, cfg.cutmix), seed=_stream(seed, 5), dtype="float32")  # (a, a): alpha exactly a
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool,
