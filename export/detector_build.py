@@ -235,9 +235,10 @@ def install(out: Path, wheel: Optional[Path], tolerance: float, examples: Path, 
     """
     from fer_export.convert import tensor_specs
     from fer_runtime.atomic import atomic_dir, atomic_write
-    from fer_runtime.manifest import DetectorEntry, FileEntry, Manifest, read_manifest, write_manifest
+    from fer_runtime.manifest import MANIFEST_NAME, DetectorEntry, FileEntry, Manifest, read_manifest, write_manifest
 
     manifest = read_manifest(out)
+    manifest.check_rewritable(Path(out) / MANIFEST_NAME)
     with tempfile.TemporaryDirectory() as tmp:
         whl = wheel if wheel is not None else fetch_wheel(Path(tmp))
         tflite = extract_tflite(whl)

@@ -78,6 +78,7 @@ def _existing_manifest(out: Path) -> Manifest | None:
         return None
     try:
         m = read_manifest(out)
+        m.check_rewritable(out / MANIFEST_NAME)
     except FerRuntimeError as e:
         raise ExportError(f"cannot merge into the existing manifest: {e}; move it away or choose another --out") from None
     if list(m.labels) != list(LABELS):

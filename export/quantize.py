@@ -171,6 +171,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
     _check_method(calibrate_method)
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
+    manifest.check_rewritable(model_dir / MANIFEST_NAME)
     if source not in manifest.variants:
         raise ExportError(f"variant {source!r} is not in {model_dir / MANIFEST_NAME} "
                           f"(variants: {', '.join(sorted(manifest.variants))})")

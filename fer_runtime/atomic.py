@@ -157,7 +157,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     away and the stage renamed in, with a moment in between in which ``path`` does not exist. If the block
     raises, ``path`` is untouched and the stage is removed.
     """
-    path = Path(path)
+    path = Path(path).resolve()  # a symlink's target is replaced, not the link (and "." gets a name)
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.stage-"))
     try:

@@ -33,7 +33,8 @@ FileEntry, TensorSpec, DetectorEntry); an absent calibration or quantization is 
 ``"MAJOR.MINOR"``. A writer adding an optional key raises the minor version; a reader of the same
 major version ignores keys it does not know in a newer-minor file, and refuses unknown keys in a file of
 its own or an older minor version (a typo or a broken writer). A major version this code does not read
-is refused with one line (:class:`~fer_runtime.errors.ManifestVersionError`).
+is refused with one line (:class:`~fer_runtime.errors.ManifestVersionError`). A newer-minor file is read, but
+not rewritten: the writers (export, quantize, detector build) refuse it (:meth:`Manifest.check_rewritable`).
 
 Version 2 added ``external``: a graph file may keep its weights in another listed file (ONNX external
 data; the variant's forward and saliency graphs share one weights file). A reader that ignored the key
@@ -262,6 +263,15 @@ class Manifest:
                 del f["external"]  # a self-contained graph or a weights file
         d["format_version"] = format_version_json()
         return d
+
+    def check_rewritable(self, where: str | Path = MANIFEST_NAME) -> None:
+        """ManifestVersionError if this manifest was read from a newer minor format than this code writes: every
+        writer that merges into it (export, quantize, detector build) would drop the keys it does not know."""
+        if self.format_version > FORMAT_VERSION:
+            major, minor = self.format_version
+            raise ManifestVersionError(f"{where}: format_version {major}.{minor} was written by a newer fer-toolkit; "
+                                       "rewriting it would drop what this one does not know: upgrade fer-toolkit, or "
+                                       "write to another folder")
 
     def referenced_files(self) -> set[str]:
         """Every file a variant or detector names, with their weights files (what ``files`` must list, and all it

@@ -313,6 +313,25 @@ def test_verifier_rejects_wrong_probs_and_wrong_saliency():
     assert rel[0] == 0 and cos[0] == 1
 
 
+def test_without_real_faces_the_synthetic_images_still_reach_every_class():
+    """An export with no data to verify on (--verify-count 0, or no fixture in an installed package) checks the
+    saliency of class i % 7 on synthetic image i: there must be one for each class, Neutral included."""
+    from fer_export.verify import verification_images
+
+    m = tiny(seed=5)
+    x, real, _ = verification_images(None)
+    assert real == 0
+    fs, ss = sessions_for([m])
+    verify_export(fs, ss, [m], x)
+
+    def zero_for_neutral(g):
+        g = g.copy()
+        g[6::7] = 0  # the rows that ask for class 6
+        return g
+    with pytest.raises(ExportError, match="saliency differs from TF's gradient"):
+        verify_export(fs, _Tampered(ss, "saliency", zero_for_neutral), [m], x)
+
+
 def test_verifier_allows_a_big_outlier_only_where_tf_disagrees_with_itself(monkeypatch):
     """A rounding-decided kink makes TF's batched gradient differ from the same image's lone gradient."""
     from fer_export import verify
@@ -852,3 +871,27 @@ def test_an_exception_without_text_still_gives_a_one_line_export_error(monkeypat
         pattern = r"^g\.onnx: onnxruntime cannot load it: RuntimeError$"
     with pytest.raises(ExportError, match=pattern):
         convert.check_onnx_bytes(data, "g.onnx", ["image"], ["probs"])
+
+
+def test_a_manifest_of_a_newer_minor_format_is_not_rewritten(tmp_path):
+    """A newer fer-toolkit's keys would be dropped by a rewrite at this version: export and quantize refuse it."""
+    import json
+    import shutil
+
+    from fer_export.quantize import quantize_variant
+    from fer_runtime.errors import ManifestVersionError
+
+    out = tmp_path / "models"
+    out.mkdir()  # the manifest alone: both refuse before they open a model file
+    shutil.copy(Path(__file__).parents[1] / "models" / "manifest.json", out)
+    d = json.loads((out / "manifest.json").read_text())
+    d.update(format_version="2.1", license="CC-BY-4.0")  # a key this version does not know
+    (out / "manifest.json").write_text(json.dumps(d))
+    before = (out / "manifest.json").read_bytes()
+    tiny(seed=2).save(tmp_path / "good.keras")
+    with pytest.raises(ExportError, match=r"format_version 2\.1 was written by a newer fer-toolkit"):
+        export_models([tmp_path / "good.keras"], out)
+    x = np.zeros((4, 48, 48, 1), np.float32)
+    with pytest.raises(ManifestVersionError, match=r"format_version 2\.1 was written by a newer fer-toolkit"):
+        quantize_variant(out, x, x, np.zeros(4, np.int64))
+    assert (out / "manifest.json").read_bytes() == before
