@@ -74,11 +74,13 @@ def recorded_accuracy(path: Path) -> tuple[float | None, str]:
     cp = run / runs.CONFIG
     if cp.exists():
         try:
-            validation = runs.read_json(cp).get("data", {}).get("validation")
-        except runs.RunError:
-            validation = None
-        if validation == "PublicTest":
-            history = runs.read_history(run)
+            conf = runs.read_json(cp)
+            data = conf.get("data") if isinstance(conf, dict) else None
+            validation = data.get("validation") if isinstance(data, dict) else None
+            history = runs.read_history(run) if validation == "PublicTest" else []
+        except (OSError, runs.RunError):  # a damaged config.json or history.csv: no recorded figure
+            validation, history = None, []
+        if validation == "PublicTest" and history:
             epoch, acc = runs.best_epoch(history)
             # Older bfloat16 epochs were validated in bfloat16; the exported graph is float32 (gaps up to 0.3 points).
             row = next((r for r in history if int(r["epoch"]) == epoch), {})

@@ -627,6 +627,14 @@ def test_recorded_accuracy_sources(tmp_path):
         g = _run_dir(tmp_path, f"g{k}", 7 + k, history=hist)
         getattr(g / "metrics.json", "write_bytes" if isinstance(damaged, bytes) else "write_text")(damaged)
         assert recorded_accuracy(g / "best.keras") == (pytest.approx(0.42), "history.csv")  # the next source
+    # a damaged config.json or history.csv: no recorded figure, and no traceback
+    for k, (config, history) in enumerate([("[1, 2]", hist), ('{"data": "PublicTest"}', hist),
+                                           (None, b"epoch,loss\n\xff\xfe\n")]):
+        g = _run_dir(tmp_path, f"k{k}", 20 + k, history=hist)
+        if config is not None:
+            (g / "config.json").write_text(config)
+        getattr(g / "history.csv", "write_bytes" if isinstance(history, bytes) else "write_text")(history)
+        assert recorded_accuracy(g / "best.keras") == (None, "unknown")
 
 
 def test_cli_exports_run_dirs_and_reports(tmp_path):

@@ -33,6 +33,9 @@ def test_a_damaged_history_row_is_a_run_error_naming_file_and_line(tmp_path: Pat
         runs.read_history(tmp_path)
     (tmp_path / runs.HISTORY).write_text(f"{header}\n{good}\n2,nan,nan,1.0,0.6,0.01,nan,float32\n")  # a rebuilt row
     assert [r["val_accuracy"] for r in runs.read_history(tmp_path)] == [0.55, 0.6]
+    (tmp_path / runs.HISTORY).write_bytes(f"{header}\n{good}\n".encode() + b"\xff\xfe\n")  # was a traceback
+    with pytest.raises(runs.RunError, match=r"history\.csv: damaged \(not UTF-8 text\)"):
+        runs.read_history(tmp_path)
 
 
 def test_an_ensemble_written_into_itself_adds_members_and_never_lists_itself(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ relative to it) or member ``.keras`` files.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -126,7 +127,11 @@ def read_history(run: Path) -> list[dict[str, Any]]:
     p = run / HISTORY
     if not p.exists():
         return []
-    with p.open(newline="") as f:
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RunError(f"{p}: damaged (not UTF-8 text)") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         if missing := [k for k in HISTORY_FIELDS if k not in TEXT_FIELDS and k not in (reader.fieldnames or [])]:
             raise RunError(f"{p}:1: damaged header (no {', '.join(missing)} column)")
