@@ -136,6 +136,38 @@ def test_a_gpu_run_resumed_on_a_cpu_says_its_optimizer_state_starts_afresh(tmp_p
 
 
 @pytest.mark.tf
+def test_a_fresh_optimizer_state_keeps_the_plateau_learning_rate(tmp_path, monkeypatch):
+    """A plateau schedule's reduced rate is kept only in the optimizer state: when that state cannot be loaded,
+    the run continues at the rate history.csv recorded, not at --lr."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from fer_train import precision, runs
+    from fer_train.fit import fit
+
+    run = tmp_path / "run"
+    tiny, cfg = _on_a_bf16_machine(monkeypatch)
+    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: True)  # mixed_float16: another optimizer state
+    try:
+        fit(run, tiny, replace(cfg, epochs=1, schedule="plateau", warmup_epochs=0), log=lambda s: None)
+        hist = (run / runs.HISTORY).read_text().splitlines()
+        lr_col = hist[0].split(",").index("lr")
+        cells = hist[1].split(",")
+        assert float(cells[lr_col]) == pytest.approx(cfg.lr)
+        cells[lr_col] = "0.0003"  # as if ReduceLROnPlateau had lowered it
+        (run / runs.HISTORY).write_text("\n".join([hist[0], ",".join(cells)]) + "\n")
+        monkeypatch.setattr(precision, "has_cuda_gpu", lambda: False)
+        monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])
+        conf = json.loads((run / runs.CONFIG).read_text())
+        conf["train"]["epochs"] = 2
+        (run / runs.CONFIG).write_text(json.dumps(conf))
+        fit(run, resume=True, log=lambda s: None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert runs.read_history(run)[1]["lr"] == pytest.approx(0.0003)
+
+
+@pytest.mark.tf
 def test_a_bf16_run_is_validated_in_float32(tmp_path, monkeypatch):
     """history's val_loss and val_accuracy (which choose best.keras) are those of the float32 model that is exported,
     not of the bf16 one that trains."""

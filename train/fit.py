@@ -274,8 +274,11 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
             model.optimizer.build(model.trainable_variables)
             runs.load_weights(model, run / runs.LAST)
             if history and int(model.optimizer.iterations.numpy()) == 0:  # Keras skipped it with a warning only
+                # the rate it had (a plateau schedule's reductions live nowhere else); the next epoch may reset it
+                model.optimizer.learning_rate.assign(float(history[-1]["lr"]))
                 log(f"{run}: {runs.LAST}'s optimizer state does not fit this {precision} optimizer (mixed_float16 "
-                    f"adds a loss scaler), so it starts afresh: weights and epoch count carry on, momentum restarts")
+                    f"adds a loss scaler), so it starts afresh: weights, epoch count and learning rate carry on, "
+                    f"momentum restarts")
     write_summary(model, run)
 
     x_tr = train.x
