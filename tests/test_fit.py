@@ -637,14 +637,17 @@ def test_self_train_on_an_unlabelled_course_test_csv(tmp_path):
     r = runner.invoke(app, ["fit", "--data", str(FIX), "--out", str(tmp_path / "teacher"), "--filters", "4",
                             "--blocks", "1", "--convs-per-block", "1", "--units", "8", "--epochs", "1", "--no-augment"])
     assert r.exit_code == 0, r.output
-    rows = [line.split(",") for line in gzip.decompress(FIX.read_bytes()).decode().splitlines()[1:26]]
-    test = tmp_path / "test.csv"
-    test.write_text("id,feature\n" + "".join(f"{i},{px}\n" for i, (_, px, _) in enumerate(rows)))
+    lines = [line.split(",") for line in gzip.decompress(FIX.read_bytes()).decode().splitlines()[1:]]
+    rows = [r for r in lines if r[2] == "Training"][:25]
+    scored = [r for r in lines if r[2] == "PublicTest"][:4] + [r for r in lines if r[2] == "PrivateTest"][:3]
+    test = tmp_path / "test.csv"  # a course test.csv holds PublicTest/PrivateTest faces: those are left out
+    test.write_text("id,feature\n" + "".join(f"{i},{px}\n" for i, (_, px, _) in enumerate(rows + scored)))
     r = runner.invoke(app, ["self-train", "--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "st"),
                             "--unlabelled", str(test), "--threshold", "0.0"])
     assert r.exit_code == 0, r.output
     info = json.loads((tmp_path / "st" / "self_training.json").read_text())
-    assert info["unlabelled"] == 25 and info["pseudo_labelled"] == 25 and "pseudo_label_accuracy" not in info
+    assert info["unlabelled"] == 25 and info["held_out_left_out"] == 7 and info["pseudo_labelled"] == 25
+    assert "pseudo_label_accuracy" not in info
     teacher_rows = json.loads((tmp_path / "teacher" / runs.CONFIG).read_text())["data"]["train_rows"]
     assert len(runs.read_history(tmp_path / "st" / "student")) == 1
     assert json.loads((tmp_path / "st" / "student" / runs.CONFIG).read_text())["data"]["train_rows"] == teacher_rows

@@ -41,6 +41,10 @@ class Split:
         return Split(self.x[idx], self.y[idx], self.ids[idx])
 
 
+# Splits that hold training rows (a course train.csv's "all" is train + val); every other split is scored on.
+TRAINING_SPLITS = ("train", "Training", "all")
+
+
 @dataclass
 class DataSource:
     """Named splits of one source. ``train`` and ``val`` always exist; Kaggle CSVs add the tests."""

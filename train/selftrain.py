@@ -9,7 +9,7 @@ import numpy as np
 from fer_runtime.labels import NUM_CLASSES
 from fer_train import runs
 from fer_train.config import TrainConfig, read_run_config, refuse_new_epochs
-from fer_train.data import Split, load_course_test, load_source
+from fer_train.data import TRAINING_SPLITS, Split, load_course_test, load_source
 
 
 
@@ -55,15 +55,26 @@ def self_train(teacher: Path, out: Path, threshold: float = 0.8, unlabelled: Pat
     if resume := (student / runs.LAST).exists():
         refuse_new_epochs(student, epochs)  # before the pseudo-labelling, which takes a while
     source = load_source(tcfg.data, tcfg.val_fraction, tcfg.validation_seed)
+    dropped = 0
     if unlabelled is not None:
         pool: Split = load_course_test(unlabelled)
+        # a course test.csv holds FER2013's PublicTest and PrivateTest faces: never train on what is scored
+        held_out = {row.tobytes() for name, split in source.splits.items() if name not in TRAINING_SPLITS
+                    for row in split.x}
+        fresh = np.array([row.tobytes() not in held_out for row in pool.x], bool)
+        dropped = int((~fresh).sum())
+        if dropped:
+            log(f"left out {dropped} of {len(pool)} unlabelled faces: they are rows of {source.path.name}'s "
+                "validation or test splits")
+            pool = pool.subset(np.flatnonzero(fresh))
     elif tcfg.hide_labels > 0:
         pool = split_hidden(source["train"], tcfg)[1]
     else:
         raise ValueError(f"{teacher} saw every training label; train the teacher with --hide-labels 0.1 "
                          "or pass --unlabelled test.csv")
     keep, targets = pseudo_label(load_models(teacher), pool.x, threshold)
-    info: dict[str, Any] = {"unlabelled": len(pool), "pseudo_labelled": int(keep.sum()), "threshold": threshold}
+    info: dict[str, Any] = {"unlabelled": len(pool), "held_out_left_out": dropped, "pseudo_labelled": int(keep.sum()),
+                            "threshold": threshold}
     if (pool.y >= 0).all():
         info["pseudo_label_accuracy"] = float((targets.argmax(1)[keep] == pool.y[keep]).mean()) if keep.any() else None
     log(f"pseudo-labelled {info['pseudo_labelled']}/{len(pool)} faces at confidence >= {threshold}")
