@@ -653,6 +653,10 @@ def test_self_train_on_an_unlabelled_course_test_csv(tmp_path):
     assert json.loads((tmp_path / "st" / "student" / runs.CONFIG).read_text())["data"]["train_rows"] == teacher_rows
     r = runner.invoke(app, ["self-train", "--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "saw every training label" in r.output
+    test.write_text("id,feature\n" + "".join(f"{i},{px}\n" for i, (_, px, _) in enumerate(scored)))
+    r = runner.invoke(app, ["self-train", "--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "y"),
+                            "--unlabelled", str(test)])
+    assert r.exit_code == 2 and "nothing to pseudo-label" in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_class_weights_and_label_smoothing_shape_the_targets():

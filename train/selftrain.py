@@ -63,6 +63,9 @@ def self_train(teacher: Path, out: Path, threshold: float = 0.8, unlabelled: Pat
                     for row in split.x}
         fresh = np.array([row.tobytes() not in held_out for row in pool.x], bool)
         dropped = int((~fresh).sum())
+        if dropped == len(pool):
+            raise ValueError(f"every face in {unlabelled.name} is a row of {source.path.name}'s validation or test "
+                             "splits, which must stay unseen: nothing to pseudo-label")
         if dropped:
             log(f"left out {dropped} of {len(pool)} unlabelled faces: they are rows of {source.path.name}'s "
                 "validation or test splits")
