@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "adversarial robustness, mistakes, CNN vs DNN, and an HTML report.")
 
 RUN_ARG = typer.Argument(..., help="Run, ensemble directory or .keras file.")
-SPLIT_OPT = typer.Option("PublicTest", "--split", help="PublicTest | PrivateTest | val | Training")
+SPLIT_OPT = typer.Option("PublicTest", "--split", help="PublicTest | PrivateTest | val (held out) | train, Training (rows the run fitted).")
 OUT_OPT = typer.Option(None, "--out", help="Output directory (default: RUN/analysis).")
 DATA_OPT = typer.Option(None, "--data", help="Data source (default: the one the run was trained on).")
 SEED_OPT = typer.Option(0, "--seed", help="Seed of the samples and noise.")
@@ -35,23 +35,35 @@ def _log(msg: str) -> None:
 _options = {"verbose": False}  # the group's options, set by _root for the command that runs
 
 
+_created: list[Path] = []  # output folders this command made, removed again if it fails before writing to them
+
+
 def _run(fn: Callable[[], Any]) -> Any:
     """Import TensorFlow (quietly unless --verbose), then call ``fn``; the toolkit's typed errors, a missing extra
-    and KeyError/ValueError from bad arguments become one line, exit 2."""
+    and KeyError/ValueError from bad arguments become one line, exit 2. A failure leaves no empty output folder."""
     with cli_errors(ValueError, KeyError):
         from fer_train.tf_env import import_tensorflow
 
         import_tensorflow(_options["verbose"])
         logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices from repeated predict calls
-        return fn()
+        try:
+            return fn()
+        except BaseException:
+            for p in reversed(_created):
+                if p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
+            raise
+        finally:
+            _created.clear()
 
 
 def _out(run: Path, out: Optional[Path], create: bool = True) -> Path:
     """``--out``, or ``RUN/analysis``; created unless ``create`` is False (then the analysis creates it once its
-    inputs are checked, so a mistyped run leaves no folder behind)."""
+    inputs are checked). A folder made here is removed again if the command fails before writing to it."""
     p = out or ((run if run.is_dir() else run.parent) / "analysis")
-    if create:
+    if create and not p.is_dir():
         p.mkdir(parents=True, exist_ok=True)
+        _created.append(p)
     return p
 
 

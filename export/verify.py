@@ -35,6 +35,7 @@ from fer_runtime.numeric import cosine_similarity
 from fer_train import inference
 
 PROB_TOL = 1e-4
+LOGIT_REL_TOL = 1e-4  # forward logits: max |onnx - keras| over max(1, max |keras logit|)
 REL_TOL = 1e-3
 REL_OUTLIER_TOL = 1e-2  # bound for the few images allowed over REL_TOL (rounding-decided kinks)
 REL_OUTLIER_FRACTION = 0.01
@@ -66,7 +67,8 @@ class VerifyReport:
         return [
             ("forward probs: max |onnx - keras|", f"{self.forward_prob_max_abs:.2e}", f"<= {PROB_TOL:g}"),
             ("forward member_probs: max |onnx - keras|", f"{self.forward_member_prob_max_abs:.2e}", f"<= {PROB_TOL:g}"),
-            ("forward logits: max |onnx - keras|", f"{self.forward_logit_max_abs:.2e}", "info"),
+            ("forward logits: max |onnx - keras|", f"{self.forward_logit_max_abs:.2e}",
+             f"<= {LOGIT_REL_TOL:g} x max(1, max |logit|)"),
             ("saliency-graph probs: max |onnx - keras|", f"{self.saliency_prob_max_abs:.2e}", f"<= {PROB_TOL:g}"),
             ("saliency: median rel err, typical", f"{self.saliency_typical_rel_err:.2e}", f"<= {REL_TOL:g}"),
             ("saliency: median rel err, worst", f"{self.saliency_worst_median_rel_err:.2e}",
@@ -175,13 +177,18 @@ def verify_export(forward_session: Any, saliency_session: Any, models: Sequence[
                        saliency_worst_median_rel_err=float(rel.max()), saliency_min_cosine=float(cos.min()),
                        saliency_typical_rel_err=float(np.median(rel)), saliency_rel_outliers=int((rel > rel_tol).sum()),
                        forward_member_prob_max_abs=float(np.abs(fmp - ref_mp).max(initial=0.0)))
-    if not np.isfinite([rep.forward_prob_max_abs, rep.saliency_prob_max_abs, rep.saliency_worst_median_rel_err,
+    if not np.isfinite([rep.forward_prob_max_abs, rep.forward_logit_max_abs, rep.saliency_prob_max_abs, rep.saliency_worst_median_rel_err,
                         rep.saliency_min_cosine, rep.forward_member_prob_max_abs]).all():
         raise ExportError("verification produced non-finite numbers (NaN/inf in ONNX or Keras outputs)")
     if rep.forward_prob_max_abs > prob_tol:
         i = int(np.abs(fp - ref_p).max(axis=1).argmax())
         raise ExportError(f"forward graph probabilities differ from Keras by {rep.forward_prob_max_abs:.3g} "
                           f"(> {prob_tol:g}) on verification image {i}")
+    logit_tol = LOGIT_REL_TOL * max(1.0, float(np.abs(ref_z).max(initial=0.0)))
+    if not rep.forward_logit_max_abs <= logit_tol:
+        i = int(np.abs(fz - ref_z).max(axis=1).argmax())
+        raise ExportError(f"forward graph logits differ from Keras by {rep.forward_logit_max_abs:.3g} "
+                          f"(> {logit_tol:.3g}) on verification image {i}")
     if rep.forward_member_prob_max_abs > prob_tol:
         i = int(np.abs(fmp - ref_mp).reshape(len(x), -1).max(axis=1).argmax())
         raise ExportError(f"forward graph member_probs differ from Keras by {rep.forward_member_prob_max_abs:.3g} "

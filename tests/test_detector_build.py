@@ -79,6 +79,22 @@ def test_install_changes_detector_and_manifest_together(tmp_path: Path, monkeypa
     assert entry["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+def test_a_manifest_of_a_newer_minor_format_is_not_rewritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newer fer-toolkit's keys would be dropped by a rewrite at this version: the build refuses before it starts."""
+    onnx = pytest.importorskip("onnx")
+    from fer_runtime.errors import ManifestVersionError
+
+    out = _models_copy(tmp_path)
+    d = json.loads((out / "manifest.json").read_text())
+    d.update(format_version="2.1", license="CC-BY-4.0")  # a key this version does not know
+    (out / "manifest.json").write_text(json.dumps(d))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _fake_build(monkeypatch, onnx.load_from_string(before["face_detector.onnx"]))
+    with pytest.raises(ManifestVersionError, match=r"format_version 2\.1 was written by a newer fer-toolkit"):
+        detector_build.install(out, tmp_path / "any.whl", 1e-5, PHOTOS, None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_verify_refuses_a_graph_whose_batch_differs_from_single_runs_without_tflite() -> None:
     """The batch check runs before (and without) the tflite comparison: here the tflite model is not even valid."""
     onnx = pytest.importorskip("onnx")

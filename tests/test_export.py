@@ -295,6 +295,8 @@ def test_verifier_rejects_wrong_probs_and_wrong_saliency():
         verify_export(fs, _Tampered(ss, "saliency", lambda g: g * 1.01), [m], x)  # 1% off: cosine still 1
     with pytest.raises(ExportError, match="member_probs differ"):
         verify_export(_Tampered(fs, "member_probs", lambda p: p[::-1]), ss, [m], x)  # rows swapped, probs intact
+    with pytest.raises(ExportError, match="forward graph logits differ"):
+        verify_export(_Tampered(fs, "logits", lambda z: z + 0.01), ss, [m], x)  # a shift the softmax cannot see
     # One image may be off by a rounding-decided ReLU kink (a few 1e-3, see fer_export.verify), not two,
     # and not by more than 1e-2.
     def scale_images(idx, f):

@@ -296,15 +296,20 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     cw = class_weight_vector(y_hard) if cfg.class_weights else None
     import tensorflow as tf
 
-    epoch_var = tf.Variable(len(history), dtype=tf.int64, trainable=False)  # keys each epoch's shuffle order
-    ds_tr = make_dataset(x_tr, y_hard, cfg.batch_size, training=True, augment=cfg.augment,
-                         label_smoothing=cfg.label_smoothing, soft_targets=t_tr, class_weights=cw,
-                         seed=cfg.random_seed, epoch=epoch_var)
-    ds_va = make_dataset(val.x, val.y, 256, training=False)
-    if cfg.strategy == "multiworker":
+    def sharded(ds: Any) -> Any:  # each worker reads its own part of the data
+        if cfg.strategy != "multiworker":
+            return ds
         from fer_train.distribute import shard_by_data
 
-        ds_tr, ds_va = shard_by_data(ds_tr), shard_by_data(ds_va)
+        return shard_by_data(ds)
+
+    def training_batches(augment: Any, **kwargs: Any) -> Any:
+        return sharded(make_dataset(x_tr, y_hard, cfg.batch_size, training=True, augment=augment, soft_targets=t_tr,
+                                    seed=cfg.random_seed, **kwargs))
+
+    epoch_var = tf.Variable(len(history), dtype=tf.int64, trainable=False)  # keys each epoch's shuffle order
+    ds_tr = training_batches(cfg.augment, label_smoothing=cfg.label_smoothing, class_weights=cw, epoch=epoch_var)
+    ds_va = sharded(make_dataset(val.x, val.y, 256, training=False))
     steps = math.ceil(len(x_tr) / cfg.batch_size)
     with strategy.scope():
         validation = Float32Validation(model_cfg, ds_va, precision)
@@ -368,12 +373,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         from fer_train import swa
 
         # batch norm from the augmented training images, not blended ones: mixup/CutMix images are no test faces
-        bn_batches = make_dataset(x_tr, y_hard, cfg.batch_size, training=True, soft_targets=t_tr,
-                                  augment=replace(cfg.augment, mixup=0.0, cutmix=0.0), seed=cfg.random_seed)
-        if cfg.strategy == "multiworker":
-            from fer_train.distribute import shard_by_data
-
-            bn_batches = shard_by_data(bn_batches)
+        bn_batches = training_batches(replace(cfg.augment, mixup=0.0, cutmix=0.0))
         done = swa.finish(model, run, bn_batches.take(steps), lambda m: validation.scores(m)["accuracy"], log)  # model now holds the mean weights
         result["swa_val_accuracy"] = done["val_accuracy"] if done else None
     write_summary(model, run, extra=f"Best val_accuracy {bv:.4f} at epoch {be} of {len(history)}\n")
