@@ -146,6 +146,17 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def check_stageable(path: str | os.PathLike[str]) -> None:
+    """Raise OSError now if :func:`atomic_dir` could not stage ``path``: its nearest existing ancestor is not a
+    folder this process can create entries in. For long jobs that write their folder at the end."""
+    parent = Path(path).resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(parent))
+    shutil.rmtree(tempfile.mkdtemp(dir=parent, prefix=f".{Path(path).name}.probe-"))
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a staged copy of the folder ``path`` (a new empty one if it does not exist); on success the stage

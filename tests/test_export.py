@@ -664,6 +664,7 @@ def test_cli_exports_run_dirs_and_reports(tmp_path):
     (["{run}", "--out", "{tmp}/m", "--temperature", "auto"], "--verify-data must be a Kaggle"),
     (["{run}", "--out", "{tmp}/m", "--variant", "../evil"], "variant name"),
     (["{run}", "--out", "{tmp}/m", "--verify-data", "{tmp}/missing.csv"], "not found"),
+    (["{run}", "--out", "{run}/best.keras/m"], "best.keras/m: cannot write there (not a directory"),  # before loading
 ])
 def test_cli_bad_input_is_one_line_error(tmp_path, args, message):
     run = tmp_path / "run"
