@@ -38,10 +38,12 @@ _options = {"verbose": False}  # the group's options, set by _root for the comma
 _created: list[Path] = []  # output folders this command made, removed again if it fails before writing to them
 
 
-def _run(fn: Callable[[], Any]) -> Any:
-    """Import TensorFlow (quietly unless --verbose), then call ``fn``; the toolkit's typed errors, a missing extra
-    and KeyError/ValueError from bad arguments become one line, exit 2. A failure leaves no empty output folder."""
+def _run(fn: Callable[[], Any], check: Callable[[], Any] = lambda: None) -> Any:
+    """Call ``check`` (argument checks that need no TensorFlow), import TensorFlow (quietly unless --verbose), then
+    call ``fn``; the toolkit's typed errors, a missing extra and KeyError/ValueError from bad arguments become one
+    line, exit 2. A failure leaves no empty output folder."""
     with cli_errors(ValueError, KeyError):
+        check()
         from fer_train.tf_env import import_tensorflow
 
         import_tensorflow(_options["verbose"])
@@ -114,13 +116,13 @@ def saliency(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = 
     from fer_analysis.inputs import check_choice, check_image_paths
     from fer_analysis.saliency import ENGINES, analyze_saliency, engines_agree
 
-    def go():
+    def check():
         check_choice("--engine", engine, ENGINES)
         check_image_paths(image or [], split)
-        return analyze_saliency(_target(run, split, data), _out(run, out), index or None, image or None, per_class,
-                                threshold, engine, model_dir, smooth, target, mean_per_class, seed, log=_log)
 
-    res = _run(go)
+    res = _run(lambda: analyze_saliency(_target(run, split, data), _out(run, out), index or None, image or None,
+                                        per_class, threshold, engine, model_dir, smooth, target, mean_per_class, seed,
+                                        log=_log), check)
     agr = res["summary"]["engine_agreement"]
     if agr:
         typer.echo(f"ONNX vs TF saliency: cosine min {agr['cosine_min']:.6f}, mean {agr['cosine_mean']:.6f}")
@@ -240,13 +242,10 @@ def report(run: Path = RUN_ARG, split: str = SPLIT_OPT, out: Optional[Path] = OU
     from fer_analysis.report import build_report
     from fer_analysis.saliency import ENGINES
 
-    def go():
-        check_choice("--engine", engine, ENGINES)
-        return build_report(run, _out(run, out, create=False), split=split, data=data, compare=compare_run, engine=engine,
-                            model_dir=model_dir, adversarial_n=adversarial_n, filter_layer=filter_layer,
-                            map_layer=map_layer, steps=steps, seed=seed, log=_log)
-
-    res = _run(go)
+    res = _run(lambda: build_report(run, _out(run, out, create=False), split=split, data=data, compare=compare_run,
+                                    engine=engine, model_dir=model_dir, adversarial_n=adversarial_n,
+                                    filter_layer=filter_layer, map_layer=map_layer, steps=steps, seed=seed, log=_log),
+               lambda: check_choice("--engine", engine, ENGINES))
     typer.echo(json.dumps({k: res[k] for k in ("html", "bytes", "seconds")}))
 
 

@@ -248,6 +248,15 @@ def test_bad_arguments_give_one_line_errors(run, dnn, tmp_path, args, expect):
     assert not (tmp_path / "r").exists() and not (tmp_path / "analysis").exists()  # no output folder left behind
 
 
+@pytest.mark.parametrize("args", [["saliency", "{run}", "--engine", "torch"], ["report", "{run}", "--engine", "torch"],
+                                  ["saliency", "{run}", "--image", "{tmp}/missing.png"]])
+def test_checks_that_need_no_tensorflow_fail_before_it_is_imported(run, tmp_path, monkeypatch, args):
+    imported = []
+    monkeypatch.setattr("fer_train.tf_env.import_tensorflow", imported.append)
+    r = _invoke(*[a.format(run=run, tmp=tmp_path) for a in args])
+    assert r.exit_code == FATAL and r.stderr.startswith("error: ") and imported == [], r.output
+
+
 def test_report_of_a_dnn_leaves_out_the_convolution_sections(dnn, tmp_path):
     out = tmp_path / "report"
     r = _invoke("report", dnn, "--out", out, "--steps", 2, "--adversarial-n", 10)
