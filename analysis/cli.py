@@ -7,6 +7,7 @@ lists the valid choices and exit with :data:`fer_runtime.exitcodes.FATAL`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -51,9 +52,10 @@ def _run(fn: Callable[[], Any], check: Callable[[], Any] = lambda: None) -> Any:
         try:
             return fn()
         except BaseException:
-            for p in reversed(_created):
-                if p.is_dir() and not any(p.iterdir()):
-                    p.rmdir()
+            for p in reversed(_created):  # deepest first
+                with contextlib.suppress(OSError):  # never hide the error that got us here
+                    if p.is_dir() and not any(p.iterdir()):
+                        p.rmdir()
             raise
         finally:
             _created.clear()
@@ -64,8 +66,9 @@ def _out(run: Path, out: Optional[Path], create: bool = True) -> Path:
     inputs are checked). A folder made here is removed again if the command fails before writing to it."""
     p = out or ((run if run.is_dir() else run.parent) / "analysis")
     if create and not p.is_dir():
+        new = [d for d in (p, *p.parents) if not d.exists()]
         p.mkdir(parents=True, exist_ok=True)
-        _created.append(p)
+        _created.extend(reversed(new))
     return p
 
 

@@ -154,7 +154,11 @@ def check_stageable(path: str | os.PathLike[str]) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(parent))
-    shutil.rmtree(tempfile.mkdtemp(dir=parent, prefix=f".{Path(path).name}.probe-"))
+    try:
+        probe = tempfile.mkdtemp(dir=parent, prefix=f".{Path(path).name}.probe-")
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(parent)) from None  # name the folder, not the probe
+    shutil.rmtree(probe)
 
 
 @contextmanager

@@ -248,6 +248,15 @@ def test_bad_arguments_give_one_line_errors(run, dnn, tmp_path, args, expect):
     assert not (tmp_path / "r").exists() and not (tmp_path / "analysis").exists()  # no output folder left behind
 
 
+def test_a_failed_command_removes_only_the_folders_it_made(run, tmp_path):
+    """A new nested --out goes entirely; a folder the user already had stays, even empty."""
+    r = _invoke("confusion", run, "--split", "Holdout", "--out", tmp_path / "new" / "a" / "b")
+    assert r.exit_code == FATAL and not (tmp_path / "new").exists(), r.output
+    (tmp_path / "mine").mkdir()
+    r = _invoke("confusion", run, "--split", "Holdout", "--out", tmp_path / "mine")
+    assert r.exit_code == FATAL and (tmp_path / "mine").is_dir(), r.output
+
+
 @pytest.mark.parametrize("args", [["saliency", "{run}", "--engine", "torch"], ["report", "{run}", "--engine", "torch"],
                                   ["saliency", "{run}", "--image", "{tmp}/missing.png"]])
 def test_checks_that_need_no_tensorflow_fail_before_it_is_imported(run, tmp_path, monkeypatch, args):

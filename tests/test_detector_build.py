@@ -90,6 +90,11 @@ def test_a_manifest_of_a_newer_minor_format_is_not_rewritten(tmp_path: Path, mon
     (out / "manifest.json").write_text(json.dumps(d))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     _fake_build(monkeypatch, onnx.load_from_string(before["face_detector.onnx"]))
+
+    def no_build(wheel: object) -> bytes:
+        raise AssertionError("the build started")
+
+    monkeypatch.setattr(detector_build, "extract_tflite", no_build)
     with pytest.raises(ManifestVersionError, match=r"format_version 2\.1 was written by a newer fer-toolkit"):
         detector_build.install(out, tmp_path / "any.whl", 1e-5, PHOTOS, None)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
