@@ -30,3 +30,15 @@ def test_learning_curves_draw_the_weight_average_only_when_the_run_has_one(tmp_p
     assert plain == run / runs.CURVES and _green_pixels(plain) == 0
     runs.write_json(run / runs.SWA_RESULT, {"epochs_averaged": 5, "val_accuracy": 0.6, "last_epoch": 5})
     assert _green_pixels(plot_run_curves(run)) > 50  # the dotted level line and its legend entry
+
+
+def test_the_epoch_axis_has_whole_numbers_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fer_train import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=110: figures.append(fig) or path)
+    history = [{"epoch": e, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5} for e in range(1, 22)]
+    plots.plot_learning_curves(history, (19, 0.5), "run", tmp_path / "c.png")
+    for ax in figures[0].axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 21]
+        assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks), ticks

@@ -54,6 +54,7 @@ def plot_learning_curves(history: list[dict[str, float]], best: tuple[int, float
         ax.plot(ep, [r[key] for r in history], "-o", ms=3, label="train")
         ax.plot(ep, [r[f"val_{key}"] for r in history], "-o", ms=3, label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole: no tick at 2.5
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[1].axvline(best[0], color="gray", ls="--", lw=1, label=f"best {best[1]:.4f} @ epoch {best[0]}")
