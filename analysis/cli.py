@@ -65,8 +65,8 @@ def _out(run: Path, out: Optional[Path], create: bool = True) -> Path:
     """``--out``, or ``RUN/analysis``; created unless ``create`` is False (then the analysis creates it once its
     inputs are checked). A folder made here is removed again if the command fails before writing to it."""
     p = out or ((run if run.is_dir() else run.parent) / "analysis")
-    if create and not p.is_dir():
-        new = [d for d in (p, *p.parents) if not d.exists()]
+    if create:
+        new = [d for d in (p, *p.parents) if not d.exists()]  # none if --out exists: the user's folder stays
         p.mkdir(parents=True, exist_ok=True)
         _created.extend(reversed(new))
     return p
