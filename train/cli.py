@@ -1,4 +1,4 @@
-"""``fer-train``: fit, ensemble, self-train, evaluate and predict (TensorFlow is imported once a command runs, quietly)."""
+"""``fer-train``: fit, ensemble, self-train, evaluate, predict and int8-grid (TensorFlow is imported once a command runs, quietly)."""
 from __future__ import annotations
 
 import json
@@ -268,6 +268,18 @@ def evaluate(
         rep = _evaluate(run, split, tta, str(data) if data else None, out)
     typer.echo(format_report(rep))
     typer.echo("wrote " + ", ".join(rep["outputs"]))
+
+
+@app.command("int8-grid")
+def int8_grid(
+    member: Path = typer.Argument(..., help="Run folder (its best.keras) or a .keras file inside a run, e.g. RUN/swa.keras."),
+    out: Path = typer.Option(..., "--out", help="New run folder for the int8-ready member (must not exist)."),
+) -> None:
+    """Fold batch norm and put every kernel on the int8 grid, so fer-quantize rounds only activations."""
+    from fer_train.int8_grid import make_int8_ready
+
+    with _running():
+        typer.echo(f"wrote {make_int8_ready(member, out)}; measure it with fer-train evaluate before exporting")
 
 
 @app.command()
