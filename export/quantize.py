@@ -21,7 +21,7 @@ import numpy as np
 from fer_export.errors import ExportError, refuse_overwrite
 from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.labels import IMAGE_SIZE
-from fer_runtime.manifest import (MANIFEST_NAME, PROBS, FileEntry, Quantization, read_manifest, sha256_bytes,
+from fer_runtime.manifest import (LOGITS, MANIFEST_NAME, PROBS, FileEntry, Quantization, read_manifest, sha256_bytes,
                                   variant_file_names, variant_name_problem, write_manifest)
 from fer_runtime.model_files import read_graph
 from fer_runtime.providers import run_batched
@@ -65,7 +65,7 @@ class QuantizeReport:
     def manifest_entry(self) -> Quantization:
         """The ``quantization`` record stored on the variant."""
         return Quantization(source=self.source, method="onnxruntime quantize_static, QDQ, int8 weights per channel, "
-                            f"int8 activations ({CALIBRATE_METHODS[self.calibrate_method]}), float softmax",
+                            f"int8 activations ({CALIBRATE_METHODS[self.calibrate_method]}), float logits layer and softmax",
                             calibration_images=self.calibration_images, eval_images=self.eval_images,
                             agreement=round(self.agreement, 6), accuracy_fp32=round(self.accuracy_fp32, 6),
                             accuracy_int8=round(self.accuracy_int8, 6))
@@ -122,12 +122,28 @@ def _check_method(calibrate_method: str) -> None:
         raise ExportError(f"unknown calibration method {calibrate_method!r}; choose from {', '.join(CALIBRATE_METHODS)}")
 
 
+def float_head(graph: Any) -> list[str]:
+    """Names of the nodes static quantization must leave float: the one computing ``logits``, every node after it,
+    and any Softmax.
+
+    8-bit logits would put the class scores on a grid of about 1/8 logit, so near-ties flip or tie in argmax;
+    the logits layer is tiny (units x 7), so keeping it float costs nothing measurable.
+    """
+    names, live = [], {LOGITS}
+    for node in graph.node:  # topological order
+        if LOGITS in node.output or live & set(node.input) or node.op_type == "Softmax":
+            names.append(node.name)
+            live |= set(node.output)
+    return names
+
+
 def quantize_graph(model: Any, calibration: np.ndarray, input_name: str, calibrate_method: str = "minmax") -> Any:
     """The static int8 (QDQ) ``onnx.ModelProto`` of the float forward graph ``model`` (weights inside it).
 
     onnxruntime's ``quant_pre_process`` then ``quantize_static``: int8 weights per channel (symmetric), int8
     activations whose ranges ``calibrate_method`` sets from ``calibration`` (float32 [N,48,48,1] model inputs,
-    fed in equal batches), Softmax left in float. No gate: :func:`quantize_variant` adds that.
+    fed in equal batches). The layer that computes the logits and everything after it (temperature, softmax) stay
+    float: see :func:`float_head`. No gate: :func:`quantize_variant` adds that.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -138,12 +154,11 @@ def quantize_graph(model: Any, calibration: np.ndarray, input_name: str, calibra
         whole, pre, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(whole))
         quant_pre_process(str(whole), str(pre), skip_symbolic_shape=True)
-        # Softmax stays float: 8-bit probabilities would be coarse (steps of 1/255) and tie in argmax.
-        softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
+        keep_float = float_head(onnx.load(str(pre)).graph)
         quantize_static(str(pre), str(int8), _calibration_reader(calibration, input_name),
                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         per_channel=True, calibrate_method=getattr(CalibrationMethod, CALIBRATE_METHODS[calibrate_method]),
-                        nodes_to_exclude=softmax, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        nodes_to_exclude=keep_float, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         return onnx.load(str(int8))
 
 
