@@ -122,16 +122,35 @@ def _check_method(calibrate_method: str) -> None:
         raise ExportError(f"unknown calibration method {calibrate_method!r}; choose from {', '.join(CALIBRATE_METHODS)}")
 
 
-def float_head(graph: Any) -> list[str]:
-    """Names of the nodes static quantization must leave float: the one computing ``logits``, every node after it,
-    and any Softmax.
+# Element-wise and shape ops between a logits layer's MatMul/Gemm and the softmax (bias, temperature, ensemble mean)
+_LOGIT_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Sum", "Mean", "Identity", "Reshape", "Squeeze", "Unsqueeze",
+                        "Transpose", "Concat", "ReduceMean"})
 
-    8-bit logits would put the class scores on a grid of about 1/8 logit, so near-ties flip or tie in argmax;
-    the logits layer is tiny (units x 7), so keeping it float costs nothing measurable.
+
+def float_head(graph: Any) -> list[str]:
+    """Names of the nodes static quantization must leave float: every logits layer and all that follows it.
+
+    Walking back from the ``logits`` output and from each Softmax's input through element-wise and shape ops
+    (bias, temperature, the mean over members and views) to the MatMul/Gemm that computes each member's logits;
+    those nodes, and every node downstream of them, are the head. 8-bit logits would put the class scores on a
+    grid of about 1/8 logit, so near-ties flip or tie in argmax; the logits layers are tiny (units x 7), so keeping
+    them float costs nothing measurable.
     """
-    names, live = [], {LOGITS}
+    producer = {out: node for node in graph.node for out in node.output}
+    head: set[str] = set()
+    stack = [LOGITS, *(n.input[0] for n in graph.node if n.op_type == "Softmax")]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in head:
+            continue
+        if node.op_type in ("MatMul", "Gemm"):
+            head.add(node.name)
+        elif node.op_type in _LOGIT_OPS:
+            head.add(node.name)
+            stack.extend(node.input)
+    names, live = [], set()
     for node in graph.node:  # topological order
-        if LOGITS in node.output or live & set(node.input) or node.op_type == "Softmax":
+        if node.name in head or live & set(node.input) or node.op_type == "Softmax":
             names.append(node.name)
             live |= set(node.output)
     return names

@@ -33,6 +33,7 @@ import tensorflow as tf
 from fer_export.errors import ExportError
 from fer_runtime.labels import IMAGE_SIZE, NUM_CLASSES
 from fer_train import inference
+from fer_train.models import batch_norm_affine
 
 TensorFn = Callable[[tf.Tensor], tf.Tensor]
 
@@ -320,20 +321,11 @@ def _plan_pool(layer: Any, in_shape: tuple, fn: TensorFn) -> TwinStep:
 
 
 def _batch_norm_affine(layer: Any, in_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Inference-mode batch norm as per-channel ``(scale, offset)``; refuses non-channel axes."""
-    axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
-    if axis is None or axis not in (-1, len(in_shape) - 1):
-        raise _refuse(layer, f"normalizes axis {layer.axis}", "the last (channel) axis only")
-    if getattr(layer, "renorm", False):
-        raise _refuse(layer, "uses batch renormalization", "plain batch normalization only")
-    # The same float32 ops as tf.nn.batch_normalization (what Keras calls), so the folded constants
-    # are bitwise Keras' own: y = x*inv + (beta - mean*inv), inv = rsqrt(var+eps)*gamma.
-    mean, var = tf.constant(_np(layer.moving_mean)), tf.constant(_np(layer.moving_variance))
-    inv = tf.math.rsqrt(var + float(layer.epsilon))
-    if layer.scale:
-        inv = inv * tf.constant(_np(layer.gamma))
-    offset = (tf.constant(_np(layer.beta)) if layer.center else tf.zeros_like(mean)) - mean * inv
-    return inv.numpy(), offset.numpy()
+    """Inference-mode batch norm as per-channel ``(scale, offset)`` (:func:`fer_train.models.batch_norm_affine`)."""
+    try:
+        return batch_norm_affine(layer, len(in_shape))
+    except ValueError as e:
+        raise _refuse(layer, str(e), "plain batch normalization of the last (channel) axis only") from None
 
 
 def _plan_batch_norm(layer: Any, in_shape: tuple) -> TwinStep:

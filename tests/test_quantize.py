@@ -77,6 +77,21 @@ def test_refused_variant_writes_nothing(models: Path, data) -> None:
     assert _snapshot(models) == before
 
 
+def _assert_logits_layers_float(graph) -> None:
+    """No logits layer is int8 and nothing rounds logits: 8-bit logits would tie near-equal classes."""
+    int8_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    dequant = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    layers = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")
+              and shapes.get(dequant.get(n.input[1], n.input[1]), (0,))[-1] == 7]
+    assert layers  # the logits layers (units x 7) are found
+    for n in layers:
+        assert dequant.get(n.input[1]) not in int8_weights, n.name
+    softmax_inputs = {n.input[0] for n in graph.node if n.op_type == "Softmax"}
+    assert softmax_inputs and not softmax_inputs & set(dequant) and "logits" not in dequant
+    assert not {n.output[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "logits"}
+
+
 def test_accepted_variant_is_int8_verified_and_selectable(models: Path, data) -> None:
     test = data["PublicTest"]
     rep = quantize_variant(models, data["Training"].x[:120], test.x, test.y, min_agreement=0.0, max_accuracy_loss=1.0)
@@ -92,16 +107,7 @@ def test_accepted_variant_is_int8_verified_and_selectable(models: Path, data) ->
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)  # weights really are int8
-    # The logits layer and what follows stay float: logits come from a float Gemm/MatMul, not a DequantizeLinear,
-    # and no QuantizeLinear rounds them (8-bit logits would tie near-equal classes).
-    producer = next(n for n in graph.node if "logits" in n.output)
-    assert producer.op_type in {"Gemm", "MatMul", "Add"}
-    quantized_inputs = {i for n in graph.node if n.op_type == "QuantizeLinear" for i in n.input}
-    assert "logits" not in quantized_inputs
-    int8_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
-    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8_weights}
-    assert not dequantized & set(producer.input)  # its weights are float too
-
+    _assert_logits_layers_float(graph)
     fp32, int8 = Predictor(models, model="fast", device="cpu"), Predictor(models, model="fast-int8", device="cpu")
     p32, p8 = fp32.predict(test.x), int8.predict(test.x)
     assert np.mean(p32.argmax(1) == p8.argmax(1)) == pytest.approx(rep.agreement)  # the report's own figure
@@ -110,6 +116,28 @@ def test_accepted_variant_is_int8_verified_and_selectable(models: Path, data) ->
     assert np.abs(p32 - p8).mean() < 0.05
     np.testing.assert_allclose(p8.sum(1), 1.0, atol=1e-4)
     assert int8.saliency(test.x[:2]).shape == (2, 48, 48)  # the float saliency graph still works
+
+
+def test_an_ensemble_with_flip_tta_keeps_every_logits_layer_float(exported: Path, tmp_path: Path, data) -> None:
+    """Two members, two views: several logits layers, a temperature and a mean between them and the softmax."""
+    import onnx as _onnx
+
+    from fer_export.quantize import quantize_graph
+    from fer_export.share import internalize
+    from fer_runtime.model_files import read_graph
+
+    tiny = exported.parent / "tiny.keras"
+    twin_copy = tmp_path / "tiny2.keras"
+    shutil.copy(tiny, twin_copy)
+    out = tmp_path / "ens"
+    export_models([tiny, twin_copy], out, variant="pair", tta="flip", temperature=1.5, verify_data=FIX, verify_count=10)
+    man = read_manifest(out)
+    g = read_graph(out, man, man.variants["pair"].forward)
+    int8 = quantize_graph(internalize(_onnx.load_from_string(g.data), g.external),
+                          data["Training"].x[:40].reshape(-1, 48, 48, 1).astype(np.float32), man.input.name)
+    assert any(t.data_type == _onnx.TensorProto.INT8 for t in int8.graph.initializer)  # the convs are int8
+    _assert_logits_layers_float(int8.graph)
+    assert sum(n.op_type == "Softmax" for n in int8.graph.node) >= 2  # more than one logits layer to keep float
 
 
 def test_unknown_source_and_bad_images(models: Path, data) -> None:

@@ -1,10 +1,10 @@
 """A member made ready for int8: batch norm folded into the layer before it, then every kernel put on the int8 grid.
 
-Static int8 quantization (``fer-quantize``) rounds each conv and dense kernel, per output channel, to
-``scale * k`` with ``scale = max|w| / 127`` and integer ``k`` in [-127, 127] (onnxruntime's symmetric
-per-channel rule), after the converter has folded each batch norm into the kernel before it. A model
-whose folded kernels already lie on that grid loses nothing when its weights are quantized: the int8
-graph then differs from the float graph by the activation rounding alone.
+Static int8 quantization (``fer-quantize``) rounds each conv and dense kernel but the logits layer's (kept
+float), per output channel, to ``scale * k`` with ``scale = max|w| / 127`` and integer ``k`` in [-127, 127]
+(onnxruntime's symmetric per-channel rule), after the converter has folded each batch norm into the
+kernel before it. A model whose folded kernels already lie on that grid loses nothing when its weights
+are quantized: the int8 graph then differs from the float graph by the activation rounding alone.
 
 :func:`fold_batch_norm` builds the same network without batch norm (inference-mode statistics folded
 into a kernel and bias); :func:`snap_kernels` rounds the kernels in place. Snapping changes the model a
@@ -12,6 +12,7 @@ little, so the result is a new member, measured like any other (``fer-train eval
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from fer_train import runs
-from fer_train.models import ModelConfig, build_model
+from fer_runtime.manifest import LOGITS
+from fer_train.models import ModelConfig, batch_norm_affine, build_model
 
 INT8_LEVELS = 127  # symmetric int8: k in [-127, 127]
 
@@ -47,8 +49,8 @@ def fold_batch_norm(model: Any, cfg: ModelConfig) -> tuple[Any, ModelConfig]:
     """(The network of ``cfg`` without batch norm, its config) computing what ``model`` computes in inference.
 
     Each BatchNormalization must directly follow a bias-free Conv2D or Dense (how :mod:`fer_train.models`
-    builds them); its moving statistics are folded in: ``w' = w * g``, ``b' = beta - mean * g`` with
-    ``g = gamma / sqrt(var + eps)``. Raises ValueError for a model built any other way.
+    builds them); its moving statistics are folded in (:func:`fer_train.models.batch_norm_affine`):
+    ``w' = w * scale``, ``b' = offset``. Raises ValueError for a model built any other way.
     """
     from keras import layers
 
@@ -72,28 +74,23 @@ def fold_batch_norm(model: Any, cfg: ModelConfig) -> tuple[Any, ModelConfig]:
         weights = [np.asarray(w) for w in src.get_weights()]
         bn = bn_of.get(layer.name)
         if bn is not None:
-            gamma, beta, mean, var = (np.asarray(v) for v in _bn_parts(bn))
-            g = gamma / np.sqrt(var + bn.epsilon)
-            weights = [weights[0] * g, beta - mean * g]
+            try:
+                scale, offset = batch_norm_affine(bn, len(src.output.shape))
+            except ValueError as e:
+                raise ValueError(f"batch norm {bn.name!r} {e}") from None
+            weights = [weights[0] * scale, offset]
         layer.set_weights([w.astype(np.float32) for w in weights])
     if missing := [l.name for l in chain if _is_kernel_layer(l) and not l.use_bias and l.name not in bn_of]:
         raise ValueError(f"no batch norm follows the bias-free layer(s) {', '.join(missing)}")
     return out, folded_cfg
 
 
-def _bn_parts(bn: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(gamma, beta, moving mean, moving variance) of a BatchNormalization, ones/zeros where it has no scale/center."""
-    n = int(bn.moving_mean.shape[-1])
-    gamma = np.asarray(bn.gamma) if bn.scale else np.ones(n, np.float32)
-    beta = np.asarray(bn.beta) if bn.center else np.zeros(n, np.float32)
-    return gamma, beta, np.asarray(bn.moving_mean), np.asarray(bn.moving_variance)
-
-
 def snap_kernels(model: Any) -> int:
-    """Round every Conv2D and Dense kernel of ``model`` to its int8 grid, in place; returns how many."""
+    """Round every Conv2D and Dense kernel of ``model`` but the logits layer's to its int8 grid, in place; returns how
+    many. The logits layer stays as it is: ``fer-quantize`` keeps it float, so rounding it would only cost."""
     count = 0
     for layer in model.layers:
-        if _is_kernel_layer(layer):
+        if _is_kernel_layer(layer) and layer.name != LOGITS:
             weights = layer.get_weights()
             layer.set_weights([on_grid(np.asarray(weights[0])), *weights[1:]])
             count += 1
@@ -111,11 +108,13 @@ def make_int8_ready(source: str | Path, out: str | Path) -> Path:
     ``derived`` record; it has no history, so an export measures the new member's accuracy itself.
     Raises :class:`fer_train.runs.RunError` for a source that is not a member of a run, or an ``out`` that exists.
     """
-    from fer_train.config import read_run_config, stored_inputs
+    from fer_train.config import data_record, read_run_config, stored_inputs
     from fer_train.inference import KerasInferenceError, load_model
     from fer_runtime.atomic import atomic_dir
 
     source, out = Path(source), Path(out)
+    if (source / runs.ENSEMBLE).is_file():
+        raise runs.RunError(f"{source} is an ensemble; pass one of its members (a run folder or .keras file)")
     member = source / runs.BEST if source.is_dir() else source
     run = member.parent
     if not (run / runs.CONFIG).exists():
@@ -135,9 +134,9 @@ def make_int8_ready(source: str | Path, out: str | Path) -> Path:
     conf = dict(conf)
     conf["model"] = folded_cfg.to_dict()
     conf["train"] = stored_inputs(train_cfg, out).to_dict()
-    if isinstance(conf.get("data"), dict) and conf["data"].get("path"):
-        conf["data"] = {**conf["data"], "path": _rebase(conf["data"]["path"], run, out)}
-    conf[DERIVED_KEY] = {"from": _rebase(str(member), Path("."), out),
+    if isinstance(conf.get("data"), dict) and train_cfg.data:
+        conf["data"] = {**conf["data"], **data_record(train_cfg.data, out, conf["data"].get("sha256"))}
+    conf[DERIVED_KEY] = {"from": os.path.relpath(member.resolve(), out.resolve()),
                          "transform": "batch norm folded; conv and dense kernels on the symmetric per-channel "
                                       "int8 grid (max|w|/127)"}
     with atomic_dir(out) as stage:
@@ -145,10 +144,3 @@ def make_int8_ready(source: str | Path, out: str | Path) -> Path:
         runs.write_json(stage / runs.CONFIG, conf)
     return out
 
-
-def _rebase(path: str, base: Path, new_base: Path) -> str:
-    """``path`` (relative to ``base``, or absolute) made relative to ``new_base``."""
-    import os
-
-    p = Path(path) if Path(path).is_absolute() else Path(base) / path
-    return os.path.relpath(p.resolve(), new_base.resolve())

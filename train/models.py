@@ -169,6 +169,31 @@ def build_model(cfg: ModelConfig):
     return build_cnn(cfg)
 
 
+def batch_norm_affine(layer: Any, rank: int) -> tuple[Any, Any]:
+    """Inference-mode BatchNormalization ``layer`` (on inputs of ``rank`` dims) as per-channel float32
+    ``(scale, offset)``: ``y = x * scale + offset``. ValueError (saying what the layer does) for a non-channel
+    axis or batch renormalization.
+
+    The same float32 ops as ``tf.nn.batch_normalization`` (what Keras calls), so the constants are bitwise
+    Keras' own: ``scale = rsqrt(var + eps) * gamma``, ``offset = beta - mean * scale``.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
+    if axis is None or axis not in (-1, rank - 1):
+        raise ValueError(f"normalizes axis {layer.axis}")
+    if getattr(layer, "renorm", False):
+        raise ValueError("uses batch renormalization")
+    f32 = lambda v: tf.constant(np.asarray(v, np.float32))  # noqa: E731
+    mean, var = f32(layer.moving_mean), f32(layer.moving_variance)
+    scale = tf.math.rsqrt(var + float(layer.epsilon))
+    if layer.scale:
+        scale = scale * f32(layer.gamma)
+    offset = (f32(layer.beta) if layer.center else tf.zeros_like(mean)) - mean * scale
+    return scale.numpy(), offset.numpy()
+
+
 def dnn_param_count(units: int, dense_layers: int, batch_norm: bool, alpha_params: bool = False) -> int:
     """Exact parameter count of :func:`build_dnn` for the given width (PReLU adds one alpha per unit)."""
     per_layer_extra = (4 if batch_norm else 0) + (1 if alpha_params else 0)
