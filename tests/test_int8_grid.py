@@ -161,3 +161,62 @@ def test_the_derived_run_folder(tmp_path: Path, faces) -> None:
     assert res.exit_code == 2 and "not inside a fer-train run folder" in res.output
     assert not (tmp_path / "x").exists()
     json.loads((ready / runs.CONFIG).read_text())  # still whole
+
+
+def test_fake_quant_rounds_to_256_levels_of_the_batch_range_and_passes_gradients_straight_through() -> None:
+    import tensorflow as tf
+
+    from fer_train.fake_quant import FakeQuantInt8
+
+    layer = FakeQuantInt8()
+    x = tf.constant(np.random.default_rng(2).uniform(-1.0, 3.0, (4, 5, 5, 3)).astype(np.float32))
+    weights = np.arange(1.0, 301.0, dtype=np.float32).reshape(4, 5, 5, 3)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * weights)
+    step = (float(tf.reduce_max(x)) - float(tf.reduce_min(x))) / 255
+    zero = np.round(-float(tf.reduce_min(x)) / step)
+    levels = y.numpy() / step + zero
+    np.testing.assert_allclose(levels, np.round(levels), atol=2e-3)  # on the grid
+    assert levels.min() >= -1e-3 and levels.max() <= 255 + 1e-3 and len(np.unique(np.round(levels))) > 100
+    assert 0 < np.abs(y.numpy() - x.numpy()).max() <= step / 2 + 1e-6  # rounded, to the nearest level
+    grad = tape.gradient(loss, x).numpy()
+    np.testing.assert_allclose(grad, weights, rtol=1e-6)  # the identity's gradient
+    relu = layer(tf.constant([[0.0, 0.5, 2.0]]))  # a ReLU output: the range starts at 0, so 0 stays exact
+    assert float(relu[0, 0]) == 0.0 and float(relu[0, 2]) == pytest.approx(2.0)
+
+
+def test_a_quantization_aware_run_is_trained_with_rounding_and_int8_grid_drops_it(tmp_path: Path) -> None:
+    """fit --init RUN --act-quant adds the rounding layers; the int8-grid copy is an ordinary, exportable member."""
+    import keras
+
+    from fer_export.twin import check_model
+    from fer_train.fake_quant import FakeQuantInt8
+    from fer_train.inference import load_model
+
+    run = _run_folder(tmp_path, _model_with_statistics())
+    ready = make_int8_ready(run, tmp_path / "ready")
+    qat = tmp_path / "qat"
+    r = CliRunner().invoke(app, ["fit", "--data", str(FIX), "--out", str(qat), "--init", str(ready), "--act-quant",
+                                 "--epochs", "1", "--lr", "1e-4", "--schedule", "constant", "--warmup-epochs", "0",
+                                 "--limit-train", "64", "--no-augment", "--precision", "float32"])
+    assert r.exit_code == 0, r.output
+    _, cfg, _ = read_run_config(qat)
+    assert cfg.act_quant and not cfg.batch_norm
+    model = load_model(qat / runs.BEST)
+    rounding = [l.name for l in model.layers if isinstance(l, FakeQuantInt8)]
+    assert rounding == ["b1c1_fq", "b1c2_fq", "b2c1_fq", "b2c2_fq", "dense1_fq"]
+    with pytest.raises(Exception, match="FakeQuantInt8"):  # the twin cannot differentiate it: export its copy
+        check_model(model)
+
+    final = make_int8_ready(qat, tmp_path / "final")
+    _, final_cfg, _ = read_run_config(final)
+    clean = load_model(final / runs.BEST)
+    assert not final_cfg.act_quant and not any(isinstance(l, FakeQuantInt8) for l in clean.layers)
+    check_model(clean)
+    for name in ("b1c1_conv", "dense1", "logits"):  # the fine-tuned weights, the kernels on the grid
+        w, src = clean.get_layer(name).get_weights(), model.get_layer(name).get_weights()
+        np.testing.assert_array_equal(w[1], src[1])
+        np.testing.assert_array_equal(w[0], src[0] if name == "logits" else on_grid(src[0]))
+    assert isinstance(clean.get_layer("b1c1_relu"), keras.layers.ReLU)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -80,7 +81,7 @@ def _fit_summary(result: dict) -> str:
 
 def _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation, cnn_activation_alpha, pool,
                   conv_dropout, units, dense_layers, dnn_activation, dnn_activation_alpha, dense_dropout, batch_norm,
-                  head, match_params):
+                  head, match_params, act_quant=False):
     from fer_train.models import ModelConfig, match_dnn_units
 
     cfg = ModelConfig(arch=arch, filters=filters, blocks=blocks, convs_per_block=convs_per_block,
@@ -88,7 +89,7 @@ def _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activ
                       cnn_activation_alpha=cnn_activation_alpha, pool=pool, conv_dropout=conv_dropout, units=units,
                       dense_layers=dense_layers, dnn_activation=dnn_activation,
                       dnn_activation_alpha=dnn_activation_alpha, dense_dropout=dense_dropout, batch_norm=batch_norm,
-                      head=head)
+                      head=head, act_quant=act_quant)
     if match_params:
         target = _target_params(match_params)
         if arch != "dnn":
@@ -169,6 +170,9 @@ def fit(
     distill_temperature: float = typer.Option(2.0, help="Soften the teacher's probabilities by this temperature."),
     init: Optional[Path] = typer.Option(None, help="Start from this run's best.keras weights and architecture "
                                         "(fine-tuning; the architecture options are ignored)."),
+    act_quant: bool = typer.Option(False, "--act-quant", help="Round activations to int8 while training "
+                                   "(quantization-aware fine-tuning, usually with --init of a `fer-train int8-grid` "
+                                   "run; added to --init's architecture). Export the run's int8-grid copy."),
     swa_start: int = typer.Option(0, help="Average the weights from this epoch (1-based) to the end: swa.keras, "
                                   "batch norm recomputed (stochastic weight averaging; 0 = off)."),
     as_json: bool = typer.Option(False, "--json", help="End with the result as one JSON line instead of a summary."),
@@ -191,10 +195,13 @@ def fit(
                 from fer_train.config import read_run_config
 
                 mcfg = read_run_config(init)[1]  # RunError if it is not a run
+                if act_quant:
+                    mcfg = replace(mcfg, act_quant=True)
             else:
                 mcfg = _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation,
                                      cnn_activation_alpha, pool, conv_dropout, units, dense_layers, dnn_activation,
-                                     dnn_activation_alpha, dense_dropout, batch_norm, head, match_params)
+                                     dnn_activation_alpha, dense_dropout, batch_norm, head, match_params,
+                                     act_quant)
             tcfg = TrainConfig(data=str(data), val_fraction=val_fraction, random_seed=random_seed,
                                split_seed=split_seed, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                lr=lr, schedule=schedule, warmup_epochs=warmup_epochs, cycles=cycles,

@@ -60,6 +60,8 @@ def load_model(path: str | Path) -> Any:
         runs.check_keras_file(path)
     except runs.RunError as e:
         raise KerasInferenceError(str(e)) from None
+    import fer_train.fake_quant  # noqa: F401 (registers the rounding layer of a quantization-aware run)
+
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for corrupt or foreign files

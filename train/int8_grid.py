@@ -7,7 +7,8 @@ kernel before it. A model whose folded kernels already lie on that grid loses no
 are quantized: the int8 graph then differs from the float graph by the activation rounding alone.
 
 :func:`fold_batch_norm` builds the same network without batch norm (inference-mode statistics folded
-into a kernel and bias); :func:`snap_kernels` rounds the kernels in place. Snapping changes the model a
+into a kernel and bias, and without the activation-rounding layers of a quantization-aware run,
+``fit --act-quant``); :func:`snap_kernels` rounds the kernels in place. Snapping changes the model a
 little, so the result is a new member, measured like any other (``fer-train evaluate``).
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ def _is_kernel_layer(layer: Any) -> bool:
 
 
 def fold_batch_norm(model: Any, cfg: ModelConfig) -> tuple[Any, ModelConfig]:
-    """(The network of ``cfg`` without batch norm, its config) computing what ``model`` computes in inference.
+    """(The network of ``cfg`` without batch norm or activation rounding, its config) computing what ``model``
+    computes in inference (without the rounding).
 
     Each BatchNormalization must directly follow a bias-free Conv2D or Dense (how :mod:`fer_train.models`
     builds them); its moving statistics are folded in (:func:`fer_train.models.batch_norm_affine`):
@@ -54,7 +56,7 @@ def fold_batch_norm(model: Any, cfg: ModelConfig) -> tuple[Any, ModelConfig]:
     """
     from keras import layers
 
-    folded_cfg = replace(cfg, batch_norm=False)
+    folded_cfg = replace(cfg, batch_norm=False, act_quant=False)  # the rounding layers of a QAT run go too
     out = build_model(folded_cfg)
     chain = model.layers
     bn_of: dict[str, Any] = {}

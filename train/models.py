@@ -39,6 +39,7 @@ class ModelConfig:
     dense_dropout: float = 0.5
     batch_norm: bool = True
     head: str = "flatten"  # flatten | gap
+    act_quant: bool = False  # round activations to int8 while training (fer_train.fake_quant); not exportable
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +94,15 @@ def _activation(name: str, alpha: float, name_prefix: str, conv: bool):
     raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
 
 
+def _fake_quant(x, cfg: ModelConfig, name_prefix: str):
+    """``x`` rounded as int8 activations are (``cfg.act_quant``), else ``x``."""
+    if not cfg.act_quant:
+        return x
+    from fer_train.fake_quant import FakeQuantInt8
+
+    return FakeQuantInt8(name=f"{name_prefix}_fq")(x)
+
+
 def _head(x):
     from keras import layers
 
@@ -108,6 +118,7 @@ def _dense_stack(x, cfg: ModelConfig):
         if cfg.batch_norm:
             x = layers.BatchNormalization(name=f"dense{i + 1}_bn")(x)
         x = _activation(cfg.dnn_activation, cfg.dnn_activation_alpha, f"dense{i + 1}", conv=False)(x)
+        x = _fake_quant(x, cfg, f"dense{i + 1}")
         if cfg.dense_dropout > 0:
             x = layers.Dropout(cfg.dense_dropout, name=f"dense{i + 1}_dropout")(x)
     return x
@@ -140,6 +151,7 @@ def build_cnn(cfg: ModelConfig):
             if cfg.batch_norm:
                 x = layers.BatchNormalization(name=f"{p}_bn")(x)
             x = _activation(cfg.cnn_activation, cfg.cnn_activation_alpha, p, conv=True)(x)
+            x = _fake_quant(x, cfg, p)
         pool = layers.MaxPooling2D if cfg.pool == "max" else layers.AveragePooling2D
         x = pool(2, name=f"b{b + 1}_pool")(x)
         if cfg.conv_dropout > 0:
