@@ -398,6 +398,9 @@ def _plan_layer(layer: Any, in_shape: tuple, in_scale: float = 1.0) -> TwinStep 
     if t == "Flatten":
         _check_channels_last(layer)
         return TwinStep(layer.name, "flatten", flatten) if len(in_shape) > 2 else None
+    if t == "FakeQuantInt8":  # a quantization-aware run (fit --act-quant)
+        raise ExportError(f"layer {layer.name!r} rounds activations for quantization-aware training; export the "
+                          "run's `fer-train int8-grid RUN --out NEW` copy instead, which has no rounding layers")
     raise ExportError(f"layer {layer.name!r} ({t}) is not a layer type the saliency exporter can differentiate; "
                       "supported: Rescaling, Conv2D, Dense, BatchNormalization, ReLU, LeakyReLU, ELU, PReLU, "
                       "Activation, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dropout")

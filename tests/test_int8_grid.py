@@ -191,6 +191,7 @@ def test_a_quantization_aware_run_is_trained_with_rounding_and_int8_grid_drops_i
     """fit --init RUN --act-quant adds the rounding layers; the int8-grid copy is an ordinary, exportable member."""
     import keras
 
+    from fer_export.errors import ExportError
     from fer_export.twin import check_model
     from fer_train.fake_quant import FakeQuantInt8
     from fer_train.inference import load_model
@@ -207,7 +208,7 @@ def test_a_quantization_aware_run_is_trained_with_rounding_and_int8_grid_drops_i
     model = load_model(qat / runs.BEST)
     rounding = [l.name for l in model.layers if isinstance(l, FakeQuantInt8)]
     assert rounding == ["b1c1_fq", "b1c2_fq", "b2c1_fq", "b2c2_fq", "dense1_fq"]
-    with pytest.raises(Exception, match="FakeQuantInt8"):  # the twin cannot differentiate it: export its copy
+    with pytest.raises(ExportError, match="b1c1_fq.* rounds activations .* export the run's `fer-train int8-grid"):
         check_model(model)
 
     final = make_int8_ready(qat, tmp_path / "final")
