@@ -173,7 +173,7 @@ def test_fake_quant_rounds_to_256_levels_of_the_batch_range_and_passes_gradients
     weights = np.arange(1.0, 301.0, dtype=np.float32).reshape(4, 5, 5, 3)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = layer(x)
+        y = layer(x, training=True)
         loss = tf.reduce_sum(y * weights)
     step = (float(tf.reduce_max(x)) - float(tf.reduce_min(x))) / 255
     zero = np.round(-float(tf.reduce_min(x)) / step)
@@ -183,12 +183,14 @@ def test_fake_quant_rounds_to_256_levels_of_the_batch_range_and_passes_gradients
     assert 0 < np.abs(y.numpy() - x.numpy()).max() <= step / 2 + 1e-6  # rounded, to the nearest level
     grad = tape.gradient(loss, x).numpy()
     np.testing.assert_allclose(grad, weights, rtol=1e-6)  # the identity's gradient
-    relu = layer(tf.constant([[0.0, 0.5, 2.0]]))  # a ReLU output: the range starts at 0, so 0 stays exact
+    relu = layer(tf.constant([[0.0, 0.5, 2.0]]), training=True)  # a ReLU output: the range starts at 0, so 0 stays exact
     assert float(relu[0, 0]) == 0.0 and float(relu[0, 2]) == pytest.approx(2.0)
+    np.testing.assert_array_equal(layer(x).numpy(), x.numpy())  # inference: the float network, whatever the batch
 
 
-def test_a_quantization_aware_run_is_trained_with_rounding_and_int8_grid_drops_it(tmp_path: Path) -> None:
-    """fit --init RUN --act-quant adds the rounding layers; the int8-grid copy is an ordinary, exportable member."""
+def test_a_quantization_aware_run_is_trained_with_rounding_and_int8_grid_drops_it(tmp_path: Path, monkeypatch) -> None:
+    """fit --init RUN --act-quant adds the rounding layers, in float32; the int8-grid copy is an ordinary, exportable
+    member; --no-act-quant takes them away again."""
     import keras
 
     from fer_export.errors import ExportError
@@ -201,10 +203,10 @@ def test_a_quantization_aware_run_is_trained_with_rounding_and_int8_grid_drops_i
     qat = tmp_path / "qat"
     r = CliRunner().invoke(app, ["fit", "--data", str(FIX), "--out", str(qat), "--init", str(ready), "--act-quant",
                                  "--epochs", "1", "--lr", "1e-4", "--schedule", "constant", "--warmup-epochs", "0",
-                                 "--limit-train", "64", "--no-augment", "--precision", "float32"])
+                                 "--limit-train", "64", "--no-augment"])
     assert r.exit_code == 0, r.output
-    _, cfg, _ = read_run_config(qat)
-    assert cfg.act_quant and not cfg.batch_norm
+    conf, cfg, _ = read_run_config(qat)
+    assert cfg.act_quant and not cfg.batch_norm and conf["precision"] == "float32"  # auto, whatever the CPU
     model = load_model(qat / runs.BEST)
     rounding = [l.name for l in model.layers if isinstance(l, FakeQuantInt8)]
     assert rounding == ["b1c1_fq", "b1c2_fq", "b2c1_fq", "b2c2_fq", "dense1_fq"]
@@ -221,3 +223,13 @@ def test_a_quantization_aware_run_is_trained_with_rounding_and_int8_grid_drops_i
         np.testing.assert_array_equal(w[1], src[1])
         np.testing.assert_array_equal(w[0], src[0] if name == "logits" else on_grid(src[0]))
     assert isinstance(clean.get_layer("b1c1_relu"), keras.layers.ReLU)
+
+    import fer_train.precision
+
+    args = ["fit", "--data", str(FIX), "--init", str(qat), "--epochs", "1", "--limit-train", "64", "--no-augment"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "plain"), "--no-act-quant"])
+    assert r.exit_code == 0, r.output
+    assert not read_run_config(tmp_path / "plain")[1].act_quant
+    monkeypatch.setattr(fer_train.precision, "resolve", lambda *a, **k: ("bfloat16", "asked for"))
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bf16"), "--precision", "bfloat16"])
+    assert r.exit_code == 2 and "--act-quant trains in float32" in r.output and not (tmp_path / "bf16").exists()

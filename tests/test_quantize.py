@@ -84,10 +84,11 @@ def _assert_logits_layers_float(graph) -> None:
     dequant = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     layers = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")
               and shapes.get(dequant.get(n.input[1], n.input[1]), (0,))[-1] == 7]
-    assert layers  # the logits layers (units x 7) are found
+    softmax = [n for n in graph.node if n.op_type == "Softmax"]
+    assert len(layers) == len(softmax)  # every logits layer (units x 7) is found: one per softmax
     for n in layers:
         assert dequant.get(n.input[1]) not in int8_weights, n.name
-    softmax_inputs = {n.input[0] for n in graph.node if n.op_type == "Softmax"}
+    softmax_inputs = {n.input[0] for n in softmax}
     assert softmax_inputs and not softmax_inputs & set(dequant) and "logits" not in dequant
     assert not {n.output[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "logits"}
 

@@ -170,9 +170,10 @@ def fit(
     distill_temperature: float = typer.Option(2.0, help="Soften the teacher's probabilities by this temperature."),
     init: Optional[Path] = typer.Option(None, help="Start from this run's best.keras weights and architecture "
                                         "(fine-tuning; the architecture options are ignored)."),
-    act_quant: bool = typer.Option(False, "--act-quant", help="Round activations to int8 while training "
-                                   "(quantization-aware fine-tuning, usually with --init of a `fer-train int8-grid` "
-                                   "run; added to --init's architecture). Export the run's int8-grid copy."),
+    act_quant: Optional[bool] = typer.Option(None, "--act-quant/--no-act-quant", help="Round activations to int8 "
+                                             "while training (quantization-aware fine-tuning, usually with --init of a "
+                                             "`fer-train int8-grid` run; default: as --init's run, else off; trains in "
+                                             "float32). Export the run's int8-grid copy."),
     swa_start: int = typer.Option(0, help="Average the weights from this epoch (1-based) to the end: swa.keras, "
                                   "batch norm recomputed (stochastic weight averaging; 0 = off)."),
     as_json: bool = typer.Option(False, "--json", help="End with the result as one JSON line instead of a summary."),
@@ -195,13 +196,13 @@ def fit(
                 from fer_train.config import read_run_config
 
                 mcfg = read_run_config(init)[1]  # RunError if it is not a run
-                if act_quant:
-                    mcfg = replace(mcfg, act_quant=True)
+                if act_quant is not None:
+                    mcfg = replace(mcfg, act_quant=act_quant)
             else:
                 mcfg = _model_config(arch, filters, blocks, convs_per_block, kernel_size, cnn_activation,
                                      cnn_activation_alpha, pool, conv_dropout, units, dense_layers, dnn_activation,
                                      dnn_activation_alpha, dense_dropout, batch_norm, head, match_params,
-                                     act_quant)
+                                     bool(act_quant))
             tcfg = TrainConfig(data=str(data), val_fraction=val_fraction, random_seed=random_seed,
                                split_seed=split_seed, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                lr=lr, schedule=schedule, warmup_epochs=warmup_epochs, cycles=cycles,
@@ -282,7 +283,7 @@ def int8_grid(
     member: Path = typer.Argument(..., help="Run folder (its best.keras) or a .keras file inside a run, e.g. RUN/swa.keras."),
     out: Path = typer.Option(..., "--out", help="New run folder for the int8-ready member (must not exist)."),
 ) -> None:
-    """Fold batch norm and put every kernel on the int8 grid, so fer-quantize rounds only activations."""
+    """Fold batch norm, drop --act-quant rounding layers, put the kernels (not the logits layer's) on the int8 grid."""
     from fer_train.int8_grid import make_int8_ready
 
     with _running():

@@ -234,6 +234,11 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     from fer_train.precision import resolve
 
     precision, why = resolve(cfg.precision)
+    if model_cfg.act_quant and precision != "float32":  # a 16-bit activation cannot hold 256 levels
+        if cfg.precision != "auto":
+            raise ValueError(f"--act-quant trains in float32 (int8 rounding does not survive {precision} "
+                             "activations): use --precision float32 or auto")
+        precision, why = "float32", "auto: --act-quant rounds activations to int8, which 16-bit activations cannot hold"
     log(f"precision {precision} ({why}); {machine_line()}")
     strategy = _setup(cfg, precision)
     from fer_train.distribute import worker_run_dir

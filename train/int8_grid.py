@@ -106,7 +106,7 @@ def make_int8_ready(source: str | Path, out: str | Path) -> Path:
     """Write run folder ``out`` holding ``best.keras``: the member ``source`` (a run folder, meaning its best.keras,
     or a .keras file inside a run) with batch norm folded and kernels on the int8 grid, and a config.json.
 
-    The config is the source run's, with ``batch_norm`` false, input paths re-based on ``out`` and a
+    The config is the source run's, with ``batch_norm`` and ``act_quant`` false, input paths re-based on ``out`` and a
     ``derived`` record; it has no history, so an export measures the new member's accuracy itself.
     Raises :class:`fer_train.runs.RunError` for a source that is not a member of a run, or an ``out`` that exists.
     """
@@ -139,8 +139,9 @@ def make_int8_ready(source: str | Path, out: str | Path) -> Path:
     if isinstance(conf.get("data"), dict) and train_cfg.data:
         conf["data"] = {**conf["data"], **data_record(train_cfg.data, out, conf["data"].get("sha256"))}
     conf[DERIVED_KEY] = {"from": os.path.relpath(member.resolve(), out.resolve()),
-                         "transform": "batch norm folded; conv and dense kernels on the symmetric per-channel "
-                                      "int8 grid (max|w|/127)"}
+                         "transform": "batch norm folded, activation rounding layers dropped; conv and dense "
+                                      "kernels but the logits layer's on the symmetric per-channel int8 grid "
+                                      "(max|w|/127)"}
     with atomic_dir(out) as stage:
         runs.save_keras(folded, stage / runs.BEST, include_optimizer=False)
         runs.write_json(stage / runs.CONFIG, conf)
