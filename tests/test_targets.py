@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,56 @@ def test_teacher_follows_its_tta_and_a_run_reads_its_cached_probabilities(tmp_pa
             teacher_targets(tmp_path / "teacher", train.x, 2.0, "crops", run / runs.TEACHER_PROBS)
     with pytest.raises(ValueError, match="unknown teacher TTA"):
         TrainConfig(**base, teacher="t", distill_weight=0.5, teacher_tta="ten").validate()
+
+
+@pytest.mark.tf
+def test_a_live_teacher_labels_each_batch_as_the_student_sees_it(tmp_path):
+    """--teacher-mode live: the teacher's probabilities are those of the augmented, mixed images of the batch, blended
+    as a cached teacher's are, and nothing is cached."""
+    import tensorflow as tf
+
+    from fer_train import runs
+    from fer_train.fit import TrainConfig, fit, training_targets
+    from fer_train.inference import load_models, predict_probs
+    from fer_train.models import ModelConfig
+    from fer_train.pipeline import AugmentConfig, make_dataset
+    from fer_train.targets import live_teacher
+
+    src, usage, all_y = _fixture_rows()
+    votes = _write_votes(tmp_path / "v.csv", usage, _votes_for(all_y))
+    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
+    base = dict(data=str(FIX), epochs=1, batch_size=64, schedule="constant", warmup_epochs=0,
+                augment=AugmentConfig(enabled=False))
+    fit(tmp_path / "teacher", tiny, TrainConfig(**base), log=lambda s: None)
+    train = src["Training"]
+
+    f = live_teacher(tmp_path / "teacher", 2.0, "flip")  # the cached teacher's numbers, on any batch
+    want = soften(predict_probs(load_models(tmp_path / "teacher"), train.x[:50], tta="flip"), 2.0)
+    np.testing.assert_allclose(f(tf.constant(train.x[:50].reshape(-1, 48, 48, 1).astype(np.float32))).numpy(),
+                               want, atol=1e-5)
+
+    # the same targets as a cached teacher's, except the teacher's share, which comes per batch
+    live = TrainConfig(**base, ferplus=str(votes), ferplus_weight=0.2, teacher=str(tmp_path / "teacher"),
+                       distill_weight=0.5, teacher_mode="live")
+    dist, _ = ferplus_targets(votes, train, len(usage))
+    t = training_targets(live, train, len(usage), log=lambda s: None)
+    np.testing.assert_allclose(0.5 * t, 0.3 * np.eye(7)[train.y] + 0.2 * dist, atol=1e-6)
+
+    def brightness(a):  # a stand-in teacher whose answer depends on the very pixels it is given
+        m = tf.reduce_mean(a, axis=[1, 2, 3]) / 255.0
+        return tf.nn.softmax(tf.stack([m * k for k in range(7)], axis=1) * 20.0)
+    aug = AugmentConfig(enabled=True, mixup=0.4)
+    ds = make_dataset(train.x, train.y, 32, training=True, augment=aug, seed=3, teacher=(brightness, 0.7))
+    images, targets = next(iter(ds))
+    labels_part = (targets.numpy() - 0.7 * brightness(images).numpy()) / 0.3
+    assert np.abs(images.numpy() - train.x[:32].reshape(-1, 48, 48, 1)).max() > 1  # augmented and shuffled
+    np.testing.assert_allclose(labels_part.sum(1), 1.0, atol=1e-5)
+    assert labels_part.min() > -1e-5  # what is left is the mixed labels: the teacher saw the returned images
+    assert ((labels_part > 1e-4).sum(1) <= 2).all()  # a blend of two one-hot labels, nothing of another teacher answer
+
+    res = fit(tmp_path / "student", tiny, replace(live, augment=aug), log=lambda s: None)
+    assert res["epochs_done"] == 1 and not (tmp_path / "student" / runs.TEACHER_PROBS).exists()
+    with pytest.raises(ValueError, match="--teacher-mode live needs a teacher"):
+        TrainConfig(**base, teacher_mode="live").validate()
+    with pytest.raises(ValueError, match="unknown teacher mode"):
+        TrainConfig(**base, teacher="t", distill_weight=0.5, teacher_mode="online").validate()

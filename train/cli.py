@@ -166,6 +166,9 @@ def fit(
     ferplus_weight: float = typer.Option(0.0, help="Weight of the FER+ vote distribution in the targets (0..1)."),
     teacher: Optional[Path] = typer.Option(None, help="Run or ensemble to distil from (its probabilities, see --teacher-tta)."),
     teacher_tta: str = typer.Option("flip", help="The teacher's test-time augmentation: none | flip | crops."),
+    teacher_mode: str = typer.Option("cached", help="cached: the teacher's probabilities on the plain training images, "
+                                     "computed once (teacher_probs.npz); live: on each batch as augmented and mixed "
+                                     "for the student (consistent teaching), at the cost of a teacher pass per step."),
     distill_weight: float = typer.Option(0.0, help="Weight of the teacher's probabilities in the targets (0..1)."),
     distill_temperature: float = typer.Option(2.0, help="Soften the teacher's probabilities by this temperature."),
     init: Optional[Path] = typer.Option(None, help="Start from this run's best.keras weights and architecture "
@@ -212,7 +215,8 @@ def fit(
                                augment=AugmentConfig(enabled=augment, erase=erase, mixup=mixup, cutmix=cutmix),
                                ferplus=str(ferplus or ""), ferplus_weight=ferplus_weight, teacher=str(teacher or ""),
                                distill_weight=distill_weight, distill_temperature=distill_temperature,
-                               teacher_tta=teacher_tta, init=str(init or ""), swa_start=swa_start)
+                               teacher_tta=teacher_tta, teacher_mode=teacher_mode, init=str(init or ""),
+                               swa_start=swa_start)
             tcfg.validate()
             result = _run_fit(out, mcfg, tcfg, resume=False)
     typer.echo(json.dumps(result) if as_json else _fit_summary(result))

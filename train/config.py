@@ -16,6 +16,7 @@ from fer_train.schedules import SCHEDULES, check_cycles
 from fer_train.settings import from_stored, stored_object
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+TEACHER_MODES = ("cached", "live")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class TrainConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
     teacher_tta: str = "flip"  # the teacher's test-time augmentation (fer_runtime.tta.TTA_MODES)
+    teacher_mode: str = "cached"  # cached: probabilities on the plain images, once; live: on each augmented batch
     init: str = ""  # a run whose best.keras weights the run starts from (fine-tuning); "" = random
     swa_start: int = 0  # average the weights from this epoch (1-based) on (fer_train.swa); 0 = off
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -103,6 +105,10 @@ class TrainConfig:
                 raise ValueError(f"{name} weight must be in [0, 1], got {w}")
             if w > 0 and not src:
                 raise ValueError(f"a {name} weight needs --{name}")
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"unknown teacher mode {self.teacher_mode!r}; choose from {', '.join(TEACHER_MODES)}")
+        if self.teacher_mode == "live" and self.distill_weight <= 0:
+            raise ValueError("--teacher-mode live needs a teacher: --teacher RUN and --distill-weight > 0")
         if self.teacher_tta not in TTA_MODES:
             raise ValueError(f"unknown teacher TTA {self.teacher_tta!r}; choose from {', '.join(TTA_MODES)}")
         if self.ferplus_weight + self.distill_weight > 1:

@@ -113,6 +113,10 @@ def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
         dist, mask = targets.ferplus_targets(cfg.ferplus, train, data_rows)
         log(f"FER+ votes for {int(mask.sum())}/{len(train)} rows, weight {cfg.ferplus_weight:g}")
         parts.append((cfg.ferplus_weight, dist, mask))
+    if cfg.distill_weight > 0 and cfg.teacher_mode == "live":
+        # the teacher's share is added per batch (live_teacher_targets); these targets fill the rest, 1 - w
+        w = cfg.distill_weight
+        return targets.blend(train.y, [(f / (1 - w), t, m) for f, t, m in parts] if w < 1 else [])
     if cfg.distill_weight > 0:
         log(f"teacher {cfg.teacher}: probabilities on {len(train)} training images "
             f"({cfg.teacher_tta} TTA, T={cfg.distill_temperature:g})")
@@ -120,6 +124,18 @@ def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
         parts.append((cfg.distill_weight, targets.teacher_targets(cfg.teacher, train.x, cfg.distill_temperature,
                                                                   cfg.teacher_tta, cache), None))
     return targets.blend(train.y, parts)
+
+
+def live_teacher_targets(cfg: TrainConfig, precision: str, log: Callable[[str], None] = print) -> tuple[Any, float] | None:
+    """``(f, w)`` for :func:`fer_train.pipeline.make_dataset` when the run's teacher is live, else None."""
+    if cfg.distill_weight <= 0 or cfg.teacher_mode != "live":
+        return None
+    from fer_train import targets
+
+    log(f"teacher {cfg.teacher}: live, on every augmented batch ({cfg.teacher_tta} TTA, T={cfg.distill_temperature:g}, "
+        f"weight {cfg.distill_weight:g})")
+    dtype = "bfloat16" if precision == "bfloat16" else "float32"
+    return targets.live_teacher(cfg.teacher, cfg.distill_temperature, cfg.teacher_tta, dtype), cfg.distill_weight
 
 
 def _check_data(run: Path, conf: dict[str, Any], data: str, train_rows: int, val_rows: int, extra_rows: int) -> None:
@@ -313,7 +329,8 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
                                     seed=cfg.random_seed, **kwargs))
 
     epoch_var = tf.Variable(len(history), dtype=tf.int64, trainable=False)  # keys each epoch's shuffle order
-    ds_tr = training_batches(cfg.augment, label_smoothing=cfg.label_smoothing, class_weights=cw, epoch=epoch_var)
+    ds_tr = training_batches(cfg.augment, label_smoothing=cfg.label_smoothing, class_weights=cw, epoch=epoch_var,
+                             teacher=live_teacher_targets(cfg, precision, log))
     ds_va = sharded(make_dataset(val.x, val.y, 256, training=False))
     steps = math.ceil(len(x_tr) / cfg.batch_size)
     with strategy.scope():

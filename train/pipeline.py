@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -86,8 +86,11 @@ def make_batch_mixer(cfg: AugmentConfig, seed: int | None = None, class_weights:
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool,
                  augment: AugmentConfig | None = None, label_smoothing: float = 0.0,
                  soft_targets: np.ndarray | None = None, class_weights: np.ndarray | None = None,
-                 seed: int = 0, epoch: Any = None):
+                 seed: int = 0, epoch: Any = None, teacher: tuple[Callable[[Any], Any], float] | None = None):
     """Batches of (float32 0..255 images, one-hot or soft targets[, per-sample class weights]).
+
+    ``teacher`` (training only): ``(f, w)`` with ``f(images) -> [B,7]`` probabilities; each batch's targets
+    become ``(1 - w) * targets + w * f(images)`` on the images as augmented and mixed (consistent teaching).
 
     Training data is shuffled each epoch. With ``epoch`` (an int64 ``tf.Variable`` the caller sets at the
     start of every epoch) the order is a function of ``(seed, epoch)`` alone, so a run resumed at epoch k
@@ -129,4 +132,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
             return out["images"], out["labels"]
 
         ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and teacher is not None:
+        fn, w = teacher
+        ds = ds.map(lambda a, t, *r: (a, (1.0 - w) * t + w * tf.cast(fn(a), tf.float32), *r),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -5,11 +5,12 @@ import hashlib
 import math
 import zipfile
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from fer_runtime.labels import NUM_CLASSES
-from fer_runtime.manifest import sha256_file
+from fer_runtime.manifest import LOGITS, PROBS, sha256_file
 from fer_runtime.numeric import softmax
 from fer_train.data import DataFormatError, Split, read_csv_rows
 
@@ -107,6 +108,33 @@ def teacher_targets(teacher: str | Path, x: np.ndarray, temperature: float = 1.0
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, probs=probs, key=np.array(key))
     return soften(probs, temperature)
+
+
+def live_teacher(teacher: str | Path, temperature: float = 1.0, tta: str = "none",
+                 compute_dtype: str = "float32") -> Callable[[Any], Any]:
+    """``f(images [B,48,48,1] float32 0..255 tensor) -> [B,7]``: the teacher's ``tta``-averaged probabilities on
+    exactly these images, softened by ``temperature`` as :func:`teacher_targets` does (consistent teaching).
+
+    ``compute_dtype`` ``"bfloat16"`` runs the members' layers in mixed bfloat16 (the logits stay float32).
+    """
+    import tensorflow as tf
+
+    from fer_train.inference import load_models, member_logits_fn
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    models = load_models(teacher)
+    if compute_dtype == "bfloat16":
+        for m in models:
+            for layer in m.layers:
+                if layer.dtype_policy.name == "float32" and layer.name not in (LOGITS, PROBS):
+                    layer.dtype_policy = "mixed_bfloat16"
+    logits = member_logits_fn(models, tta)
+
+    def f(images: Any) -> Any:
+        probs = tf.reduce_mean(tf.nn.softmax(logits(images), axis=-1), axis=[1, 2])
+        return tf.nn.softmax(tf.math.log(tf.clip_by_value(probs, 1e-12, 1.0)) / temperature, axis=-1)
+    return f
 
 
 def blend(labels: np.ndarray, parts: list[tuple[float, np.ndarray, np.ndarray | None]]) -> np.ndarray:
