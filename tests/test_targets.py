@@ -265,9 +265,37 @@ def test_a_live_teacher_labels_each_batch_as_the_student_sees_it(tmp_path):
     assert labels_part.min() > -1e-5  # what is left is the mixed labels: the teacher saw the returned images
     assert ((labels_part > 1e-4).sum(1) <= 2).all()  # a blend of two one-hot labels, nothing of another teacher answer
 
+    # label smoothing comes after the teacher's share, as for a cached teacher
+    plain = make_dataset(train.x[:32], train.y[:32], 32, training=True, label_smoothing=0.1, seed=3,
+                         teacher=(brightness, 0.7), augment=AugmentConfig(enabled=False))
+    images, targets = next(iter(plain))
+    order = [int(np.flatnonzero((train.x[:32].reshape(32, -1) == im.reshape(-1)).all(1))[0]) for im in images.numpy()]
+    want = (0.3 * np.eye(7)[train.y[:32][order]] + 0.7 * brightness(images).numpy()) * 0.9 + 0.1 / 7
+    np.testing.assert_allclose(targets.numpy(), want, atol=1e-5)
+
+    import keras  # under a bfloat16 policy the augmented images are bfloat16; the teacher still gets float32
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        bf = make_dataset(train.x[:32], train.y[:32], 16, training=True, augment=AugmentConfig(enabled=True),
+                          teacher=(f, 0.5))
+        assert next(iter(bf))[1].shape == (16, 7)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    edge = TrainConfig(**base, ferplus=str(votes), ferplus_weight=0.1, teacher="t", distill_weight=0.9,
+                       teacher_mode="live")  # 0.1 / (1 - 0.9) is a hair over 1 in floating point
+    np.testing.assert_allclose(training_targets(edge, train, len(usage), log=lambda s: None).sum(1), 1.0, atol=1e-6)
+
     res = fit(tmp_path / "student", tiny, replace(live, augment=aug), log=lambda s: None)
     assert res["epochs_done"] == 1 and not (tmp_path / "student" / runs.TEACHER_PROBS).exists()
     with pytest.raises(ValueError, match="--teacher-mode live needs a teacher"):
         TrainConfig(**base, teacher_mode="live").validate()
+    with pytest.raises(ValueError, match="self-training does not support --teacher-mode live"):
+        fit(tmp_path / "selftrained", tiny, live, extra_train=(train.x[:4], np.eye(7, dtype=np.float32)[train.y[:4]]),
+            log=lambda s: None)
+    assert not (tmp_path / "selftrained").exists()
+    with pytest.raises(ValueError, match="does not support --strategy multiworker"):
+        TrainConfig(**base, teacher="t", distill_weight=0.5, teacher_mode="live", strategy="multiworker").validate()
     with pytest.raises(ValueError, match="unknown teacher mode"):
         TrainConfig(**base, teacher="t", distill_weight=0.5, teacher_mode="online").validate()

@@ -115,6 +115,8 @@ class TrainConfig:
             raise ValueError("ferplus weight + distill weight must not exceed 1")
         if not 0 <= self.swa_start <= self.epochs:
             raise ValueError(f"--swa-start must be an epoch of the run (1..{self.epochs}) or 0, got {self.swa_start}")
+        if self.teacher_mode == "live" and self.strategy == "multiworker":  # every worker would run the teacher on all
+            raise ValueError("--teacher-mode live does not support --strategy multiworker")
         if self.swa_start and self.strategy == "multiworker":
             raise ValueError("--swa-start does not support --strategy multiworker")
 

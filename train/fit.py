@@ -116,7 +116,7 @@ def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
     if cfg.distill_weight > 0 and cfg.teacher_mode == "live":
         # the teacher's share is added per batch (live_teacher_targets); these targets fill the rest, 1 - w
         w = cfg.distill_weight
-        return targets.blend(train.y, [(f / (1 - w), t, m) for f, t, m in parts] if w < 1 else [])
+        return targets.blend(train.y, [(min(1.0, f / (1 - w)), t, m) for f, t, m in parts] if w < 1 else [])
     if cfg.distill_weight > 0:
         log(f"teacher {cfg.teacher}: probabilities on {len(train)} training images "
             f"({cfg.teacher_tta} TTA, T={cfg.distill_temperature:g})")
@@ -238,6 +238,9 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         if (run / runs.HISTORY).exists():
             raise runs.RunError(f"{run}: already holds a run; use --resume or another --out")
     cfg.validate()
+    if extra_train is not None and cfg.teacher_mode == "live":  # the live teacher would relabel the pseudo-labels too
+        raise ValueError("self-training does not support --teacher-mode live; train the teacher run with the "
+                         "default, cached")
     model_cfg = model_cfg.effective()
     source = source or load_source(cfg.data, cfg.val_fraction, cfg.validation_seed)
     if cfg.init and not resume and not source.fixed_validation:

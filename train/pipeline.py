@@ -90,7 +90,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
     """Batches of (float32 0..255 images, one-hot or soft targets[, per-sample class weights]).
 
     ``teacher`` (training only): ``(f, w)`` with ``f(images) -> [B,7]`` probabilities; each batch's targets
-    become ``(1 - w) * targets + w * f(images)`` on the images as augmented and mixed (consistent teaching).
+    become ``(1 - w) * targets + w * f(images)`` on the images as augmented and mixed (consistent teaching), then
+    label smoothing. ``f`` runs in the input pipeline, on the CPU.
 
     Training data is shuffled each epoch. With ``epoch`` (an int64 ``tf.Variable`` the caller sets at the
     start of every epoch) the order is a function of ``(seed, epoch)`` alone, so a run resumed at epoch k
@@ -99,7 +100,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
     import tensorflow as tf
 
     targets = soft_targets if soft_targets is not None else np.eye(NUM_CLASSES, dtype=np.float32)[y]
-    if label_smoothing > 0:
+    live = training and teacher is not None
+    if label_smoothing > 0 and not live:  # with a live teacher: smoothed after its share is blended in, as cached
         targets = targets * (1 - label_smoothing) + label_smoothing / NUM_CLASSES
     cols: tuple = (x, targets.astype(np.float32))
     if class_weights is not None:
@@ -132,8 +134,15 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
             return out["images"], out["labels"]
 
         ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
-    if training and teacher is not None:
+    if live:
         fn, w = teacher
-        ds = ds.map(lambda a, t, *r: (a, (1.0 - w) * t + w * tf.cast(fn(a), tf.float32), *r),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+
+        def taught(a: Any, t: Any, *r: Any) -> tuple:
+            # augmentation under a bfloat16 policy yields bfloat16 images; the teacher takes float32
+            t = (1.0 - w) * t + w * tf.cast(fn(tf.cast(a, tf.float32)), tf.float32)
+            if label_smoothing > 0:
+                t = t * (1 - label_smoothing) + label_smoothing / NUM_CLASSES
+            return (a, t, *r)
+
+        ds = ds.map(taught, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fer_runtime.labels import NUM_CLASSES
-from fer_runtime.manifest import LOGITS, PROBS, sha256_file
+from fer_runtime.manifest import PROBS, sha256_file
 from fer_runtime.numeric import softmax
 from fer_train.data import DataFormatError, Split, read_csv_rows
 
@@ -119,20 +119,21 @@ def live_teacher(teacher: str | Path, temperature: float = 1.0, tta: str = "none
     """
     import tensorflow as tf
 
-    from fer_train.inference import load_models, member_logits_fn
+    from fer_train.inference import load_models, logits_layer, member_logits_fn
 
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     models = load_models(teacher)
     if compute_dtype == "bfloat16":
         for m in models:
+            keep = {logits_layer(m).name, PROBS}  # the scores and what follows them stay float32
             for layer in m.layers:
-                if layer.dtype_policy.name == "float32" and layer.name not in (LOGITS, PROBS):
+                if layer.dtype_policy.name == "float32" and layer.name not in keep:
                     layer.dtype_policy = "mixed_bfloat16"
     logits = member_logits_fn(models, tta)
 
     def f(images: Any) -> Any:
-        probs = tf.reduce_mean(tf.nn.softmax(logits(images), axis=-1), axis=[1, 2])
+        probs = tf.reduce_mean(tf.nn.softmax(tf.cast(logits(images), tf.float32), axis=-1), axis=[1, 2])
         return tf.nn.softmax(tf.math.log(tf.clip_by_value(probs, 1e-12, 1.0)) / temperature, axis=-1)
     return f
 
