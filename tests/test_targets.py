@@ -153,19 +153,27 @@ def test_soften_keeps_order_and_flattens():
         soften(p, 0)
 
 
+def _tiny_teacher(run: Path):
+    """(A tiny CNN config, quick TrainConfig settings on the fixture) and a teacher run fitted with them at ``run``."""
+    from fer_train.fit import TrainConfig, fit
+    from fer_train.models import ModelConfig
+    from fer_train.pipeline import AugmentConfig
+
+    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
+    base = dict(data=str(FIX), epochs=1, batch_size=64, schedule="constant", warmup_epochs=0,
+                augment=AugmentConfig(enabled=False))
+    fit(run, tiny, TrainConfig(**base), log=lambda s: None)
+    return tiny, base
+
+
 @pytest.mark.tf
 def test_fit_blends_ferplus_and_teacher_targets(tmp_path):
     from fer_train.inference import load_models, predict_probs
     from fer_train.fit import TrainConfig, fit, training_targets
-    from fer_train.models import ModelConfig
-    from fer_train.pipeline import AugmentConfig
 
     src, usage, all_y = _fixture_rows()
     votes = _write_votes(tmp_path / "v.csv", usage, _votes_for(all_y))
-    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
-    base = dict(data=str(FIX), epochs=1, batch_size=64, schedule="constant", warmup_epochs=0,
-                augment=AugmentConfig(enabled=False))
-    fit(tmp_path / "teacher", tiny, TrainConfig(**base), log=lambda s: None)
+    tiny, base = _tiny_teacher(tmp_path / "teacher")
     cfg = TrainConfig(**base, ferplus=str(votes), ferplus_weight=0.2, teacher=str(tmp_path / "teacher"),
                       distill_weight=0.5, distill_temperature=2.0)
     train = src["Training"]
@@ -186,16 +194,11 @@ def test_fit_blends_ferplus_and_teacher_targets(tmp_path):
 def test_teacher_follows_its_tta_and_a_run_reads_its_cached_probabilities(tmp_path, monkeypatch):
     import fer_train.inference as inference
     from fer_train import runs
-    from fer_train.fit import TrainConfig, fit, training_targets
-    from fer_train.models import ModelConfig
-    from fer_train.pipeline import AugmentConfig
+    from fer_train.fit import TrainConfig, training_targets
     from fer_train.targets import teacher_targets
 
     src, usage, _ = _fixture_rows()
-    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
-    base = dict(data=str(FIX), epochs=1, batch_size=64, schedule="constant", warmup_epochs=0,
-                augment=AugmentConfig(enabled=False))
-    fit(tmp_path / "teacher", tiny, TrainConfig(**base), log=lambda s: None)
+    tiny, base = _tiny_teacher(tmp_path / "teacher")
     cfg = TrainConfig(**base, teacher=str(tmp_path / "teacher"), distill_weight=1.0, distill_temperature=2.0,
                       teacher_tta="crops")
     train, run = src["Training"], tmp_path / "student"
@@ -229,16 +232,12 @@ def test_a_live_teacher_labels_each_batch_as_the_student_sees_it(tmp_path):
     from fer_train import runs
     from fer_train.fit import TrainConfig, fit, training_targets
     from fer_train.inference import load_models, predict_probs
-    from fer_train.models import ModelConfig
     from fer_train.pipeline import AugmentConfig, make_dataset
     from fer_train.targets import live_teacher
 
     src, usage, all_y = _fixture_rows()
     votes = _write_votes(tmp_path / "v.csv", usage, _votes_for(all_y))
-    tiny = ModelConfig(filters=4, blocks=1, convs_per_block=1, units=8, conv_dropout=0, dense_dropout=0)
-    base = dict(data=str(FIX), epochs=1, batch_size=64, schedule="constant", warmup_epochs=0,
-                augment=AugmentConfig(enabled=False))
-    fit(tmp_path / "teacher", tiny, TrainConfig(**base), log=lambda s: None)
+    tiny, base = _tiny_teacher(tmp_path / "teacher")
     train = src["Training"]
 
     f = live_teacher(tmp_path / "teacher", 2.0, "flip")  # the cached teacher's numbers, on any batch
