@@ -59,6 +59,11 @@ class TrainConfig:
         ``random_seed`` as in runs from before ``split_seed``)."""
         return self.random_seed if self.split_seed is None else self.split_seed
 
+    @property
+    def live_teacher(self) -> bool:
+        """Whether a teacher labels each training batch as augmented (``teacher_mode`` live with a teacher weight)."""
+        return self.distill_weight > 0 and self.teacher_mode == "live"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -113,7 +113,7 @@ def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
         dist, mask = targets.ferplus_targets(cfg.ferplus, train, data_rows)
         log(f"FER+ votes for {int(mask.sum())}/{len(train)} rows, weight {cfg.ferplus_weight:g}")
         parts.append((cfg.ferplus_weight, dist, mask))
-    if cfg.distill_weight > 0 and cfg.teacher_mode == "live":
+    if cfg.live_teacher:
         # the teacher's share is added per batch (live_teacher_targets); these targets fill the rest, 1 - w
         w = cfg.distill_weight
         return targets.blend(train.y, [(min(1.0, f / (1 - w)), t, m) for f, t, m in parts] if w < 1 else [])
@@ -128,7 +128,7 @@ def training_targets(cfg: TrainConfig, train: Split, data_rows: int,
 
 def live_teacher_targets(cfg: TrainConfig, precision: str, log: Callable[[str], None] = print) -> tuple[Any, float] | None:
     """``(f, w)`` for :func:`fer_train.pipeline.make_dataset` when the run's teacher is live, else None."""
-    if cfg.distill_weight <= 0 or cfg.teacher_mode != "live":
+    if not cfg.live_teacher:
         return None
     from fer_train import targets
 
@@ -238,7 +238,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         if (run / runs.HISTORY).exists():
             raise runs.RunError(f"{run}: already holds a run; use --resume or another --out")
     cfg.validate()
-    if extra_train is not None and cfg.teacher_mode == "live":  # the live teacher would relabel the pseudo-labels too
+    if extra_train is not None and cfg.live_teacher:  # the live teacher would relabel the pseudo-labels too
         raise ValueError("self-training does not support --teacher-mode live; train the teacher run with the "
                          "default, cached")
     model_cfg = model_cfg.effective()

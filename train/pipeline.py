@@ -101,8 +101,12 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
 
     targets = soft_targets if soft_targets is not None else np.eye(NUM_CLASSES, dtype=np.float32)[y]
     live = training and teacher is not None
-    if label_smoothing > 0 and not live:  # with a live teacher: smoothed after its share is blended in, as cached
-        targets = targets * (1 - label_smoothing) + label_smoothing / NUM_CLASSES
+
+    def smooth(t: Any) -> Any:
+        return t * (1 - label_smoothing) + label_smoothing / NUM_CLASSES if label_smoothing > 0 else t
+
+    if not live:  # with a live teacher: smoothed after its share is blended in, as cached
+        targets = smooth(targets)
     cols: tuple = (x, targets.astype(np.float32))
     if class_weights is not None:
         cols += (class_weights[y].astype(np.float32),)
@@ -139,10 +143,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: boo
 
         def taught(a: Any, t: Any, *r: Any) -> tuple:
             # augmentation under a bfloat16 policy yields bfloat16 images; the teacher takes float32
-            t = (1.0 - w) * t + w * tf.cast(fn(tf.cast(a, tf.float32)), tf.float32)
-            if label_smoothing > 0:
-                t = t * (1 - label_smoothing) + label_smoothing / NUM_CLASSES
-            return (a, t, *r)
+            return (a, smooth((1.0 - w) * t + w * tf.cast(fn(tf.cast(a, tf.float32)), tf.float32)), *r)
 
         ds = ds.map(taught, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
