@@ -146,9 +146,22 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def _refuse_working_folder(path: Path) -> None:
+    """OSError (EBUSY) if the resolved ``path`` is the working folder or holds it: replacing it would copy all it
+    holds (a whole checkout for ``--out .``) and leave the shell in a deleted folder."""
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the working folder is already gone
+        return
+    if here == path or path in here.parents:
+        raise OSError(errno.EBUSY, "it is the working folder or holds it; run the command from outside it", str(path))
+
+
 def check_stageable(path: str | os.PathLike[str]) -> None:
-    """Raise OSError now if :func:`atomic_dir` could not stage ``path``: its nearest existing ancestor is not a
-    folder this process can create entries in. For long jobs that write their folder at the end."""
+    """Raise OSError now if :func:`atomic_dir` could not stage ``path``: it is the working folder or holds it, or its
+    nearest existing ancestor is not a folder this process can create entries in. For long jobs that write their
+    folder at the end."""
+    _refuse_working_folder(Path(path).resolve())
     parent = Path(path).resolve().parent
     while not parent.exists():
         parent = parent.parent
@@ -170,9 +183,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     are real copies, so nothing written there can reach the old folder. On Linux the two folders are exchanged
     with ``renameat2(RENAME_EXCHANGE)``; elsewhere (or on a filesystem without it) the old folder is renamed
     away and the stage renamed in, with a moment in between in which ``path`` does not exist. If the block
-    raises, ``path`` is untouched and the stage is removed.
+    raises, ``path`` is untouched and the stage is removed. OSError (EBUSY) before anything is written if ``path``
+    is the working folder or holds it.
     """
-    path = Path(path).resolve()  # a symlink's target is replaced, not the link (and "." gets a name)
+    path = Path(path).resolve()  # a symlink's target is replaced, not the link
+    _refuse_working_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.stage-"))
     try:

@@ -37,3 +37,25 @@ def test_a_symlinked_folder_is_updated_behind_the_link(tmp_path: Path) -> None:
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert sorted(p.name for p in real.iterdir()) == ["new.txt", "old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "real"]
+
+
+def test_the_working_folder_and_its_ancestors_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--out .`` would copy all the folder holds and leave the shell in a deleted folder: refused, nothing written."""
+    import errno
+
+    from fer_runtime.atomic import check_stageable
+
+    here = tmp_path / "work"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    for path in (".", here, tmp_path):
+        for call in (check_stageable, lambda p: atomic_dir(p).__enter__()):
+            with pytest.raises(OSError) as e:
+                call(path)
+            assert e.value.errno == errno.EBUSY and "working folder" in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"] and os.listdir(here) == ["notes.txt"]
+    check_stageable("models")  # a subfolder is fine
+    with atomic_dir("models") as stage:
+        atomic_write(stage / "m.txt", "m")
+    assert (here / "models" / "m.txt").read_text() == "m"

@@ -690,6 +690,19 @@ def test_cli_corrupt_keras_file_is_one_line_error(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_cli_out_dot_is_refused_before_anything_is_read(tmp_path, monkeypatch):
+    """fer-export --out . from a checkout would stage a copy of all of it and swap the shell's folder away."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").write_bytes(b"not a keras file")  # not read: the refusal comes first
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, [str(run), "--out", "."])
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "--out .: cannot write there (it is the working folder or holds it" in lines[0], res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 # ------------------------------------------------------------- member_probs and the runtime
 
 def test_member_probs_through_the_runtime(exported):
