@@ -224,6 +224,37 @@ def test_teacher_follows_its_tta_and_a_run_reads_its_cached_probabilities(tmp_pa
 
 
 @pytest.mark.tf
+def test_a_run_resumes_only_with_the_teacher_it_started_with(tmp_path):
+    """config.json records the teacher's member files; another teacher is refused on resume, and a run from before the
+    record gets it on its next resume."""
+    import json
+
+    from fer_train import runs
+    from fer_train.fit import TrainConfig, fit
+
+    tiny, base = _tiny_teacher(tmp_path / "teacher")
+    fit(tmp_path / "other", tiny, TrainConfig(**base, random_seed=5), log=lambda s: None)
+    cfg = TrainConfig(**{**base, "epochs": 2}, teacher=str(tmp_path / "teacher"), distill_weight=0.5)
+    run = tmp_path / "student"
+
+    def stop(epoch, step, steps):
+        if epoch == 1 and step == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(run, tiny, cfg, log=lambda s: None, progress=stop)
+    conf = json.loads((run / runs.CONFIG).read_text())
+    assert conf["teacher"]["members"] == 1 and len(conf["teacher"]["sha256"]) == 64
+    with pytest.raises(runs.RunError, match="is not the one the run started with.*pass the same teacher"):
+        fit(run, resume=True, moved={"teacher": str(tmp_path / "other")}, log=lambda s: None)
+    assert len(runs.read_history(run)) == 1 and json.loads((run / runs.CONFIG).read_text()) == conf
+
+    recorded = conf.pop("teacher")  # as written before the record existed: not checked, and recorded on this resume
+    (run / runs.CONFIG).write_text(json.dumps(conf))
+    assert fit(run, resume=True, log=lambda s: None)["epochs_done"] == 2
+    assert json.loads((run / runs.CONFIG).read_text())["teacher"] == recorded
+
+
+@pytest.mark.tf
 def test_a_live_teacher_labels_each_batch_as_the_student_sees_it(tmp_path):
     """--teacher-mode live: the teacher's probabilities are those of the augmented, mixed images of the batch, blended
     as a cached teacher's are, and nothing is cached."""

@@ -154,6 +154,25 @@ def _check_data(run: Path, conf: dict[str, Any], data: str, train_rows: int, val
                             f"{rec['sha256'][:12]}... for {rec.get('file', 'its data')}); pass the same data with --data")
 
 
+def _teacher_record(cfg: TrainConfig) -> dict[str, Any] | None:
+    """How config.json identifies a distilled run's teacher: a sha256 over its member files and their count."""
+    if cfg.distill_weight <= 0:
+        return None
+    from fer_train import targets
+
+    return {"sha256": targets.teacher_sha256(cfg.teacher), "members": len(runs.member_paths(cfg.teacher))}
+
+
+def _check_teacher(run: Path, conf: dict[str, Any], cfg: TrainConfig, now: dict[str, Any] | None) -> None:
+    """Refuse to resume with a teacher whose member files differ from the ones recorded when the run started (runs
+    from before the record are not checked)."""
+    rec = conf.get("teacher")
+    if rec and now and rec.get("sha256") != now["sha256"]:
+        raise runs.RunError(f"{run}: teacher {cfg.teacher} is not the one the run started with (sha256 "
+                            f"{now['sha256'][:12]}... of {now['members']} member(s), recorded {rec['sha256'][:12]}... "
+                            f"of {rec.get('members', '?')}); pass the same teacher with --teacher")
+
+
 def _mend_a_kill_between_saves(model: Any, run: Path, history: list[dict[str, Any]], steps: int,
                                validation: Float32Validation, precision: str, log: Callable[[str], None]) -> None:
     """Bring a resumed run's files back into step after a kill in the middle of an epoch's saves (the Recorder
@@ -248,8 +267,10 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     train, val = source["train"], source["val"]
     train = split_hidden(train, cfg)[0]
 
+    teacher = _teacher_record(cfg)
     if resume:
         _check_data(run, conf, cfg.data, len(train), len(val), len(extra_train[0]) if extra_train is not None else 0)
+        _check_teacher(run, conf, cfg, teacher)
     from fer_train.precision import resolve
 
     precision, why = resolve(cfg.precision)
@@ -268,9 +289,15 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
     trained_in = precision  # the precision of the last epochs (a resumed run's are the previous session's)
     if resume:
         trained_in = conf.get("precision", "float32")
-        if trained_in != precision:
+        changed = trained_in != precision
+        if changed:
             log(f"{run}: trained in {trained_in} so far; continuing in {precision} on this machine")
             conf["precision"] = precision
+        if teacher and "teacher" not in conf:  # a run from before the record: from here on, resumes check it
+            log(f"{run}: teacher {cfg.teacher} recorded (sha256 {teacher['sha256'][:12]}...)")
+            conf["teacher"] = teacher
+            changed = True
+        if changed:
             runs.write_json(run / runs.CONFIG, conf)
     else:
         runs.write_json(run / runs.CONFIG, {
@@ -278,6 +305,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
             "data": {**data_record(cfg.data, run), "layout": source.layout, "validation": source.validation,
                      "train_rows": len(train), "val_rows": len(val),
                      **({"extra_rows": len(extra_train[0])} if extra_train is not None else {})},
+            **({"teacher": teacher} if teacher else {}),
             "precision": precision,
             "environment": environment(),
         })

@@ -67,13 +67,23 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(np.clip(probs, 1e-12, 1.0)), temperature, axis=1).astype(np.float32)
 
 
-def teacher_key(teacher: str | Path, x: np.ndarray, tta: str) -> str:
-    """What a teacher's probabilities depend on: the member files' bytes, the TTA mode and the images."""
+def _member_hashes(teacher: str | Path) -> list[str]:
+    """The sha256 of each member file of a teacher run or ensemble, in member order."""
     from fer_train.runs import member_paths
 
+    return [sha256_file(p) for p in member_paths(teacher)]
+
+
+def teacher_sha256(teacher: str | Path) -> str:
+    """Which teacher this is: one sha256 over its member files' bytes (not their paths), as config.json records it."""
+    return hashlib.sha256("".join(_member_hashes(teacher)).encode()).hexdigest()
+
+
+def teacher_key(teacher: str | Path, x: np.ndarray, tta: str) -> str:
+    """What a teacher's probabilities depend on: the member files' bytes, the TTA mode and the images."""
     h = hashlib.sha256(tta.encode())
-    for p in member_paths(teacher):
-        h.update(sha256_file(p).encode())
+    for digest in _member_hashes(teacher):
+        h.update(digest.encode())
     h.update(np.ascontiguousarray(x).tobytes())
     return h.hexdigest()
 
