@@ -30,6 +30,9 @@ MIN_AGREEMENT = 0.99  # argmax agreement with the float graph
 MAX_ACCURACY_LOSS = 0.005  # accuracy points (fraction) the int8 graph may lose
 _BATCH = 256
 _CALIB_BATCH = 20
+# quantize_static's entropy calibrator histograms each activation in 128 bins and searches thresholds at 128 quantized
+# bins, so its KL search has one candidate, the full range: MinMax. The ranges are computed here at TensorRT's 2048.
+ENTROPY_BINS = 2048
 
 
 @dataclass
@@ -174,11 +177,29 @@ def quantize_graph(model: Any, calibration: np.ndarray, input_name: str, calibra
         onnx.save(model, str(whole))
         quant_pre_process(str(whole), str(pre), skip_symbolic_shape=True)
         keep_float = float_head(onnx.load(str(pre)).graph)
+        method, options = getattr(CalibrationMethod, CALIBRATE_METHODS[calibrate_method]), {}
+        if calibrate_method == "entropy":  # the ranges come in as overrides; MinMax's own are replaced by them
+            method, options = CalibrationMethod.MinMax, {"TensorQuantOverrides": _entropy_ranges(pre, calibration,
+                                                                                                  input_name, Path(tmp))}
         quantize_static(str(pre), str(int8), _calibration_reader(calibration, input_name),
                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        per_channel=True, calibrate_method=getattr(CalibrationMethod, CALIBRATE_METHODS[calibrate_method]),
-                        nodes_to_exclude=keep_float, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        per_channel=True, calibrate_method=method, nodes_to_exclude=keep_float,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, **options})
         return onnx.load(str(int8))
+
+
+def _entropy_ranges(model: Path, calibration: np.ndarray, input_name: str,
+                    tmp: Path) -> dict[str, list[dict[str, np.float32]]]:
+    """Each activation's entropy (KL) range on ``calibration`` at :data:`ENTROPY_BINS` histogram bins, as
+    ``quantize_static``'s ``TensorQuantOverrides``."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    calibrator = create_calibrator(model, None, augmented_model_path=str(tmp / "entropy.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": ENTROPY_BINS})
+    calibrator.collect_data(_calibration_reader(calibration, input_name))
+    ranges = calibrator.compute_data()
+    return {name: [{k: np.float32(np.ravel(v)[0]) for k, v in zip(("rmin", "rmax"), ranges[name].range_value)}]
+            for name in ranges}
 
 
 def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.ndarray, eval_images: np.ndarray,

@@ -141,6 +141,32 @@ def test_an_ensemble_with_flip_tta_keeps_every_logits_layer_float(exported: Path
     assert sum(n.op_type == "Softmax" for n in int8.graph.node) >= 2  # more than one logits layer to keep float
 
 
+def _activation_scales(model) -> dict[str, float]:
+    """Each quantized activation's scale in a QDQ graph (QuantizeLinear nodes whose input is not a weight)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+
+def test_entropy_calibration_clips_ranges_minmax_keeps(models: Path, data) -> None:
+    """At onnxruntime's default 128 histogram bins its entropy search has one candidate, the full range, and gives
+    MinMax's numbers; here the KL search runs over 2048 bins and narrows some activation ranges, widening none."""
+    from fer_export.quantize import quantize_graph
+    from fer_export.share import internalize
+    from fer_runtime.model_files import read_graph
+
+    man = read_manifest(models)
+    g = read_graph(models, man, man.variants["fast"].forward)
+    x = data["Training"].x[:120].reshape(-1, 48, 48, 1).astype(np.float32)
+    scales = {m: _activation_scales(quantize_graph(internalize(onnx.load_from_string(g.data), g.external), x,
+                                                   man.input.name, m)) for m in ("minmax", "entropy")}
+    assert scales["minmax"].keys() == scales["entropy"].keys() and len(scales["minmax"]) > 4
+    ratios = [scales["entropy"][k] / scales["minmax"][k] for k in scales["minmax"]]
+    assert max(ratios) <= 1 + 1e-6 and min(ratios) < 0.9, ratios
+
+
 def test_unknown_source_and_bad_images(models: Path, data) -> None:
     from fer_export.errors import ExportError
 
