@@ -15,6 +15,8 @@ whose backward pass is written with ops that convert (Conv, Where, Mul, Reshape,
   norm right after a linear convolution is folded into that convolution's kernel and bias, and an
   input scaling (``Rescaling`` with no offset) right before a convolution into its kernel;
 * flatten and global average pooling reshape/broadcast back to the static input shape;
+* a residual ``Add`` of two tensors of one shape hands ``dy`` to both (TF's own gradient would reduce over
+  broadcast axes with BroadcastGradientArgs); where a tensor feeds two branches, TF sums their gradients;
 * the TTA views: a mirror mirrors ``dy``; a crop view ``R @ x @ C.T`` (two constant matrices) sends
   back ``R.T @ dy @ C``.
 
@@ -24,7 +26,7 @@ up front with an :class:`ExportError` naming the layer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -237,17 +239,28 @@ def flip_width(x: tf.Tensor) -> tf.Tensor:
     return f(x)
 
 
+def add(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """``a + b`` of one shape (a residual join); backward hands ``dy`` to both, with none of the broadcast
+    reduction (BroadcastGradientArgs) TF's own gradient adds for a dynamic batch."""
+    @tf.custom_gradient
+    def f(a, b):
+        return a + b, lambda dy: (dy, dy)
+    return f(a, b)
+
+
 # ---------------------------------------------------------------------------------------------
 # Planning: Keras layers -> twin steps, refusing anything the twins do not reproduce.
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class TwinStep:
-    """One Keras layer as a twin function (``fn`` maps a tensor to a tensor)."""
+    """One Keras layer as a twin function of the values it reads: ``inputs`` index the values computed so far
+    (0 is the image, ``i + 1`` step ``i``'s output); set by :func:`plan_model`."""
 
     layer: str
     kind: str
-    fn: TensorFn
+    fn: Callable[..., tf.Tensor]
+    inputs: tuple[int, ...] = ()
 
 
 def _refuse(layer: Any, what: str, supported: str) -> ExportError:
@@ -403,7 +416,7 @@ def _plan_layer(layer: Any, in_shape: tuple, in_scale: float = 1.0) -> TwinStep 
                           "run's `fer-train int8-grid RUN --out NEW` copy instead, which has no rounding layers")
     raise ExportError(f"layer {layer.name!r} ({t}) is not a layer type the saliency exporter can differentiate; "
                       "supported: Rescaling, Conv2D, Dense, BatchNormalization, ReLU, LeakyReLU, ELU, PReLU, "
-                      "Activation, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dropout")
+                      "Activation, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Add, Dropout")
 
 
 def logits_layer(model: Any) -> Any:
@@ -414,28 +427,37 @@ def logits_layer(model: Any) -> Any:
         raise ExportError(str(e)) from None
 
 
-def _chain(model: Any) -> list[Any]:
-    """The model's layers (without InputLayer) after checking each consumes the previous one's output."""
-    layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
+def _inputs_of(layer: Any) -> list[Any]:
+    """The tensors ``layer`` reads (one, or a list for a merge layer such as Add)."""
+    x = layer.input
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _graph(model: Any) -> tuple[list[Any], dict[int, list[Any]]]:
+    """The model's layers (without InputLayer) in Keras' topological order, and the layers reading each tensor (by
+    ``id``); ExportError for a model with more than one input or a layer called more than once."""
     try:
-        prev = model.inputs[0]
         if len(model.inputs) != 1:
             raise ExportError(f"model {model.name!r} has {len(model.inputs)} inputs; expected one image input")
+        layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
+        readers: dict[int, list[Any]] = {}
         for l in layers:
-            if len(l._inbound_nodes) != 1 or l.input is not prev:
-                raise ExportError(f"layer {l.name!r} ({type(l).__name__}) does not take the previous layer's output; "
-                                  "the saliency exporter supports linear (sequential) models only")
-            prev = l.output
+            if len(l._inbound_nodes) != 1:
+                raise ExportError(f"layer {l.name!r} ({type(l).__name__}) is called {len(l._inbound_nodes)} times; "
+                                  "the saliency exporter supports layers used once")
+            for t in _inputs_of(l):
+                readers.setdefault(id(t), []).append(l)
     except (AttributeError, ValueError) as e:
-        raise ExportError(f"model {model.name!r} is not a built linear model ({e})") from None
-    return layers
+        raise ExportError(f"model {model.name!r} is not a built functional model ({e})") from None
+    return layers, readers
 
 
 def plan_model(model: Any) -> list[TwinStep]:
-    """Twin steps from the input to the logits of a linear Keras model; ExportError names any unsupported layer.
+    """Twin steps from the input to the logits of a Keras model, in an order where each step's inputs come first;
+    ExportError names any unsupported layer.
 
-    The model must take [N,48,48,1] float32 input, end in ``Dense(7)`` logits (linear) followed
-    only by a softmax, and be a linear chain of supported layers.
+    The model must take [N,48,48,1] float32 input, end in ``Dense(7)`` logits (linear) followed only by a softmax,
+    and be built of supported layers, each called once: a chain, or with residual joins (``Add`` of two tensors).
     """
     shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else None
     if shape is None or tuple(shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1):
@@ -445,8 +467,7 @@ def plan_model(model: Any) -> list[TwinStep]:
         raise ExportError(f"layer {target.name!r} ({type(target).__name__}) is the logits layer; expected Dense({NUM_CLASSES})")
     if getattr(target.activation, "__name__", "") != "linear" or int(target.units) != NUM_CLASSES:
         raise ExportError(f"layer {target.name!r} (Dense) must be Dense({NUM_CLASSES}) with a linear activation to give logits")
-    layers = _chain(model)
-    steps: list[TwinStep] = []
+    layers, readers = _graph(model)
     tail = layers[layers.index(target) + 1:]
     if len(tail) != 1 or not inference.is_softmax(tail[0]):
         raise ExportError(f"model {model.name!r}: expected exactly one softmax Activation after {target.name!r}, "
@@ -456,23 +477,44 @@ def plan_model(model: Any) -> list[TwinStep]:
         if l.compute_dtype != "float32":
             raise ExportError(f"layer {l.name!r} ({type(l).__name__}) computes in {l.compute_dtype}; load members "
                               "with fer_train.inference.load_model (float32) first")
-    i, in_scale = 0, 1.0
-    while i < len(chain):
-        l, nxt = chain[i], chain[i + 1] if i + 1 < len(chain) else None
-        in_shape = tuple(l.input.shape)
-        if _pure_scale(l) and nxt is not None and type(nxt).__name__ == "Conv2D":
-            in_scale = float(_np(l.scale))  # x/255 costs a pass over the image; the next kernel absorbs it
-            i += 1
+    steps: list[TwinStep] = []
+    value = {id(model.inputs[0]): 0}  # tensor -> index of its twin value
+    scaled: dict[int, float] = {}  # a pure Rescaling's output -> its factor, folded into the convolutions reading it
+    folded: set[str] = set()  # batch norms folded into the convolution before them
+    for l in chain:
+        if l.name in folded:
             continue
-        if _foldable(l, nxt):
-            steps.append(_plan_conv_bn(l, nxt, in_shape, in_scale))
-            i += 2
+        t, ins = type(l).__name__, _inputs_of(l)
+        if any(id(x) not in value for x in ins):
+            raise ExportError(f"layer {l.name!r} ({t}) reads a tensor that no layer of the model made (a slice or "
+                              "another raw operation); the saliency exporter supports Keras layers only")
+        idx = tuple(value[id(x)] for x in ins)
+        users = readers.get(id(l.output), [])
+        if t == "Add":
+            if len(ins) != 2 or tuple(ins[0].shape) != tuple(ins[1].shape):
+                raise _refuse(l, f"adds {len(ins)} tensors of shapes {[tuple(x.shape) for x in ins]}",
+                              "Add of two tensors of one shape only")
+            steps.append(TwinStep(l.name, "add", add, idx))
+        elif len(ins) != 1:
+            raise _refuse(l, f"reads {len(ins)} tensors", "Add as the only layer with several inputs")
+        elif _pure_scale(l) and users and all(type(u).__name__ == "Conv2D" for u in users):
+            value[id(l.output)] = idx[0]  # x/255 costs a pass over the image; the next kernels absorb it
+            scaled[id(l.output)] = float(_np(l.scale))
+            continue
         else:
+            in_shape, in_scale = tuple(l.input.shape), scaled.get(id(ins[0]), 1.0)
+            nxt = users[0] if len(users) == 1 else None
+            if _foldable(l, nxt):
+                steps.append(replace(_plan_conv_bn(l, nxt, in_shape, in_scale), inputs=idx))
+                folded.add(nxt.name)
+                value[id(nxt.output)] = len(steps)
+                continue
             step = _plan_layer(l, in_shape, in_scale)
-            if step is not None:
-                steps.append(step)
-            i += 1
-        in_scale = 1.0
+            if step is None:  # the identity at inference
+                value[id(l.output)] = idx[0]
+                continue
+            steps.append(replace(step, inputs=idx))
+        value[id(l.output)] = len(steps)
     return steps
 
 
@@ -502,7 +544,8 @@ def logits_fn(model: Any) -> TensorFn:
     steps = plan_model(model)
 
     def f(x: tf.Tensor) -> tf.Tensor:
+        values = [x]
         for s in steps:
-            x = s.fn(x)
-        return x
+            values.append(s.fn(*(values[i] for i in s.inputs)))
+        return values[-1]
     return f

@@ -179,6 +179,12 @@ CASES = {
     "prelu-avg-flatten": dict(cnn_activation="prelu", dnn_activation="leakyrelu", pool="avg", head="flatten"),
     "selu-max-flatten-nobn": dict(cnn_activation="selu", dnn_activation="relu", pool="max", head="flatten",
                                   batch_norm=False, kernel_size=5),
+    # residual joins (Add twin): projection shortcuts where the channels change, identity ones where they do not
+    "resnet-relu-max-flatten": dict(arch="resnet", convs_per_block=4, cnn_activation="relu", pool="max"),
+    "resnet-leaky-avg-gap": dict(arch="resnet", convs_per_block=2, cnn_activation="leakyrelu", pool="avg",
+                                 head="gap", blocks=3),
+    "resnet-elu-max-gap-nobn": dict(arch="resnet", convs_per_block=2, cnn_activation="elu", pool="max", head="gap",
+                                    batch_norm=False),
 }
 
 
@@ -366,9 +372,13 @@ def _functional(build) -> keras.Model:
     return keras.Model(inp, layers.Activation("softmax", name="probs")(x))
 
 
-def _residual(x):
+def _sliced(x):
     y = layers.Conv2D(2, 3, padding="same", name="res_conv")(x)
-    return layers.Add(name="res_add")([x, y[..., :1]])
+    return layers.Add(name="res_add")([x, y[..., :1]])  # the slice is an operation, not a layer
+
+
+def _three_way(x):
+    return layers.Add(name="add3")([x, layers.ReLU(name="r1")(x), layers.ReLU(name="r2")(x)])
 
 
 REFUSALS = {
@@ -382,7 +392,8 @@ REFUSALS = {
     "unknown": (lambda x: layers.LayerNormalization(name="ln")(x), r"layer 'ln' \(LayerNormalization\) is not a layer type"),
     "relu6": (lambda x: layers.ReLU(max_value=6.0, name="r6")(x), r"layer 'r6' \(ReLU\)"),
     "tanh": (lambda x: layers.Activation("tanh", name="th")(x), r"layer 'th' \(Activation\) uses activation 'tanh'"),
-    "residual": (_residual, r"layer 'res_add' \(Add\)"),
+    "raw_op": (_sliced, r"layer 'res_add' \(Add\) reads a tensor that no layer of the model made"),
+    "add3": (_three_way, r"layer 'add3' \(Add\) adds 3 tensors.*Add of two tensors of one shape only"),
 }
 
 

@@ -2,6 +2,8 @@
 very grid onnxruntime's static quantization uses, and the derived run folder."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import os
 from pathlib import Path
@@ -51,18 +53,20 @@ def _run_folder(tmp_path: Path, model) -> Path:
     return run
 
 
-def test_folding_batch_norm_keeps_the_function(faces) -> None:
+@pytest.mark.parametrize("cfg", [CFG, replace(CFG, arch="resnet")], ids=["cnn", "resnet"])
+def test_folding_batch_norm_keeps_the_function(faces, cfg: ModelConfig) -> None:
+    """Also in a residual net, where a projection's batch norm is not the layer after its conv in ``model.layers``."""
     import keras
 
-    model = _model_with_statistics()
-    folded, cfg = fold_batch_norm(model, CFG)
-    assert not cfg.batch_norm and CFG.batch_norm
+    model = _model_with_statistics(cfg)
+    folded, folded_cfg = fold_batch_norm(model, cfg)
+    assert not folded_cfg.batch_norm and cfg.batch_norm
     assert not any(isinstance(l, keras.layers.BatchNormalization) for l in folded.layers)
     assert all(l.use_bias for l in folded.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense)))
     x = faces[:64, :, :, None].astype("float32")
     p, q = model.predict(x, verbose=0), folded.predict(x, verbose=0)
     keras.utils.set_random_seed(0)
-    plain = build_model(CFG)  # the same weights with untrained (identity) batch norms
+    plain = build_model(cfg)  # the same weights with untrained (identity) batch norms
     assert np.abs(p - plain.predict(x, verbose=0)).max() > 0.05  # so the statistics matter
     np.testing.assert_allclose(q, p, atol=2e-5)
 

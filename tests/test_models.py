@@ -76,6 +76,51 @@ def test_bad_config_is_refused():
         build_model(ModelConfig(kernel_size=4))
 
 
+def test_resnet_units_shortcuts_and_layer_set():
+    m = build_model(ModelConfig(arch="resnet", filters=4, blocks=2, convs_per_block=4, units=8))
+    convs = {l.name: l for l in m.layers if type(l).__name__ == "Conv2D"}
+    assert sorted(convs) == sorted([f"b{b}u{u}{k}_conv" for b in (1, 2) for u in (1, 2) for k in "ab"]
+                                   + ["b1u1_proj_conv", "b2u1_proj_conv"])  # projections where the channels change
+    assert convs["b2u1_proj_conv"].kernel_size == (1, 1) and convs["b2u1_proj_conv"].filters == 8
+    assert [convs[f"b{b}u2a_conv"].filters for b in (1, 2)] == [4, 8]
+    second = m.get_layer("b1u2_add").input  # an identity shortcut: the previous unit's output itself
+    assert second[1] is m.get_layer("b1u1_relu").output and second[0] is m.get_layer("b1u2b_bn").output
+    kinds = {type(l).__name__ for l in m.layers}
+    assert kinds <= ALLOWED | {"Add"} and "Add" in kinds
+    assert m.layers[-2].name == "logits" and m.layers[-1].name == "probs"
+    with pytest.raises(ValueError, match="convs per block must be even"):
+        build_model(ModelConfig(arch="resnet", convs_per_block=3))
+
+
+def _graph_minus_eager(cfg: ModelConfig) -> float:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    m = build_model(cfg)
+    x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype("float32")
+    logits = keras.Model(m.inputs, m.get_layer("logits").output)
+    return float(np.abs(tf.function(lambda t: logits(t, training=False))(x).numpy()
+                        - logits(x, training=False).numpy()).max())
+
+
+@pytest.mark.parametrize("kw", [dict(cnn_activation="leakyrelu"), dict(cnn_activation="relu", batch_norm=False),
+                                dict(cnn_activation="elu", batch_norm=False)], ids=["leaky-bn", "relu", "elu"])
+def test_resnet_graph_mode_computes_what_eager_does(kw):
+    assert _graph_minus_eager(ModelConfig(arch="resnet", filters=4, blocks=2, units=8, **kw)) < 1e-4
+
+
+def test_the_refused_resnet_config_is_one_tensorflow_miscomputes(monkeypatch):
+    """resnet + leakyrelu without batch norm is refused because TF's graph optimizer fuses conv + bias + add +
+    LeakyRelu with the default slope 0.2. If this test fails, TF computes it right now: drop the refusal."""
+    cfg = ModelConfig(arch="resnet", filters=4, blocks=2, units=8, cnn_activation="leakyrelu", batch_norm=False)
+    with pytest.raises(ValueError, match="needs batch norm"):
+        build_model(cfg)
+    monkeypatch.setattr(ModelConfig, "validate", lambda self: None)
+    assert _graph_minus_eager(cfg) > 1e-3
+    assert _graph_minus_eager(ModelConfig(**{**cfg.to_dict(), "cnn_activation_alpha": 0.2})) < 1e-4
+
+
 def test_compact_config_is_recorded_as_built():
     cfg = ModelConfig(arch="compact", head="flatten", dense_layers=2)
     eff = cfg.effective()

@@ -115,7 +115,7 @@ def fit(
     out: Path = typer.Option(None, "--out", help="Run directory to create."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory; with it, "
                                           "only --data, --ferplus and --teacher count: where the run's inputs are now."),
-    arch: str = typer.Option("cnn", help="cnn | compact | dnn"),
+    arch: str = typer.Option("cnn", help="cnn | compact | dnn | resnet (residual units of two convs: --convs-per-block even)"),
     filters: int = typer.Option(32, help="Base filter count, doubled per block."),
     blocks: int = typer.Option(4),
     convs_per_block: int = typer.Option(2),

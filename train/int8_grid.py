@@ -22,7 +22,7 @@ import numpy as np
 
 from fer_train import runs
 from fer_runtime.manifest import LOGITS
-from fer_train.models import ModelConfig, batch_norm_affine, build_model
+from fer_train.models import ModelConfig, batch_norm_affine, build_model, producer
 
 INT8_LEVELS = 127  # symmetric int8: k in [-127, 127]
 
@@ -50,7 +50,7 @@ def fold_batch_norm(model: Any, cfg: ModelConfig) -> tuple[Any, ModelConfig]:
     """(The network of ``cfg`` without batch norm or activation rounding, its config) computing what ``model``
     computes in inference (without the rounding).
 
-    Each BatchNormalization must directly follow a bias-free Conv2D or Dense (how :mod:`fer_train.models`
+    Each BatchNormalization must read the output of a bias-free Conv2D or Dense (how :mod:`fer_train.models`
     builds them); its moving statistics are folded in (:func:`fer_train.models.batch_norm_affine`):
     ``w' = w * scale``, ``b' = offset``. Raises ValueError for a model built any other way.
     """
@@ -60,8 +60,9 @@ def fold_batch_norm(model: Any, cfg: ModelConfig) -> tuple[Any, ModelConfig]:
     out = build_model(folded_cfg)
     chain = model.layers
     bn_of: dict[str, Any] = {}
-    for prev, layer in zip(chain, chain[1:]):
+    for layer in chain:
         if isinstance(layer, layers.BatchNormalization):
+            prev = producer(layer)
             if not _is_kernel_layer(prev) or prev.use_bias:
                 raise ValueError(f"batch norm {layer.name!r} does not follow a bias-free conv or dense layer")
             bn_of[prev.name] = layer
