@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from fer_export.errors import ExportError
+from fer_export.errors import ExportError, check_writable_folder
 from fer_runtime.detectors import BLAZEFACE_INPUT_FORMAT
 from fer_runtime.manifest import sha256_bytes
 
@@ -237,6 +237,7 @@ def install(out: Path, wheel: Optional[Path], tolerance: float, examples: Path, 
     from fer_runtime.atomic import atomic_dir, atomic_write
     from fer_runtime.manifest import MANIFEST_NAME, DetectorEntry, FileEntry, Manifest, read_manifest, write_manifest
 
+    check_writable_folder(Path(out), "--out")  # found now, not after the download and conversion
     manifest = read_manifest(out)
     manifest.check_rewritable(Path(out) / MANIFEST_NAME)
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,3 +17,14 @@ def refuse_overwrite(variant: str, taken: Iterable[str], manifest_path: Path, fl
     if names := sorted(taken):
         raise ExportError(f"variant {variant!r} would overwrite {', '.join(names)}, which another variant or detector "
                           f"in {manifest_path} uses; choose another {flag}")
+
+
+def check_writable_folder(path: Path, flag: str) -> None:
+    """Raise :class:`ExportError` now, before any work, if the folder ``path`` (given as ``flag``) cannot be replaced
+    in one step at the end (:func:`fer_runtime.atomic.check_stageable`: the working folder, or no write access)."""
+    from fer_runtime.atomic import check_stageable
+
+    try:
+        check_stageable(path)
+    except OSError as e:
+        raise ExportError(f"{flag} {path}: cannot write there ({e.strerror}: {e.filename})") from None

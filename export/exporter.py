@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fer_export.errors import ExportError, refuse_overwrite
+from fer_export.errors import ExportError, check_writable_folder, refuse_overwrite
 from fer_export.verify import VerifyReport
-from fer_runtime.atomic import atomic_dir, atomic_write, check_stageable
+from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.errors import FerRuntimeError
 from fer_runtime.labels import IMAGE_SIZE, LABELS
 from fer_runtime.manifest import (DEFAULT_VARIANT, FORWARD_INPUTS, FORWARD_OUTPUTS, MANIFEST_NAME, SALIENCY_INPUTS,
@@ -134,10 +134,7 @@ def export_models(sources: Sequence[str | Path], out: str | Path, *, variant: st
     convert.check_opset(opset)
     auto = temperature == AUTO_TEMPERATURE
     graphs.check_options(1.0 if auto else temperature, tta)
-    try:
-        check_stageable(out)  # found now, not after the members were converted and verified
-    except OSError as e:
-        raise ExportError(f"--out {out}: cannot write there ({e.strerror}: {e.filename})") from None
+    check_writable_folder(out, "--out")  # found now, not after the members were converted and verified
     existing = _existing_manifest(out)
     ours = {*variant_file_names(variant), variant_weights_name(variant)}
     if existing:

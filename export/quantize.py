@@ -7,7 +7,9 @@ int8 graph written next to the others and added to ``manifest.json`` as a new va
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import tempfile
 import time
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fer_export.errors import ExportError, refuse_overwrite
+from fer_export.errors import ExportError, check_writable_folder, refuse_overwrite
 from fer_runtime.atomic import atomic_dir, atomic_write
 from fer_runtime.labels import IMAGE_SIZE
 from fer_runtime.manifest import (LOGITS, MANIFEST_NAME, PROBS, FileEntry, Quantization, read_manifest, sha256_bytes,
@@ -196,8 +198,9 @@ def _entropy_ranges(model: Path, calibration: np.ndarray, input_name: str,
 
     calibrator = create_calibrator(model, None, augmented_model_path=str(tmp / "entropy.onnx"),
                                    calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": ENTROPY_BINS})
-    calibrator.collect_data(_calibration_reader(calibration, input_name))
-    ranges = calibrator.compute_data()
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress prints are not fer-quantize's output
+        calibrator.collect_data(_calibration_reader(calibration, input_name))
+        ranges = calibrator.compute_data()
     return {name: [{k: np.float32(np.ravel(v)[0]) for k, v in zip(("rmin", "rmax"), ranges[name].range_value)}]
             for name in ranges}
 
@@ -225,6 +228,7 @@ def quantize_variant(model_dir: str | os.PathLike[str], calibration_images: np.n
 
     _check_method(calibrate_method)
     model_dir = Path(model_dir)
+    check_writable_folder(model_dir, "--model-dir")  # found now, not after calibrating and comparing
     manifest = read_manifest(model_dir)
     manifest.check_rewritable(model_dir / MANIFEST_NAME)
     if source not in manifest.variants:

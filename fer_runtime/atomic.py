@@ -150,11 +150,17 @@ def _refuse_working_folder(path: Path) -> None:
     """OSError (EBUSY) if the resolved ``path`` is the working folder or holds it: replacing it would copy all it
     holds (a whole checkout for ``--out .``) and leave the shell in a deleted folder."""
     try:
-        here = Path.cwd().resolve()
-    except OSError:  # the working folder is already gone
+        here, st = Path.cwd(), path.stat()
+    except OSError:  # the working folder is gone, or ``path`` does not exist yet and so holds nothing
         return
-    if here == path or path in here.parents:
-        raise OSError(errno.EBUSY, "it is the working folder or holds it; run the command from outside it", str(path))
+    for p in (here, *here.parents):  # compared as files, not names (bind mounts, case-insensitive names)
+        try:
+            same = os.path.samestat(st, p.stat())
+        except OSError:
+            continue
+        if same:
+            raise OSError(errno.EBUSY, "it is the working folder or holds it; run the command from outside it",
+                          str(path))
 
 
 def check_stageable(path: str | os.PathLike[str]) -> None:

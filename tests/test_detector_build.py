@@ -100,6 +100,22 @@ def test_a_manifest_of_a_newer_minor_format_is_not_rewritten(tmp_path: Path, mon
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_the_working_folder_is_refused_before_the_build_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fer_export.errors import ExportError
+
+    out = _models_copy(tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def no_build(wheel: object) -> bytes:
+        raise AssertionError("the build started")
+
+    monkeypatch.setattr(detector_build, "extract_tflite", no_build)
+    monkeypatch.chdir(out)
+    with pytest.raises(ExportError, match=r"--out \.: cannot write there \(it is the working folder or holds it"):
+        detector_build.install(Path("."), tmp_path / "any.whl", 1e-5, PHOTOS, None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_verify_refuses_a_graph_whose_batch_differs_from_single_runs_without_tflite() -> None:
     """The batch check runs before (and without) the tflite comparison: here the tflite model is not even valid."""
     onnx = pytest.importorskip("onnx")

@@ -141,6 +141,21 @@ def test_an_ensemble_with_flip_tta_keeps_every_logits_layer_float(exported: Path
     assert sum(n.op_type == "Softmax" for n in int8.graph.node) >= 2  # more than one logits layer to keep float
 
 
+def test_the_working_folder_is_refused_before_calibrating(models: Path, data, monkeypatch) -> None:
+    """cd models && fer-quantize --model-dir . would swap the shell's folder away: refused before any work."""
+    import fer_export.quantize as quantize
+
+    def no_work(*a, **k):
+        raise AssertionError("calibrated")
+
+    monkeypatch.setattr(quantize, "quantize_graph", no_work)
+    monkeypatch.chdir(models)
+    before = _snapshot(models)
+    with pytest.raises(ExportError, match=r"--model-dir \.: cannot write there \(it is the working folder"):
+        quantize_variant(".", data["Training"].x[:40], data["PublicTest"].x, data["PublicTest"].y)
+    assert _snapshot(models) == before
+
+
 def _activation_scales(model) -> dict[str, float]:
     """Each quantized activation's scale in a QDQ graph (QuantizeLinear nodes whose input is not a weight)."""
     from onnx import numpy_helper
@@ -165,6 +180,26 @@ def test_entropy_calibration_clips_ranges_minmax_keeps(models: Path, data) -> No
     assert scales["minmax"].keys() == scales["entropy"].keys() and len(scales["minmax"]) > 4
     ratios = [scales["entropy"][k] / scales["minmax"][k] for k in scales["minmax"]]
     assert max(ratios) <= 1 + 1e-6 and min(ratios) < 0.9, ratios
+
+    # onnxruntime's own entropy calibrator as quantize_static creates it (128 bins): MinMax's ranges exactly
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from fer_export.quantize import _calibration_reader
+
+    ranges = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        onnx.save(internalize(onnx.load_from_string(g.data), g.external), str(path))
+        for method in (CalibrationMethod.MinMax, CalibrationMethod.Entropy):
+            cal = create_calibrator(path, None, augmented_model_path=str(Path(tmp) / f"{method}.onnx"),
+                                    calibrate_method=method)
+            cal.collect_data(_calibration_reader(x, man.input.name))
+            ranges[method] = {k: np.ravel(v.range_value).astype(np.float64) for k, v in cal.compute_data().items()}
+    assert ranges[CalibrationMethod.MinMax].keys() == ranges[CalibrationMethod.Entropy].keys()
+    for k, v in ranges[CalibrationMethod.MinMax].items():
+        np.testing.assert_allclose(ranges[CalibrationMethod.Entropy][k], v, rtol=1e-6, err_msg=k)
 
 
 def test_unknown_source_and_bad_images(models: Path, data) -> None:

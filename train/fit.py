@@ -169,7 +169,7 @@ def _check_teacher(run: Path, conf: dict[str, Any], cfg: TrainConfig, now: dict[
     rec = conf.get("teacher")
     if rec and now and rec.get("sha256") != now["sha256"]:
         raise runs.RunError(f"{run}: teacher {cfg.teacher} is not the one the run started with (sha256 "
-                            f"{now['sha256'][:12]}... of {now['members']} member(s), recorded {rec['sha256'][:12]}... "
+                            f"{now['sha256'][:12]}... of {now['members']} member(s), recorded {str(rec.get('sha256'))[:12]}... "
                             f"of {rec.get('members', '?')}); pass the same teacher with --teacher")
 
 

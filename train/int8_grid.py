@@ -57,7 +57,10 @@ def fold_batch_norm(model: Any, cfg: ModelConfig) -> tuple[Any, ModelConfig]:
     from keras import layers
 
     folded_cfg = replace(cfg, batch_norm=False, act_quant=False)  # the rounding layers of a QAT run go too
-    out = build_model(folded_cfg)
+    try:
+        out = build_model(folded_cfg)
+    except ValueError as e:  # a net that is sound only with batch norm
+        raise ValueError(f"batch norm cannot be folded out of this net: {e}") from None
     chain = model.layers
     bn_of: dict[str, Any] = {}
     for layer in chain:
