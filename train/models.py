@@ -140,6 +140,23 @@ def _inputs():
     return inp, layers.Rescaling(1.0 / 255.0, name="scale")(inp)
 
 
+def _block_end(x, cfg: ModelConfig, b: int):
+    """What ends conv block ``b`` (0-based): a 2x2 pool, then dropout when ``cfg.conv_dropout``."""
+    from keras import layers
+
+    pool = layers.MaxPooling2D if cfg.pool == "max" else layers.AveragePooling2D
+    x = pool(2, name=f"b{b + 1}_pool")(x)
+    return layers.Dropout(cfg.conv_dropout, name=f"b{b + 1}_dropout")(x) if cfg.conv_dropout > 0 else x
+
+
+def _classifier(x, cfg: ModelConfig):
+    """Feature maps to class probabilities: flatten (or global average pooling), the dense layers, the logits."""
+    from keras import layers
+
+    x = layers.Flatten(name="flatten")(x) if cfg.head == "flatten" else layers.GlobalAveragePooling2D(name="gap")(x)
+    return _head(_dense_stack(x, cfg))
+
+
 def build_cnn(cfg: ModelConfig):
     """The coursework CNN family: conv blocks with doubling filters, then dense layers.
 
@@ -160,13 +177,8 @@ def build_cnn(cfg: ModelConfig):
                 x = layers.BatchNormalization(name=f"{p}_bn")(x)
             x = _activation(cfg.cnn_activation, cfg.cnn_activation_alpha, p, conv=True)(x)
             x = _fake_quant(x, cfg, p)
-        pool = layers.MaxPooling2D if cfg.pool == "max" else layers.AveragePooling2D
-        x = pool(2, name=f"b{b + 1}_pool")(x)
-        if cfg.conv_dropout > 0:
-            x = layers.Dropout(cfg.conv_dropout, name=f"b{b + 1}_dropout")(x)
-    x = layers.Flatten(name="flatten")(x) if cfg.head == "flatten" else layers.GlobalAveragePooling2D(name="gap")(x)
-    x = _dense_stack(x, cfg)
-    return keras.Model(inp, _head(x), name=cfg.arch)
+        x = _block_end(x, cfg, b)
+    return keras.Model(inp, _classifier(x, cfg), name=cfg.arch)
 
 
 def _conv_bn(x, filters: int, kernel_size: int, cfg: ModelConfig, p: str):
@@ -199,20 +211,14 @@ def build_resnet(cfg: ModelConfig):
     ``filters=32, blocks=4, convs_per_block=4`` is ResNet-18's layout of 16 convolutions in four stages.
     """
     import keras
-    from keras import layers
 
     cfg = cfg.effective()
     inp, x = _inputs()
     for b in range(cfg.blocks):
         for u in range(cfg.convs_per_block // 2):
             x = _residual_unit(x, cfg.filters * 2**b, cfg, f"b{b + 1}u{u + 1}")
-        pool = layers.MaxPooling2D if cfg.pool == "max" else layers.AveragePooling2D
-        x = pool(2, name=f"b{b + 1}_pool")(x)
-        if cfg.conv_dropout > 0:
-            x = layers.Dropout(cfg.conv_dropout, name=f"b{b + 1}_dropout")(x)
-    x = layers.Flatten(name="flatten")(x) if cfg.head == "flatten" else layers.GlobalAveragePooling2D(name="gap")(x)
-    x = _dense_stack(x, cfg)
-    return keras.Model(inp, _head(x), name="resnet")
+        x = _block_end(x, cfg, b)
+    return keras.Model(inp, _classifier(x, cfg), name="resnet")
 
 
 def build_dnn(cfg: ModelConfig):
