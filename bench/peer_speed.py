@@ -11,8 +11,8 @@ Usage (needs TensorFlow for the tflite interpreter, i.e. the ``train`` extra):
     python bench/peer_speed.py --tflite /tmp/fer/fer/data/emotion_model_quantized.tflite \
         [--model-dir models] [--variants fast] [--data ../shared/data/fer2013/fer2013.csv.gz]
 
-Prints one Markdown table. Speed: the graphs alone on the same 48x48 FER-style crops (resized to 64x64
-for the peer, outside the timer), interleaved in ``--rounds`` rounds so that a load change hits every
+Prints one Markdown table. Speed: the graphs alone on the same 48x48 FER-style uint8 crops (resized to 64x64
+and scaled for the peer outside its timer; ours take them as decoded images arrive, converted inside ``predict``), interleaved in ``--rounds`` rounds so that a load change hits every
 engine alike; each engine with its library's default threads, as a user gets it. ``fer`` is timed at
 batch 1 (its only mode); our variants at batch 1 and at ``--batch``. The ratio is against ``fer``'s img/s.
 With ``--data``, each engine's accuracy on PublicTest and PrivateTest (the peer on the crops resized to
@@ -100,13 +100,13 @@ def main() -> None:
     peer = PeerModel(args.tflite)
     ours = {v: Predictor(model_dir=args.model_dir, model=v, device="cpu") for v in args.variants}
     rng = np.random.default_rng(0)
-    crops = rng.integers(0, 256, (args.images, 48, 48)).astype(np.float32)
+    crops = rng.integers(0, 256, (args.images, 48, 48)).astype(np.uint8)
     if args.data is not None:
         from fer_train.data import load_source
 
         splits = load_source(args.data)
-        crops = splits["Training"].x[:args.images].reshape(-1, 48, 48).astype(np.float32)
-    x48 = crops[..., None]
+        crops = splits["Training"].x[:args.images].reshape(-1, 48, 48).astype(np.uint8)
+    x48 = crops  # uint8 gray crops, as images arrive; the peer's resize and scaling stay outside its timer
     engines = {"fer (tflite), batch 1": (peer.predict, peer_input(crops))}
     for v, p in ours.items():
         engines[f"{v}, batch 1"] = (batched(p.predict, 1), x48)
