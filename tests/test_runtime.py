@@ -135,15 +135,15 @@ def test_as_image_list_shapes() -> None:
 
 # Correct predictions on the fixture's 140 PublicTest/PrivateTest rows, by the model's identity: the first 16 hex
 # digits of the forward graph's sha256, then of each weights file's. The float variants' smallest top-two margins
-# there (0.0078 for accurate, 0.0009 for fast) are far above the ~1e-6 float32 differences between CPUs, so their
+# of probability there (0.0078 for accurate, 0.0009 for fast; Predictor.predict on the CPU) are far above the ~1e-6 float32 differences between CPUs, so their
 # counts do not depend on the CPU. Re-exported models need a new entry.
 KNOWN_FIXTURE_CORRECT = {
     "05a47d2ebdb794e1+e6ffa09e6a89cff4": 99,  # accurate: cnn_fp, cnn_sgd_d0 (+ SWA), cnn_sgd_d0_mix (+ 160), crops
     "043cb12b15879e86+b9a08c769219feee": 90,  # fast: fast16x2_live_grid
 }
-# int8 kernels differ between CPUs (VNNI, AMX, plain AVX2), so the int8 variant gets a band, not a count: its
-# fixture accuracy within 2 images of the Intel Xeon's 91, and at most 3 of the 140 argmaxes moved from its
-# float source (2 there).
+# int8 kernels differ between CPUs (VNNI, AMX, plain AVX2, where onnxruntime's int8 products can saturate), so the
+# int8 variant gets a band, not a count: its fixture accuracy within 3 images of the Intel Xeon's 91, and at most 5
+# of the 140 argmaxes moved from its float source (2 there). A broken quantization moves far more.
 KNOWN_FIXTURE_CORRECT_INT8 = {"5817c42ae05577e2": 91}  # fast-int8: fast16x2_live_grid, Percentile calibration
 
 
@@ -155,12 +155,11 @@ def _model_identity(predictor: Predictor) -> str:
 
 def _shipped_float_variants() -> list[str]:
     from fer_runtime import default_model_dir
-    from fer_runtime.manifest import read_manifest
 
-    d = default_model_dir()
-    if not (d / MANIFEST_NAME).exists():
-        return []
-    return [v for v, spec in read_manifest(d).variants.items() if spec.quantization is None]
+    try:  # at collection time: a missing or unreadable model folder is the model_dir fixture's skip or failure
+        return [v for v, spec in read_manifest(default_model_dir()).variants.items() if spec.quantization is None]
+    except Exception:
+        return ["accurate"]
 
 
 @pytest.mark.parametrize("variant", _shipped_float_variants())
@@ -189,8 +188,8 @@ def test_the_int8_variant_stays_near_its_float_source(model_dir: Path, fer_rows)
                         "KNOWN_FIXTURE_CORRECT_INT8")
         source = Predictor(model_dir, model=m.variants[variant].quantization.source, device="cpu", threads=1)
         got, ref = p.predict(faces[is_test]).argmax(axis=1), source.predict(faces[is_test]).argmax(axis=1)
-        assert abs(int((got == labels[is_test]).sum()) - KNOWN_FIXTURE_CORRECT_INT8[sha]) <= 2
-        assert int((got != ref).sum()) <= 3
+        assert abs(int((got == labels[is_test]).sum()) - KNOWN_FIXTURE_CORRECT_INT8[sha]) <= 3
+        assert int((got != ref).sum()) <= 5
 
 
 def test_predict_members_of_the_packaged_model(predictor: Predictor, fer_rows) -> None:
