@@ -106,11 +106,11 @@ def main() -> None:
 
         splits = load_source(args.data)
         crops = splits["Training"].x[:args.images].reshape(-1, 48, 48).astype(np.uint8)
-    x48 = crops  # uint8 gray crops, as images arrive; the peer's resize and scaling stay outside its timer
+    # ours get the uint8 gray crops, as images arrive; the peer's resize and scaling stay outside its timer
     engines = {"fer (tflite), batch 1": (peer.predict, peer_input(crops))}
     for v, p in ours.items():
-        engines[f"{v}, batch 1"] = (batched(p.predict, 1), x48)
-        engines[f"{v}, batch {args.batch}"] = (batched(p.predict, args.batch), x48)
+        engines[f"{v}, batch 1"] = (batched(p.predict, 1), crops)
+        engines[f"{v}, batch {args.batch}"] = (batched(p.predict, args.batch), crops)
     speed = timed_rounds(engines, args.rounds)
 
     base = speed["fer (tflite), batch 1"]

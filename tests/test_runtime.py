@@ -153,6 +153,15 @@ def _model_identity(predictor: Predictor) -> str:
     return "+".join(files[f].sha256[:16] for f in [forward, *files[forward].external])
 
 
+def _recorded(predictor: Predictor, table: dict[str, int], table_name: str) -> int:
+    """The fixture accuracy ``table`` records for the predictor's model; fails the test when there is none."""
+    sha = _model_identity(predictor)
+    if sha not in table:
+        pytest.fail(f"no recorded fixture accuracy for {predictor.variant} model {sha}; measure it and add it to "
+                    f"{table_name}")
+    return table[sha]
+
+
 def _shipped_float_variants() -> list[str]:
     from fer_runtime import default_model_dir
 
@@ -166,29 +175,23 @@ def _shipped_float_variants() -> list[str]:
 def test_predictions_match_the_known_fixture_accuracy(model_dir: Path, variant: str, fer_rows) -> None:
     faces, labels, is_test = fer_rows
     predictor = Predictor(model_dir, model=variant, device="cpu", threads=1)
-    sha = _model_identity(predictor)
-    if sha not in KNOWN_FIXTURE_CORRECT:
-        pytest.fail(f"no recorded fixture accuracy for {variant} model {sha}; measure it and add it to "
-                    "KNOWN_FIXTURE_CORRECT")
+    expected = _recorded(predictor, KNOWN_FIXTURE_CORRECT, "KNOWN_FIXTURE_CORRECT")
     correct = int((predictor.predict(faces[is_test]).argmax(axis=1) == labels[is_test]).sum())
-    assert is_test.sum() == 140 and correct == KNOWN_FIXTURE_CORRECT[sha]
+    assert is_test.sum() == 140 and correct == expected
 
 
 def test_the_int8_variant_stays_near_its_float_source(model_dir: Path, fer_rows) -> None:
     faces, labels, is_test = fer_rows
-    m = read_manifest(model_dir)
-    int8 = [v for v, spec in m.variants.items() if spec.quantization is not None]
+    default = Predictor(model_dir, device="cpu", threads=1)
+    int8 = [v for v, spec in default.manifest.variants.items() if spec.quantization is not None]
     if not int8:
         pytest.skip("no int8 variant shipped")
     for variant in int8:
         p = Predictor(model_dir, model=variant, device="cpu", threads=1)
-        sha = _model_identity(p)
-        if sha not in KNOWN_FIXTURE_CORRECT_INT8:
-            pytest.fail(f"no recorded fixture accuracy for {variant} model {sha}; measure it and add it to "
-                        "KNOWN_FIXTURE_CORRECT_INT8")
-        source = Predictor(model_dir, model=m.variants[variant].quantization.source, device="cpu", threads=1)
+        expected = _recorded(p, KNOWN_FIXTURE_CORRECT_INT8, "KNOWN_FIXTURE_CORRECT_INT8")
+        source = Predictor(model_dir, model=p.manifest.variants[variant].quantization.source, device="cpu", threads=1)
         got, ref = p.predict(faces[is_test]).argmax(axis=1), source.predict(faces[is_test]).argmax(axis=1)
-        assert abs(int((got == labels[is_test]).sum()) - KNOWN_FIXTURE_CORRECT_INT8[sha]) <= 3
+        assert abs(int((got == labels[is_test]).sum()) - expected) <= 3
         assert int((got != ref).sum()) <= 5
 
 
