@@ -225,32 +225,55 @@ def test_teacher_follows_its_tta_and_a_run_reads_its_cached_probabilities(tmp_pa
 
 @pytest.mark.tf
 def test_a_run_resumes_only_with_the_teacher_it_started_with(tmp_path):
-    """config.json records the teacher's member files; another teacher is refused on resume, and a run from before the
-    record gets it on its next resume."""
+    """config.json records the teacher's member files, in any order; another teacher is refused on resume, and a run
+    from before the record, or with a record in member order, gets the current record on its next resume."""
     import json
 
     from fer_train import runs
+    from fer_train.ensemble import write_ensemble
     from fer_train.fit import TrainConfig, fit
+    from fer_train.targets import legacy_teacher_sha256, teacher_sha256
 
     tiny, base = _tiny_teacher(tmp_path / "teacher")
     fit(tmp_path / "other", tiny, TrainConfig(**base, random_seed=5), log=lambda s: None)
-    cfg = TrainConfig(**{**base, "epochs": 2}, teacher=str(tmp_path / "teacher"), distill_weight=0.5)
+    ab, ba = tmp_path / "ab", tmp_path / "ba"
+    write_ensemble(ab, [tmp_path / "teacher", tmp_path / "other"])
+    write_ensemble(ba, [tmp_path / "other", tmp_path / "teacher"])
+    assert teacher_sha256(ab) == teacher_sha256(ba)  # the teacher averages its members: their order is not part of it
+    assert legacy_teacher_sha256(ab) != legacy_teacher_sha256(ba)
+    if legacy_teacher_sha256(ab) == teacher_sha256(ab):  # start with the order whose old record differs from the new
+        ab, ba = ba, ab
+    cfg = TrainConfig(**{**base, "epochs": 4}, teacher=str(ab), distill_weight=0.5)
     run = tmp_path / "student"
 
-    def stop(epoch, step, steps):
-        if epoch == 1 and step == 1:
-            raise KeyboardInterrupt
+    def stop_in(epoch):  # progress counts epochs from 0: this stops after ``epoch`` epochs
+        def stop(e, step, steps):
+            if e == epoch and step == 1:
+                raise KeyboardInterrupt
+        return stop
     with pytest.raises(KeyboardInterrupt):
-        fit(run, tiny, cfg, log=lambda s: None, progress=stop)
+        fit(run, tiny, cfg, log=lambda s: None, progress=stop_in(1))
     conf = json.loads((run / runs.CONFIG).read_text())
-    assert conf["teacher"]["members"] == 1 and len(conf["teacher"]["sha256"]) == 64
+    assert conf["teacher"] == {"sha256": teacher_sha256(ab), "members": 2}
     with pytest.raises(runs.RunError, match="is not the one the run started with.*pass the same teacher"):
         fit(run, resume=True, moved={"teacher": str(tmp_path / "other")}, log=lambda s: None)
     assert len(runs.read_history(run)) == 1 and json.loads((run / runs.CONFIG).read_text()) == conf
 
+    conf["teacher"]["sha256"] = legacy_teacher_sha256(ab)  # as written before the order was ignored: accepted, rewritten
+    (run / runs.CONFIG).write_text(json.dumps(conf))
+    with pytest.raises(KeyboardInterrupt):
+        fit(run, resume=True, log=lambda s: None, progress=stop_in(2))
+    assert len(runs.read_history(run)) == 2
+    assert json.loads((run / runs.CONFIG).read_text())["teacher"]["sha256"] == teacher_sha256(ab)
+
+    with pytest.raises(KeyboardInterrupt):  # the same members in another order: the same teacher
+        fit(run, resume=True, moved={"teacher": str(ba)}, log=lambda s: None, progress=stop_in(3))
+    assert len(runs.read_history(run)) == 3
+
+    conf = json.loads((run / runs.CONFIG).read_text())
     recorded = conf.pop("teacher")  # as written before the record existed: not checked, and recorded on this resume
     (run / runs.CONFIG).write_text(json.dumps(conf))
-    assert fit(run, resume=True, log=lambda s: None)["epochs_done"] == 2
+    assert fit(run, resume=True, log=lambda s: None)["epochs_done"] == 4
     assert json.loads((run / runs.CONFIG).read_text())["teacher"] == recorded
 
 

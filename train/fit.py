@@ -165,9 +165,13 @@ def _teacher_record(cfg: TrainConfig) -> dict[str, Any] | None:
 
 def _check_teacher(run: Path, conf: dict[str, Any], cfg: TrainConfig, now: dict[str, Any] | None) -> None:
     """Refuse to resume with a teacher whose member files differ from the ones recorded when the run started (runs
-    from before the record are not checked)."""
+    from before the record are not checked; a record in member order, as written before the order was ignored, is
+    compared in that order)."""
+    from fer_train import targets
+
     rec = conf.get("teacher")
-    if rec and now and rec.get("sha256") != now["sha256"]:
+    if (rec and now and rec.get("sha256") != now["sha256"]
+            and rec.get("sha256") != targets.legacy_teacher_sha256(cfg.teacher)):
         raise runs.RunError(f"{run}: teacher {cfg.teacher} is not the one the run started with (sha256 "
                             f"{now['sha256'][:12]}... of {now['members']} member(s), recorded {str(rec.get('sha256'))[:12]}... "
                             f"of {rec.get('members', '?')}); pass the same teacher with --teacher")
@@ -293,7 +297,7 @@ def _fit(run: Path, model_cfg: ModelConfig | None, cfg: TrainConfig | None, *, r
         if changed:
             log(f"{run}: trained in {trained_in} so far; continuing in {precision} on this machine")
             conf["precision"] = precision
-        if teacher and "teacher" not in conf:  # a run from before the record: from here on, resumes check it
+        if teacher and conf.get("teacher") != teacher:  # no record, or one in member order: from here on, this one
             log(f"{run}: teacher {cfg.teacher} recorded (sha256 {teacher['sha256'][:12]}...)")
             conf["teacher"] = teacher
             changed = True

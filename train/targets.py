@@ -68,15 +68,24 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def _member_hashes(teacher: str | Path) -> list[str]:
-    """The sha256 of each member file of a teacher run or ensemble, in member order."""
+    """The sha256 of each member file of a teacher run or ensemble, sorted: the teacher averages its members, so
+    their order does not change it."""
     from fer_train.runs import member_paths
 
-    return [sha256_file(p) for p in member_paths(teacher)]
+    return sorted(sha256_file(p) for p in member_paths(teacher))
 
 
 def teacher_sha256(teacher: str | Path) -> str:
-    """Which teacher this is: one sha256 over its member files' bytes (not their paths), as config.json records it."""
+    """Which teacher this is: one sha256 over its member files' bytes (not their paths or order), as config.json
+    records it."""
     return hashlib.sha256("".join(_member_hashes(teacher)).encode()).hexdigest()
+
+
+def legacy_teacher_sha256(teacher: str | Path) -> str:
+    """:func:`teacher_sha256` as runs recorded it before the member order was ignored: over the hashes in member order."""
+    from fer_train.runs import member_paths
+
+    return hashlib.sha256("".join(sha256_file(p) for p in member_paths(teacher)).encode()).hexdigest()
 
 
 def teacher_key(teacher: str | Path, x: np.ndarray, tta: str) -> str:
