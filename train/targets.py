@@ -68,30 +68,32 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def _member_hashes(teacher: str | Path) -> list[str]:
-    """The sha256 of each member file of a teacher run or ensemble, sorted: the teacher averages its members, so
-    their order does not change it."""
+    """The sha256 of each member file of a teacher run or ensemble, in member order."""
     from fer_train.runs import member_paths
 
-    return sorted(sha256_file(p) for p in member_paths(teacher))
+    return [sha256_file(p) for p in member_paths(teacher)]
+
+
+def _combined(hashes: list[str]) -> str:
+    """One sha256 over the member hashes, in the given order."""
+    return hashlib.sha256("".join(hashes).encode()).hexdigest()
 
 
 def teacher_sha256(teacher: str | Path) -> str:
-    """Which teacher this is: one sha256 over its member files' bytes (not their paths or order), as config.json
-    records it."""
-    return hashlib.sha256("".join(_member_hashes(teacher)).encode()).hexdigest()
+    """Which teacher this is: one sha256 over its member files' bytes (not their paths or order: the teacher averages
+    its members), as config.json records it."""
+    return _combined(sorted(_member_hashes(teacher)))
 
 
 def legacy_teacher_sha256(teacher: str | Path) -> str:
     """:func:`teacher_sha256` as runs recorded it before the member order was ignored: over the hashes in member order."""
-    from fer_train.runs import member_paths
-
-    return hashlib.sha256("".join(sha256_file(p) for p in member_paths(teacher)).encode()).hexdigest()
+    return _combined(_member_hashes(teacher))
 
 
 def teacher_key(teacher: str | Path, x: np.ndarray, tta: str) -> str:
     """What a teacher's probabilities depend on: the member files' bytes, the TTA mode and the images."""
     h = hashlib.sha256(tta.encode())
-    for digest in _member_hashes(teacher):
+    for digest in sorted(_member_hashes(teacher)):  # member order does not change the teacher
         h.update(digest.encode())
     h.update(np.ascontiguousarray(x).tobytes())
     return h.hexdigest()
